@@ -1,0 +1,17 @@
+"""User-facing errors: the CLI prints their message as one line and exits non-zero."""
+
+
+class SearchError(Exception):
+    """A problem the user can fix; the message says what to do."""
+
+
+class IndexNotFound(SearchError):
+    pass
+
+
+class IncompatibleIndex(SearchError):
+    pass
+
+
+class LoadError(SearchError):
+    """A file that cannot be read or decoded (the build skips it and reports why)."""

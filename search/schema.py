@@ -1,0 +1,70 @@
+"""The records that flow between stages: files -> Document -> Passage -> Hit."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class SourceFile:
+    """A file found by the loader, before it is read (enough to tell whether it changed)."""
+
+    path: str  # absolute, as the index stores it
+    size: int
+    mtime: float
+    kind: str  # "markdown" | "text"
+
+
+@dataclass
+class Document:
+    """One file's decoded text, ready for chunking."""
+
+    path: str
+    text: str
+    kind: str  # "markdown" | "text"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Passage:
+    """A retrievable unit of text with enough context to show and cite it."""
+
+    path: str
+    text: str
+    heading_path: list[str] = field(default_factory=list)
+    line_start: int = 1  # 1-based, inclusive, in the source file
+    line_end: int = 1
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Hit:
+    """A ranked passage with the evidence each retriever gave for it (None where it did not retrieve it)."""
+
+    path: str
+    heading_path: list[str]
+    text: str
+    line_start: int
+    line_end: int
+    metadata: dict[str, Any]
+    score: float
+    bm25_rank: int | None = None
+    bm25_score: float | None = None
+    dense_rank: int | None = None
+    dense_score: float | None = None
+    passage_id: int = -1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Skipped:
+    """A file the loader could not use, and why (shown to the user, never fatal)."""
+
+    path: str
+    reason: str
