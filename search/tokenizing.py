@@ -1,0 +1,171 @@
+"""One tokenizer for passages and queries, Chinese and English alike.
+
+``tokenize(text)`` is the entry point used everywhere (index build and query time must agree):
+
+1. Unicode NFKC (full-width -> half-width: "ＧＰＴ－４" -> "GPT-4"), Unicode hyphens -> "-", lower case.
+2. The text is cut into runs, in text order:
+   * runs of CJK ideographs go to jieba's search mode (``cut_for_search``), which emits each word
+     and its dictionary sub-words (中华人民共和国 -> 中华, 华人, 人民, 共和, 共和国, 中华人民共和国);
+   * runs of letters/digits are matched as identifiers (``gpt-4``, ``all-to-all``, ``c++``, ``c#``,
+     ``3.5``, ``v1.2.3``, ``snake_case``); the whole identifier is emitted and, when it is a compound
+     joined by ``-``, ``_`` or ``.``, each alphanumeric part after it (``all-to-all`` -> ``all-to-all``,
+     ``all``, ``to``, ``all``), so "all to all" still matches "all-to-all" and "gpt-4" matches exactly;
+   * everything else (whitespace, ASCII and CJK punctuation, symbols) is dropped.
+
+No stop-word removal and no stemming by default; ``Tokenizer`` takes options for variants.
+
+``detect_language(text)`` says "zh" or "en" to route text to a Chinese or English embedding model.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import unicodedata
+from functools import lru_cache
+from typing import Any, Iterable
+
+__all__ = ["Tokenizer", "tokenize", "tokenize_many", "detect_language", "DEFAULT_TOKENIZER"]
+
+# CJK ideographs: Extension A, URO (incl. 9FD6-9FFF), compatibility ideographs, 〇, and the
+# supplementary ideographic planes (Extensions B-H, compatibility supplement).
+_CJK_CHARS = "\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff"
+# A letter or digit of any script except CJK ideographs (Latin, digits, Greek, Cyrillic, kana, hangul...).
+_ALNUM = rf"[^\W_{_CJK_CHARS}]"
+
+# Either a CJK run (group "cjk") or an identifier (group "word"). Identifiers: alphanumeric parts
+# joined by single "-", "_" or "."; an optional "++" or "#" suffix (c++, c#, f#). A separator must be
+# followed by a letter/digit, so "gpt-4." at the end of a sentence gives "gpt-4".
+_RUN_RE = re.compile(
+    rf"(?P<cjk>[{_CJK_CHARS}]+)|(?P<word>{_ALNUM}+(?:[-_.]{_ALNUM}+)*(?:\+\+|#)?)"
+)
+_SEP_RE = re.compile(r"[-_.]")
+_CJK_RUN_RE = re.compile(rf"[{_CJK_CHARS}]+")
+_LATIN_WORD_RE = re.compile(r"[a-zA-Z\u00c0-\u024f]+")
+
+# Unicode hyphens NFKC leaves alone (U+2011 becomes U+2010): ‐ ‑ ‒ – and the minus sign.
+_HYPHENS = str.maketrans({c: "-" for c in "\u2010\u2011\u2012\u2013\u2212"})
+_HYPHENS_RE = re.compile("[\u2010-\u2013\u2212]")
+
+_CACHE_SIZE = 1 << 16  # distinct CJK runs whose segmentation is remembered, per Tokenizer
+
+_jieba_lock = threading.Lock()
+_jieba_tokenizer: Any = None
+
+
+def _get_jieba() -> Any:
+    """The module's own jieba.Tokenizer, created and loaded (dictionary, ~1 s) on first use, quietly."""
+    global _jieba_tokenizer
+    if _jieba_tokenizer is None:
+        with _jieba_lock:
+            if _jieba_tokenizer is None:
+                import jieba
+
+                jieba.setLogLevel(logging.WARNING)  # no "Building prefix dict..." chatter
+                tok = jieba.Tokenizer()
+                tok.initialize()
+                _jieba_tokenizer = tok
+    return _jieba_tokenizer
+
+
+def normalize(text: str) -> str:
+    """NFKC, Unicode hyphens to "-", lower case: what both tokenizing and matching see."""
+    text = unicodedata.normalize("NFKC", text)
+    if _HYPHENS_RE.search(text):  # rare; str.translate is slow enough to skip when not needed
+        text = text.translate(_HYPHENS)
+    return text.lower()
+
+
+class Tokenizer:
+    """A configured tokenizer; ``tokenize`` is ``Tokenizer()`` with the defaults.
+
+    Options (defaults are the engine's behaviour):
+      search_mode: jieba ``cut_for_search`` (word + dictionary sub-words) instead of plain ``cut``.
+      hmm: let jieba's HMM find words missing from its dictionary.
+      split_compounds: after a compound identifier (gpt-4, all-to-all, 3.5) also emit its parts.
+      stopwords: tokens to drop after tokenizing (None: keep everything).
+    """
+
+    def __init__(
+        self,
+        *,
+        search_mode: bool = True,
+        hmm: bool = True,
+        split_compounds: bool = True,
+        stopwords: Iterable[str] | None = None,
+    ) -> None:
+        self.search_mode = search_mode
+        self.hmm = hmm
+        self.split_compounds = split_compounds
+        self.stopwords = frozenset(stopwords) if stopwords else None
+        # Segmentation of a CJK run depends only on the run (jieba sees it alone), so cache it:
+        # short runs between English terms ("的", "和", "通信") repeat across passages.
+        self._cut_cjk = lru_cache(maxsize=_CACHE_SIZE)(self._cut_cjk_uncached)
+
+    def _cut_cjk_uncached(self, run: str) -> tuple[str, ...]:
+        jb = _get_jieba()
+        if self.search_mode:
+            return tuple(jb.cut_for_search(run, HMM=self.hmm))
+        return tuple(jb.cut(run, HMM=self.hmm))
+
+    def __call__(self, text: str) -> list[str]:
+        return self.tokenize(text)
+
+    def tokenize(self, text: str) -> list[str]:
+        if not text:
+            return []
+        text = normalize(text)
+        out: list[str] = []
+        append, extend = out.append, out.extend
+        cut_cjk = self._cut_cjk
+        split = self.split_compounds
+        sep_search, sep_split = _SEP_RE.search, _SEP_RE.split
+        for m in _RUN_RE.finditer(text):
+            cjk = m.group("cjk")
+            if cjk is not None:
+                extend(cut_cjk(cjk))
+                continue
+            word = m.group("word")
+            append(word)
+            if split and sep_search(word):
+                # Parts of "c++"-suffixed compounds keep the suffix on the last part's whole token only.
+                if word[-1] in "+#":
+                    word = word.rstrip("+#")
+                extend(sep_split(word))
+        if self.stopwords:
+            sw = self.stopwords
+            out = [t for t in out if t not in sw]
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"Tokenizer(search_mode={self.search_mode}, hmm={self.hmm}, "
+            f"split_compounds={self.split_compounds}, stopwords={None if self.stopwords is None else len(self.stopwords)})"
+        )
+
+
+DEFAULT_TOKENIZER = Tokenizer()
+
+
+def tokenize(text: str) -> list[str]:
+    """Tokens of ``text`` for BM25, in text order (same function for passages and queries)."""
+    return DEFAULT_TOKENIZER.tokenize(text)
+
+
+def tokenize_many(texts: Iterable[str]) -> list[list[str]]:
+    """``[tokenize(t) for t in texts]``."""
+    tok = DEFAULT_TOKENIZER.tokenize
+    return [tok(t) for t in texts]
+
+
+def detect_language(text: str) -> str:
+    """"zh" when the text has at least as many CJK ideographs as Latin words (and some), else "en"."""
+    if not text:
+        return "en"
+    text = unicodedata.normalize("NFKC", text)
+    n_cjk = sum(map(len, _CJK_RUN_RE.findall(text)))
+    if n_cjk == 0:
+        return "en"
+    n_latin = len(_LATIN_WORD_RE.findall(text))
+    return "zh" if n_cjk >= n_latin else "en"

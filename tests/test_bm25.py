@@ -1,0 +1,234 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+from rank_bm25 import BM25Plus
+
+from search.bm25_index import BM25Index
+from search.tokenizing import tokenize
+
+PASSAGES = [
+    "序列并行沿序列维度切分输入，DeepSpeed-Ulysses 使用 all-to-all 通信交换注意力头。",
+    "数据并行：每张卡保存完整模型副本，用 all-reduce 同步梯度。",
+    "ZeRO-3 把参数、梯度和优化器状态都切分到各张卡上，显存占用随卡数下降。",
+    "ZeRO-1 只切分优化器状态，ZeRO-2 再切分梯度。",
+    "Megatron-LM 的张量并行把注意力和 MLP 的矩阵按列、按行切分。",
+    "GPipe 用流水线并行，把 batch 切成 micro-batch 来减少气泡。",
+    "GPT-4 的上下文长度是 8k 或 32k，GPT-3.5 是 4k。",
+    "LLaMA-2 使用 RoPE 位置编码和 SwiGLU 激活函数。",
+    "C++ 和 CUDA 写的 FlashAttention 内核把注意力计算分块放进 SRAM。",
+    "番茄炒蛋：鸡蛋打散，番茄切块，先炒蛋再炒番茄。",
+    "Steep green tea in water below boiling for two minutes so it does not turn bitter.",
+    "Knead the dough for ten minutes, let it rise until doubled, then bake it.",
+    "BM25 的 k1 控制词频饱和，b 控制文档长度归一化；Lucene 的 idf 不会为负。",
+    "",  # a passage with no tokens at all
+    "！？。，",  # punctuation only: also no tokens
+    "all-to-all 通信在 NCCL 里的实现；all-reduce 等于 reduce-scatter 加 all-gather。",
+]
+
+QUERIES = [
+    "序列并行",
+    "all-to-all 通信",
+    "all to all",
+    "ZeRO-3 切分",
+    "gpt-4 gpt-4 上下文",  # repeated tokens
+    "并行 并行 并行",
+    "番茄 炒蛋",
+    "green tea",
+    "注意力 flashattention c++",
+    "量子纠缠 unknownword",  # unknown tokens only
+    "序列并行 unknownword",  # known + unknown
+]
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return [tokenize(p) for p in PASSAGES]
+
+
+def lucene_reference(corpus, query, k1, b):
+    """Lucene BM25 written out with numpy (float64)."""
+    n = len(corpus)
+    dl = np.array([len(d) for d in corpus], dtype=float)
+    avgdl = dl.mean()
+    tfs = [Counter(d) for d in corpus]
+    out = np.zeros(n)
+    for q in query:
+        tf = np.array([c.get(q, 0) for c in tfs], dtype=float)
+        df = np.count_nonzero(tf)
+        if df == 0:
+            continue
+        idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+        has = tf > 0  # (a token-less passage with b=1 would give 0/0 otherwise)
+        out[has] += idf * tf[has] / (tf[has] + k1 * (1 - b + b * dl[has] / avgdl))
+    return out
+
+
+# rank_bm25.BM25L multiplies its BM25L term by the raw tf once more, so it is no reference for bm25s's "bm25l".
+
+
+def test_corpus_is_realistic(corpus):
+    assert corpus[13] == [] and corpus[14] == []
+    assert "all-to-all" in corpus[0] and "zero-3" in corpus[2] and "c++" in corpus[8]
+
+
+@pytest.mark.parametrize("k1, b", [(0.9, 0.4), (1.2, 0.75), (1.5, 1.0), (2.0, 0.0)])
+def test_lucene_matches_direct_formula(corpus, k1, b):
+    index = BM25Index.build(corpus, method="lucene", k1=k1, b=b)
+    for text in QUERIES:
+        q = tokenize(text)
+        got = index.scores(q)
+        assert got.shape == (len(PASSAGES),)
+        np.testing.assert_allclose(got, lucene_reference(corpus, q, k1, b), rtol=0, atol=1e-6)
+
+
+def test_default_params_are_lucene_and_used(corpus):
+    assert BM25Index.DEFAULT_PARAMS == {"method": "lucene", "k1": 0.9, "b": 0.4}
+    index = BM25Index.build(corpus, **BM25Index.DEFAULT_PARAMS)
+    assert index.params["method"] == "lucene" and index.params["k1"] == 0.9 and index.params["b"] == 0.4
+    assert index.n_passages == len(PASSAGES)
+    q = tokenize("序列并行")
+    np.testing.assert_allclose(BM25Index.build(corpus).scores(q), index.scores(q), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("k1, b, delta", [(0.9, 0.4, 0.5), (1.5, 0.75, 1.0)])
+def test_bm25plus_matches_rank_bm25(corpus, k1, b, delta):
+    ours = BM25Index.build(corpus, method="bm25+", k1=k1, b=b, delta=delta)
+    ref = BM25Plus(corpus, k1=k1, b=b, delta=delta)
+    for text in QUERIES:
+        q = tokenize(text)
+        assert np.abs(ours.scores(q) - ref.get_scores(q)).max() <= 1e-6, text
+
+
+def test_repeated_query_tokens_count_every_time_like_rank_bm25(corpus):
+    index = BM25Index.build(corpus)
+    once = index.scores(["并行"])
+    assert once.max() > 0
+    np.testing.assert_allclose(index.scores(["并行", "并行", "并行"]), 3 * once, rtol=0, atol=1e-12)
+    plus = BM25Index.build(corpus, method="bm25+", k1=0.9, b=0.4, delta=0.5)
+    ref = BM25Plus(corpus, k1=0.9, b=0.4, delta=0.5)
+    q = ["gpt-4", "gpt-4", "上下文"]
+    assert np.abs(plus.scores(q) - ref.get_scores(q)).max() <= 1e-6
+    assert np.abs(plus.scores(q) - plus.scores(["gpt-4", "上下文"])).max() > 0.1
+
+
+def test_unknown_and_empty_queries_give_zeros(corpus):
+    index = BM25Index.build(corpus)
+    for q in ([], ["unknownword"], ["", "量子纠缠"]):
+        got = index.scores(q)
+        assert got.shape == (len(PASSAGES),) and not got.any()
+        assert len(index.top_k(q, 5)[0]) == 0
+    np.testing.assert_array_equal(index.scores(["序列", "unknownword"]), index.scores(["序列"]))
+    assert index.scores(["序列"])[0] > 0
+
+
+def test_zero_score_where_no_term_matches(corpus):
+    index = BM25Index.build(corpus)
+    s = index.scores(tokenize("番茄"))
+    assert s[9] > 0 and np.count_nonzero(s) == 1
+    assert index.scores(tokenize("并行"))[[13, 14]].tolist() == [0.0, 0.0]  # token-less passages
+
+
+def brute_force_top_k(scores, k, allowed=None):
+    ids = [i for i in range(len(scores)) if scores[i] > 0 and (allowed is None or allowed[i])]
+    ids.sort(key=lambda i: (-scores[i], i))
+    return ids[:k]
+
+
+def test_top_k_order_and_cut(corpus):
+    index = BM25Index.build(corpus)
+    for text in QUERIES:
+        q = tokenize(text)
+        scores = index.scores(q)
+        for k in (1, 2, 3, 100):
+            ids, top = index.top_k(q, k)
+            assert ids.dtype == np.int64
+            assert ids.tolist() == brute_force_top_k(scores, k)
+            np.testing.assert_array_equal(top, scores[ids])
+            assert np.all(np.diff(top) <= 0) and np.all(top > 0)
+    ids, _ = index.top_k(tokenize("ZeRO-3 切分"), 1)
+    assert ids.tolist() == [2]
+    assert index.top_k(tokenize("序列并行"), 0)[0].size == 0
+
+
+def test_allowed_mask_applies_before_the_cut(corpus):
+    index = BM25Index.build(corpus)
+    q = tokenize("并行 切分 all-to-all 通信")
+    scores = index.scores(q)
+    matching = np.flatnonzero(scores > 0)
+    assert len(matching) >= 6
+    best = brute_force_top_k(scores, 3)
+    allowed = np.ones(len(PASSAGES), dtype=bool)
+    allowed[best] = False  # hide the three best: a mask applied after the cut would leave nothing
+    ids, top = index.top_k(q, 3, allowed=allowed)
+    assert len(ids) == 3 and not set(ids.tolist()) & set(best)
+    assert ids.tolist() == brute_force_top_k(scores, 3, allowed)
+    # fewer allowed matches than k: all of them, and only them
+    allowed = np.zeros(len(PASSAGES), dtype=bool)
+    allowed[[matching[-1], 10, 13]] = True
+    assert index.top_k(q, 5, allowed=allowed)[0].tolist() == [matching[-1]]
+    with pytest.raises(ValueError):
+        index.top_k(q, 3, allowed=np.ones(3, dtype=bool))
+
+
+def test_ties_are_broken_by_lower_id():
+    index = BM25Index.build([["a", "b"], ["c"], ["a", "b"], ["a", "b"], ["a", "b"], ["d"]])
+    ids, scores = index.top_k(["a"], 2)
+    assert ids.tolist() == [0, 2] and scores[0] == scores[1]
+    assert index.top_k(["a"], 10)[0].tolist() == [0, 2, 3, 4]
+
+
+def test_top_k_bm25plus_keeps_only_matching_passages(corpus):
+    index = BM25Index.build(corpus, method="bm25+", k1=0.9, b=0.4, delta=0.5)
+    q = tokenize("番茄")
+    assert (index.scores(q) > 0).all()  # the non-occurrence term lifts every passage...
+    assert index.top_k(q, 5)[0].tolist() == [9]  # ...but only a passage with the term is a hit
+
+
+@pytest.mark.parametrize("method", ["lucene", "bm25+"])
+@pytest.mark.parametrize("mmap", [True, False])
+def test_save_load_round_trip(corpus, tmp_path, method, mmap):
+    index = BM25Index.build(corpus, method=method, k1=1.2, b=0.6, delta=0.7)
+    index.save(tmp_path / "bm25")
+    loaded = BM25Index.load(tmp_path / "bm25", mmap=mmap)
+    assert loaded.n_passages == index.n_passages and loaded.params == index.params
+    for text in QUERIES:
+        q = tokenize(text)
+        np.testing.assert_array_equal(loaded.scores(q), index.scores(q))
+        for a, b in zip(loaded.top_k(q, 4), index.top_k(q, 4)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_load_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        BM25Index.load(tmp_path / "nothing")
+
+
+def test_empty_corpus(tmp_path):
+    index = BM25Index.build([])
+    assert index.n_passages == 0 and len(index) == 0
+    assert index.scores(["a"]).shape == (0,) and index.scores([]).shape == (0,)
+    ids, scores = index.top_k(["a"], 5)
+    assert ids.shape == (0,) and scores.shape == (0,)
+    index.save(tmp_path / "e")
+    loaded = BM25Index.load(tmp_path / "e")
+    assert loaded.n_passages == 0 and loaded.scores(["a"]).shape == (0,)
+
+
+def test_corpus_without_any_token(tmp_path):
+    index = BM25Index.build([[], tokenize("。！"), []])
+    assert index.n_passages == 3
+    assert index.scores(["a"]).tolist() == [0.0, 0.0, 0.0]
+    assert index.top_k(["a"], 2)[0].size == 0
+    index.save(tmp_path / "z")
+    assert BM25Index.load(tmp_path / "z").scores(["a"]).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_rejects_strings_instead_of_token_lists():
+    with pytest.raises(TypeError):
+        BM25Index.build(["not tokenised"])
+    index = BM25Index.build([["a"]])
+    with pytest.raises(TypeError):
+        index.scores("a")
+    with pytest.raises(ValueError):
+        BM25Index.build([["a"]], method="okapi")

@@ -1,0 +1,113 @@
+import string
+import subprocess
+import sys
+
+import pytest
+
+from search.tokenizing import Tokenizer, detect_language, normalize, tokenize, tokenize_many
+
+CJK_PUNCT = "，。！？；：、“”‘’（）【】《》—…·「」『』〈〉"
+
+
+def test_nfkc_full_width_to_half_width_and_lower_case():
+    assert normalize("ＧＰＴ－４ ＬＬａＭＡ") == "gpt-4 llama"
+    assert tokenize("ＧＰＴ－４") == ["gpt-4", "gpt", "4"]
+    assert tokenize("GPT-4") == tokenize("gpt-4") == tokenize("ＧＰＴ－４")
+    assert tokenize("ＤｅｅｐＳｐｅｅｄ") == ["deepspeed"]
+
+
+def test_unicode_hyphens_join_like_ascii_hyphen():
+    # U+2011 non-breaking hyphen (NFKC -> U+2010) and U+2013 en dash
+    assert tokenize("GPT\u20114") == tokenize("GPT-4")
+    assert tokenize("all\u2013to\u2013all") == tokenize("all-to-all")
+
+
+def test_mixed_chinese_english_sentence():
+    toks = tokenize("我们用DeepSpeed的ZeRO-3和GPT-4做all-to-all通信，序列并行很重要！")
+    for expected in ["deepspeed", "zero-3", "zero", "3", "gpt-4", "gpt", "all-to-all", "all", "to", "序列", "并行", "通信"]:
+        assert expected in toks, expected
+    assert not any(ch in t for t in toks for ch in "，！,!" + string.whitespace)
+    # text order: whole identifier first, then its parts; Chinese words where they stand
+    assert toks == [
+        "我们", "用", "deepspeed", "的", "zero-3", "zero", "3", "和", "gpt-4", "gpt", "4", "做",
+        "all-to-all", "all", "to", "all", "通信", "序列", "并行", "很", "重要",
+    ]
+
+
+def test_search_mode_emits_sub_words_of_long_chinese_words():
+    assert tokenize("中华人民共和国") == ["中华", "华人", "人民", "共和", "共和国", "中华人民共和国"]
+    toks = tokenize("清华大学的计算机科学")
+    assert {"清华", "大学", "清华大学"} <= set(toks)
+
+
+def test_identifiers():
+    assert tokenize("C++ 和 C# 都是语言") == ["c++", "和", "c#", "都", "是", "语言"]
+    assert tokenize("GPT-3.5 比 3.5 版本") == ["gpt-3.5", "gpt", "3", "5", "比", "3.5", "3", "5", "版本"]
+    assert tokenize("v1.2.3") == ["v1.2.3", "v1", "2", "3"]
+    assert tokenize("snake_case") == ["snake_case", "snake", "case"]
+    assert tokenize("DeepSpeed-Ulysses and LLaMA-2") == [
+        "deepspeed-ulysses", "deepspeed", "ulysses", "and", "llama-2", "llama", "2",
+    ]
+    # a separator needs a letter/digit after it: sentence-final period and trailing hyphen are dropped
+    assert tokenize("We used GPT-4. Then-") == ["we", "used", "gpt-4", "gpt", "4", "then"]
+
+
+def test_queries_match_compounds_both_ways():
+    doc = set(tokenize("DeepSpeed-Ulysses 使用 all-to-all 通信"))
+    assert set(tokenize("all to all")) <= doc
+    assert set(tokenize("all-to-all")) <= doc
+    assert "gpt-4" in tokenize("GPT-4 的上下文") and "gpt-4" in tokenize("gpt-4")
+
+
+def test_punctuation_and_whitespace_never_emitted():
+    assert tokenize("") == []
+    assert tokenize("   \n\t\u3000 ") == []
+    assert tokenize(string.punctuation) == []
+    assert tokenize(CJK_PUNCT) == []
+    toks = tokenize("（注意）：【序列并行】《论文》“引用”，结束。")
+    assert toks and all(t.isalnum() for t in toks)
+    assert "序列" in toks and "论文" in toks
+
+
+def test_other_scripts_and_digits():
+    assert tokenize("café naïve Привет") == ["café", "naïve", "привет"]
+    assert tokenize("2024年3月") == ["2024", "年", "3", "月"]
+
+
+def test_tokenize_many_and_options():
+    texts = ["序列并行", "GPT-4", ""]
+    assert tokenize_many(texts) == [tokenize(t) for t in texts]
+    assert Tokenizer(search_mode=False).tokenize("中华人民共和国") == ["中华人民共和国"]
+    assert Tokenizer(split_compounds=False).tokenize("all-to-all 通信") == ["all-to-all", "通信"]
+    assert Tokenizer(stopwords={"的"}).tokenize("我的模型") == ["我", "模型"]
+    assert tokenize("我的模型") == ["我", "的", "模型"]  # no stop words by default
+
+
+def test_jieba_is_lazy_quiet_and_private():
+    code = (
+        "import jieba, search.tokenizing as t\n"
+        "assert t._jieba_tokenizer is None\n"
+        "assert t.tokenize('序列并行') == ['序列', '并行']\n"
+        "assert t._jieba_tokenizer is not None and t._jieba_tokenizer is not jieba.dt\n"
+        "assert not jieba.dt.initialized\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "prefix dict" not in done.stderr and done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "text, lang",
+    [
+        ("序列并行沿序列维度切分输入", "zh"),
+        ("Sequence parallelism splits the input along the sequence dimension", "en"),
+        ("我们用DeepSpeed的ZeRO-3做all-to-all通信", "zh"),  # 12 ideographs vs 5 Latin words
+        ("We use DeepSpeed ZeRO-3 for 训练", "en"),  # 2 ideographs vs 5 Latin words
+        ("模型 model", "zh"),  # tie goes to zh
+        ("ＧＰＴ ｍｏｄｅｌ ｔｒａｉｎｉｎｇ 好", "en"),  # full-width Latin counts as Latin
+        ("", "en"),
+        ("12345 !!!", "en"),
+    ],
+)
+def test_detect_language(text, lang):
+    assert detect_language(text) == lang
