@@ -1,0 +1,57 @@
+"""Nearest-neighbour search over L2-normalised passage vectors with FAISS (inner product = cosine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+
+class DenseIndex:
+    """A FAISS index plus the passage id of each of its rows."""
+
+    def __init__(self, index: faiss.Index, ids: np.ndarray) -> None:
+        if index.ntotal != len(ids):
+            raise ValueError(f"FAISS index has {index.ntotal} vectors but {len(ids)} ids")
+        self.index = index
+        self.ids = np.asarray(ids, dtype=np.int64)
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, ids: np.ndarray, dim: int) -> "DenseIndex":
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim)
+        index = faiss.IndexFlatIP(dim)  # exact search; fine up to a few hundred thousand passages
+        index.add(vectors)
+        return cls(index, ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Passage ids and cosine scores of the k nearest passages, best first."""
+        k = min(k, len(self))
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        scores, rows = self.index.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1), k)
+        keep = rows[0] >= 0
+        return self.ids[rows[0][keep]], scores[0][keep]
+
+    def vectors(self) -> np.ndarray:
+        """All stored vectors in row order (reused by incremental builds instead of re-embedding)."""
+        if len(self) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.index.reconstruct_n(0, len(self))
+
+    def save(self, prefix: Path) -> None:
+        faiss.write_index(self.index, str(prefix.with_suffix(".faiss")))
+        np.save(prefix.with_suffix(".ids.npy"), self.ids)
+
+    @classmethod
+    def load(cls, prefix: Path) -> "DenseIndex":
+        index = faiss.read_index(str(prefix.with_suffix(".faiss")))
+        ids = np.load(prefix.with_suffix(".ids.npy"))
+        return cls(index, ids)

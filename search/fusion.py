@@ -1,0 +1,53 @@
+"""Merging ranked lists from the keyword and the dense retriever into one ranking."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+# One retriever's candidates: passage ids best first, with their scores.
+Ranking = tuple[np.ndarray, np.ndarray]
+
+
+def reciprocal_rank_fusion(rankings: Sequence[Ranking], weights: Sequence[float], k: float = 60.0) -> dict[int, float]:
+    """Weighted RRF: sum of weight / (k + rank) with ranks starting at 1."""
+    fused: dict[int, float] = {}
+    for (ids, _), weight in zip(rankings, weights):
+        for rank, pid in enumerate(ids.tolist(), start=1):
+            fused[pid] = fused.get(pid, 0.0) + weight / (k + rank)
+    return fused
+
+
+def min_max(scores: np.ndarray) -> np.ndarray:
+    """Scale scores to [0, 1]; a list of equal scores maps to 1 (each is as good as the best)."""
+    if scores.size == 0:
+        return scores.astype(np.float64)
+    low, high = float(scores.min()), float(scores.max())
+    if high - low <= 1e-12:
+        return np.ones_like(scores, dtype=np.float64)
+    return (scores.astype(np.float64) - low) / (high - low)
+
+
+def weighted_score_fusion(rankings: Sequence[Ranking], weights: Sequence[float]) -> dict[int, float]:
+    """Convex combination of min-max normalised scores; a passage missing from a list gets 0 there."""
+    fused: dict[int, float] = {}
+    total = sum(weights) or 1.0
+    for (ids, scores), weight in zip(rankings, weights):
+        for pid, value in zip(ids.tolist(), min_max(scores).tolist()):
+            fused[pid] = fused.get(pid, 0.0) + weight / total * value
+    return fused
+
+
+FUSION_METHODS = {"rrf": reciprocal_rank_fusion, "weighted": weighted_score_fusion}
+
+
+def fuse(rankings: Sequence[Ranking], weights: Sequence[float], method: str = "rrf", rrf_k: float = 60.0) -> list[tuple[int, float]]:
+    """Fused (passage id, score) pairs, best first; ties broken by passage id for stable output."""
+    if method == "rrf":
+        fused = reciprocal_rank_fusion(rankings, weights, k=rrf_k)
+    elif method == "weighted":
+        fused = weighted_score_fusion(rankings, weights)
+    else:
+        raise ValueError(f"unknown fusion method {method!r}: choose from {sorted(FUSION_METHODS)}")
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))

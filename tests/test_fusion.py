@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from search.fusion import fuse, min_max, reciprocal_rank_fusion, weighted_score_fusion
+
+
+def ranking(ids, scores):
+    return np.array(ids, dtype=np.int64), np.array(scores, dtype=np.float64)
+
+
+def test_rrf_sums_weighted_reciprocal_ranks():
+    bm25 = ranking([7, 3, 5], [9.0, 4.0, 1.0])
+    dense = ranking([3, 9], [0.8, 0.7])
+    fused = reciprocal_rank_fusion([bm25, dense], [1.0, 2.0], k=60)
+    assert fused[7] == pytest.approx(1 / 61)
+    assert fused[3] == pytest.approx(1 / 62 + 2 / 61)
+    assert fused[5] == pytest.approx(1 / 63)
+    assert fused[9] == pytest.approx(2 / 62)
+
+
+def test_min_max_scales_to_unit_interval_and_handles_ties():
+    assert min_max(np.array([2.0, 4.0, 3.0])).tolist() == [0.0, 1.0, 0.5]
+    assert min_max(np.array([5.0, 5.0])).tolist() == [1.0, 1.0]
+    assert min_max(np.array([])).size == 0
+
+
+def test_weighted_fusion_is_convex_combination_of_normalised_scores():
+    bm25 = ranking([1, 2, 3], [10.0, 6.0, 2.0])  # normalised 1, .5, 0
+    dense = ranking([3, 1], [0.9, 0.5])  # normalised 1, 0
+    fused = weighted_score_fusion([bm25, dense], [3.0, 1.0])
+    assert fused[1] == pytest.approx(0.75 * 1.0 + 0.25 * 0.0)
+    assert fused[2] == pytest.approx(0.75 * 0.5)
+    assert fused[3] == pytest.approx(0.75 * 0.0 + 0.25 * 1.0)
+
+
+def test_fuse_orders_best_first_with_stable_ties():
+    a = ranking([4, 2], [1.0, 0.5])
+    b = ranking([2, 4], [1.0, 0.5])
+    ordered = fuse([a, b], [1.0, 1.0], method="rrf")
+    assert [pid for pid, _ in ordered] == [2, 4]  # equal scores: lower id first
+    assert ordered[0][1] == pytest.approx(ordered[1][1])
+    with pytest.raises(ValueError):
+        fuse([a], [1.0], method="nope")
