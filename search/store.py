@@ -1,0 +1,187 @@
+"""The on-disk index folder: immutable generations switched in atomically, and a build lock.
+
+Layout::
+
+    INDEX_DIR/
+      CURRENT              name of the live generation (replaced atomically)
+      .lock                flock'ed by the one build allowed at a time
+      gen-<stamp>/         one complete, never-modified index state
+        manifest.json      format version, models, files, counts
+        passages.jsonl     one passage per line; passages.offsets.npy seeks to line i
+        tokens.jsonl       BM25 tokens per passage (lets a rebuild skip re-tokenising)
+        bm25/              bm25s score matrix
+        dense-<space>.faiss / .ids.npy
+
+A build writes a new generation beside the live one and only then points CURRENT at it, so a
+crash at any moment leaves the previous generation live and readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from search.errors import IndexNotFound, SearchError
+from search.schema import Passage
+
+FORMAT_VERSION = 1
+CURRENT = "CURRENT"
+MANIFEST = "manifest.json"
+GEN_PREFIX = "gen-"
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so readers see either the old or the new content, never a torn one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class IndexFolder:
+    """One index folder on disk with its generations."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def current(self) -> Path:
+        """The live generation; raises IndexNotFound with what to run when there is none."""
+        try:
+            name = (self.root / CURRENT).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise IndexNotFound(f"no index at {self.root}: build one with `search index PATHS --index {self.root}`") from None
+        generation = self.root / name
+        if not (generation / MANIFEST).is_file():
+            raise IndexNotFound(f"index at {self.root} is damaged (missing {name}): run `search index --rebuild`")
+        return generation
+
+    def exists(self) -> bool:
+        return (self.root / CURRENT).is_file()
+
+    def new_generation(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**9:09d}-{os.getpid()}"
+        generation = self.root / f"{GEN_PREFIX}{stamp}"
+        generation.mkdir()
+        return generation
+
+    def publish(self, generation: Path) -> None:
+        """Make `generation` live, then drop all but it and its predecessor.
+
+        The predecessor stays so a query that read CURRENT just before the switch can finish.
+        """
+        for path in generation.rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+        _fsync_dir(generation)
+        previous = self.root / (self.root / CURRENT).read_text().strip() if self.exists() else None
+        write_atomic(self.root / CURRENT, generation.name.encode())
+        self.remove_stale(keep={generation, previous})
+
+    def remove_stale(self, keep: Iterable[Path | None]) -> None:
+        """Delete generations other than `keep` (leftovers of aborted builds among them)."""
+        keep_names = {path.name for path in keep if path is not None}
+        for path in self.root.glob(f"{GEN_PREFIX}*"):
+            if path.name not in keep_names:
+                shutil.rmtree(path, ignore_errors=True)
+        for tmp in self.root.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def build_lock(self, wait: bool = False) -> Iterator[None]:
+        """Hold the folder's build lock. flock is released by the kernel when the process dies,
+        so a `kill -9` never leaves a stale lock behind."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except OSError as error:
+                if error.errno in (errno.EAGAIN, errno.EACCES):
+                    raise SearchError(
+                        f"another build is running on {self.root}; wait for it to finish (or pass --wait)"
+                    ) from None
+                raise
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_manifest(generation: Path) -> dict[str, Any]:
+    return json.loads((generation / MANIFEST).read_text(encoding="utf-8"))
+
+
+def write_manifest(generation: Path, manifest: dict[str, Any]) -> None:
+    (generation / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def _jsonl_with_offsets(path: Path, rows: Iterable[Any]) -> np.ndarray:
+    offsets = []
+    with open(path, "wb") as handle:
+        for row in rows:
+            offsets.append(handle.tell())
+            handle.write(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
+    return np.asarray(offsets, dtype=np.int64)
+
+
+def write_passages(generation: Path, passages: list[Passage], tokens: list[list[str]]) -> None:
+    offsets = _jsonl_with_offsets(generation / "passages.jsonl", (p.to_dict() for p in passages))
+    np.save(generation / "passages.offsets.npy", offsets)
+    with open(generation / "tokens.jsonl", "w", encoding="utf-8") as handle:
+        for row in tokens:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_tokens(generation: Path) -> list[list[str]]:
+    with open(generation / "tokens.jsonl", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+class PassageStore:
+    """Random access to the passages of a generation without loading them all (seek by offset)."""
+
+    def __init__(self, generation: Path) -> None:
+        self.path = generation / "passages.jsonl"
+        self.offsets = np.load(generation / "passages.offsets.npy")
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def get(self, passage_id: int) -> Passage:
+        with open(self.path, "rb") as handle:
+            handle.seek(int(self.offsets[passage_id]))
+            return Passage(**json.loads(handle.readline()))
+
+    def get_many(self, passage_ids: Iterable[int]) -> list[Passage]:
+        with open(self.path, "rb") as handle:
+            out = []
+            for passage_id in passage_ids:
+                handle.seek(int(self.offsets[passage_id]))
+                out.append(Passage(**json.loads(handle.readline())))
+            return out
+
+    def __iter__(self) -> Iterator[Passage]:
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                yield Passage(**json.loads(line))

@@ -1,0 +1,105 @@
+"""The library API end to end with the real bundled models on a tiny corpus."""
+
+import json
+import os
+import time
+
+import pytest
+
+from search import Engine, SearchError
+from search.errors import IncompatibleIndex, IndexNotFound
+
+from conftest import write_notes
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    notes = write_notes(root / "notes")
+    engine = Engine.build([notes], root / "index")
+    return engine, notes, root
+
+
+def test_build_summary_and_models(built):
+    engine, _, _ = built
+    summary = engine.build_summary
+    assert summary.files_added == 3 and summary.files_changed == 0
+    assert summary.passages == summary.passages_embedded > 0
+    models = engine.stats()["models"]
+    assert models["zh"]["name"] == "m3e-small" and models["zh"]["dim"] == 512
+    assert models["en"]["name"] == "all-MiniLM-L6-v2" and models["en"]["dim"] == 384
+    assert models["zh"]["passages"] > 0 and models["en"]["passages"] > 0
+
+
+def test_hybrid_hit_carries_all_fields(built):
+    engine, notes, _ = built
+    hits = engine.search("序列并行", k=3)
+    top = hits[0]
+    assert top.path == str(notes / "并行.md")
+    assert top.heading_path == ["并行训练", "序列并行"]
+    assert "all-to-all" in top.text
+    assert (top.line_start, top.line_end) == (10, 10)
+    assert top.metadata["tags"] == ["机器学习"]
+    assert top.bm25_rank == 1 and top.bm25_score > 0
+    assert top.dense_rank is not None and -1 <= top.dense_score <= 1
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_modes(built):
+    engine, notes, _ = built
+    bm25 = engine.search("zero-3", k=5, mode="bm25")
+    assert bm25 and "ZeRO-3" in bm25[0].text and all(h.dense_rank is None for h in bm25)
+    dense = engine.search("how long should I brew green tea", k=2, mode="dense")
+    assert "tea" in dense[0].text and all(h.bm25_rank is None for h in dense)
+    assert dense[0].score == dense[0].dense_score
+    with pytest.raises(SearchError):
+        engine.search("x", mode="fuzzy")
+    with pytest.raises(SearchError):
+        engine.search("   ")
+
+
+def test_english_paraphrase_found_by_english_model(built):
+    engine, _, _ = built
+    hits = engine.search("making a loaf at home", k=1, mode="dense")
+    assert "dough" in hits[0].text
+
+
+def test_open_with_other_model_is_refused(built):
+    _, _, root = built
+    with pytest.raises(IncompatibleIndex, match="m3e-small.*some-other/model|some-other/model"):
+        Engine.open(root / "index", model="some-other/model")
+    with pytest.raises(IndexNotFound, match="search index"):
+        Engine.open(root / "missing")
+
+
+def test_incremental_build_reuses_unchanged_work(built, tmp_path):
+    _, _, root = built
+    notes = write_notes(tmp_path / "notes")
+    index = tmp_path / "index"
+    first = Engine.build([notes], index).build_summary
+    again = Engine.build([notes], index).build_summary
+    assert again.files_unchanged == 3 and again.passages_embedded == 0
+    assert again.passages_reused == first.passages
+
+    path = notes / "cooking.md"
+    path.write_text(path.read_text().replace("two minutes", "three minutes"), encoding="utf-8")
+    (notes / "菜谱.txt").unlink()
+    (notes / "new.md").write_text("# Coffee\n\nGrind the beans just before brewing.\n", encoding="utf-8")
+    changed = Engine.build([notes], index)
+    s = changed.build_summary
+    assert (s.files_added, s.files_changed, s.files_removed, s.files_unchanged) == (1, 1, 1, 1)
+    assert s.passages_embedded == 2  # the edited tea paragraph and the new note
+    assert changed.search("three minutes", k=1, mode="bm25")[0].path == str(path)
+    assert not any("番茄" in h.text for h in changed.search("番茄炒蛋", k=5))
+
+    rebuilt = Engine.build([notes], index, rebuild=True).build_summary
+    assert rebuilt.passages_embedded == rebuilt.passages and rebuilt.files_added == 3
+
+
+def test_seeds_sequence_parallelism_first(seeds_dir, tmp_path_factory):
+    index = tmp_path_factory.mktemp("seeds") / "index"
+    engine = Engine.build([seeds_dir], index)
+    top = engine.search("序列并行", k=5)[0]
+    assert top.path.endswith("002_42593514c2d838f2.txt")
+    assert "序列并行" in top.text and "序列维度" in top.text
+    assert top.line_start <= 375 <= top.line_end
