@@ -1,377 +1,718 @@
-"""Splitting documents into passages: Document -> list[Passage].
+"""Documents -> passages: markdown-aware, line-exact, within the embedding model's token budget.
 
-Markdown is read structurally: front matter becomes metadata, headings make sections (every
-passage carries its heading path and source line range), Liquid tags and HTML comments go, links
-and images keep their visible text. Blocks (paragraphs, code, tables, formulas) are packed into
-passages up to a token budget counted with the embedding model's own tokenizer; an oversized block
-is split at sentence ends (Chinese and English) with a small overlap, tables between rows with the
-header repeated, code between lines. No passage ever exceeds the budget.
+Markdown is read structurally: YAML front matter becomes metadata, ATX (and setext) headings make
+sections whose heading path every passage carries, Liquid tags, HTML comments and HTML tags go
+(include captions and image alt texts stay), links and images keep their visible text. A section's
+blocks (paragraphs, lists, tables, fenced code, $$ formulas) are packed into passages up to
+`max_tokens`; a block too big on its own is split: prose at sentence ends with a small overlap,
+then at commas, then by characters; tables between rows with the header repeated; code between
+lines inside repeated fences. Plain text is paragraphs and lines, packed and split the same way.
 
-Hand-written because no library keeps line numbers through markdown cleanup and splits Chinese
-sentences against a model's token budget.
+Every passage records the 1-based lines of the original file its text came from, and no passage
+ever counts more than `max_tokens`: counts of parts are summed to plan a passage and the passage
+is then counted once for real (tokenizers are not exactly additive).
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
+import html
 import re
-from dataclasses import dataclass
-from typing import Any, Callable
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
 
 import yaml
 
 from search.schema import Document, Passage
 
+__all__ = ["chunk_document", "parse_front_matter"]
+
 Counter = Callable[[str], int]
 
-FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)^---[ \t]*$\n?", re.S | re.M)
-FENCE = re.compile(r"^\s{0,3}(`{3,}|~{3,})")
-HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)(?:\s+#+)?\s*$")
-TABLE_ROW = re.compile(r"^\s*\|")
-TABLE_SEPARATOR = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
-HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)
-LIQUID = re.compile(r"\{%.*?%\}|\{\{.*?\}\}", re.S)
-VISIBLE_ATTRIBUTE = re.compile(r"\b(?:caption|alt|title)\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
-IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
-LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)|\[([^\]]+)\]\[[^\]]*\]")
-AUTOLINK = re.compile(r"<((?:https?|ftp|mailto):[^>\s]+)>")
-HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>")
-REFERENCE_DEFINITION = re.compile(r"^\s{0,3}\[[^\]]+\]:\s+\S+.*$")
-EMPHASIS = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
-# A sentence ends after Chinese 。！？； (with closing quotes), or after . ! ? followed by space/end.
-SENTENCE_END = re.compile(r"[。！？；!?;…]+[”’」』）)\"']*|(?<=[^\W\d_])\.(?=\s|$)[”’\"')]*|\.(?=\s)")
-CLAUSE_END = re.compile(r"[，,、：:]")
-
-
-@dataclass
-class Unit:
-    """A piece of text with its source lines and token count."""
-
-    text: str
-    start: int
-    end: int
-    tokens: int
-
-
-@dataclass
-class Block:
-    kind: str  # "prose" | "code" | "table" | "formula"
-    lines: list[str]
-    start: int  # 1-based line number of lines[0]
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines).strip("\n")
-
-    @property
-    def end(self) -> int:
-        return self.start + len(self.lines) - 1
-
-
-@dataclass
-class Section:
-    heading_path: list[str]
-    level: int
-    heading_line: int
-    blocks: list[Block]
-
+# A span longer than this many characters per token of budget is split without counting it first:
+# counting it would only confirm it is too big (packing re-joins the parts if it was not).
+_MAX_CHARS_PER_TOKEN = 12
 
 # ----- front matter ---------------------------------------------------------------------------
 
+_FM_OPEN = re.compile(r"---[ \t]*")
+_FM_CLOSE = re.compile(r"(?:---|\.\.\.)[ \t]*")
+_LIST_KEYS = ("tags", "categories")
+
+
+def parse_front_matter(text: str) -> tuple[dict[str, Any], str, int]:
+    """(metadata, body, number of lines the front matter block took); no block gives ({}, text, 0).
+
+    Malformed YAML still ends at its closing `---`: the block is dropped with empty metadata, so
+    the raw YAML never becomes searchable body text.
+    """
+    lines = text.split("\n")
+    if not _FM_OPEN.fullmatch(lines[0].lstrip("\ufeff")):
+        return {}, text, 0
+    end = next((i for i in range(1, len(lines)) if _FM_CLOSE.fullmatch(lines[i])), None)
+    if end is None:  # a lone `---` opening the file is a horizontal rule, not front matter
+        return {}, text, 0
+    return _metadata(_load_yaml("\n".join(lines[1:end]))), "\n".join(lines[end + 1 :]), end + 1
+
+
+def _load_yaml(raw: str) -> dict:
+    try:
+        data = yaml.safe_load(raw)
+    except Exception:  # YAMLError, or ValueError from an impossible date: treat as no metadata
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _metadata(data: dict) -> dict[str, Any]:
+    """Front matter as JSON-safe metadata: tags/categories as string lists, empty values dropped."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        key = str(key)
+        if key in _LIST_KEYS:
+            value = _string_list(value)
+        elif key == "title" and value is not None:
+            value = str(_json_safe(value)).strip()
+        else:
+            value = _json_safe(value)
+        if not _is_empty(value):
+            out[key] = value
+    return out
+
+
+def _string_list(value: Any) -> list[str]:
+    items = value if isinstance(value, (list, tuple, set)) else [value]
+    return [s for s in (str(_json_safe(v)).strip() for v in items if v is not None) if s]
+
 
 def _json_safe(value: Any) -> Any:
-    if isinstance(value, (datetime.date, datetime.datetime)):
+    if isinstance(value, (datetime.date, datetime.time)):  # datetime is a date too
         return value.isoformat()
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, set)):
         return [_json_safe(v) for v in value]
-    if isinstance(value, (str, int, float, bool)):
+    if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
 
 
-def parse_front_matter(text: str) -> tuple[dict[str, Any], str, int]:
-    """(metadata, body, number of lines the front matter took). Bad YAML gives empty metadata."""
-    match = FRONT_MATTER.match(text)
-    if not match:
-        return {}, text, 0
-    try:
-        data = yaml.safe_load(match.group(1)) or {}
-    except yaml.YAMLError:
-        data = {}
-    metadata: dict[str, Any] = {}
-    if isinstance(data, dict):
-        for key, value in data.items():
-            if value is None or value == "" or value == []:
-                continue
-            if key in ("tags", "categories"):
-                value = [value] if isinstance(value, str) else [str(v) for v in value]
-            metadata[str(key)] = _json_safe(value)
-    return metadata, text[match.end() :], match.group(0).count("\n")
+def _is_empty(value: Any) -> bool:
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or (isinstance(value, (list, dict)) and not value)
 
 
-# ----- markdown cleanup (keeps line count so line numbers stay true) --------------------------
+# ----- markdown cleanup -------------------------------------------------------------------------
+
+# Multi-line constructs, removed from text runs (never from code or formulas). Inline code spans
+# are matched first so that `{{ x }}` written as code survives. Newlines inside a removed span are
+# kept so every later line keeps its number.
+_SPANS = re.compile(
+    r"(?P<code>``[^\n]+?``|`[^`\n]+`)"
+    r"|(?P<comment><!--.*?-->)"
+    r"|(?P<liquid>\{%(?:(?!%\}|\{%).)*%\})"
+    r"|(?P<expr>\{\{(?:(?!\}\}|\{\{).)*\}\})"
+    r"|(?P<raw><(?P<rawtag>script|style)\b[^>]*>.*?</(?P=rawtag)\s*>)",
+    re.S | re.I,
+)
+_VISIBLE_ATTR = re.compile(r"""\b(?:caption|alt|title)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+
+_CODE_SPAN = re.compile(r"(``[^\n]+?``|`[^`\n]+`)")
+_IMAGE = re.compile(r"!\[([^\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)")
+_LINK = re.compile(r"\[([^\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)")
+_REF_LINK = re.compile(r"\[([^\]]+)\]\[[^\]]*\]")
+_AUTOLINK = re.compile(r"<((?:https?|ftp)://[^\s<>]+|mailto:[^\s<>]+)>", re.I)
+_IMG_TAG = re.compile(r"<img\b[^>]*>", re.I)
+_INLINE_TAGS = "a abbr b big cite code del dfn em font i ins kbd mark q s samp small span strike strong sub sup time tt u var"
+_BLOCK_TAGS = (
+    "audio blockquote body br button caption center col colgroup dd details div dl dt embed figcaption figure "
+    "footer form h1 h2 h3 h4 h5 h6 head header hr html iframe input label li meta nav object ol p param picture "
+    "pre section source summary svg table tbody td tfoot th thead tr ul video wbr"
+)
+# Attributes follow HTML's grammar, so that math such as `x<b 且 y>a` is not taken for a tag.
+_ATTRIBUTES = r"""(?:\s+[A-Za-z_:][-\w:.]*(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'<>=`]+))?)*"""
+_HTML_TAG = re.compile(
+    r"</?(%s)%s\s*/?>" % ("|".join((_INLINE_TAGS + " " + _BLOCK_TAGS).split()), _ATTRIBUTES), re.I | re.A
+)
+_BLOCK_TAG_NAMES = frozenset(_BLOCK_TAGS.split())
+_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)")
+_EMPHASIS = re.compile(r"(?<![\w*\\])\*(?=[^\s*])([^*\n]+?)(?<=[^\s*])\*(?![\w*])")
+_STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
+_SPACES = re.compile(r"(?<=\S)[ \t]{2,}")
+_QUOTE = re.compile(r"^\s{0,3}(?:>[ \t]?)+")
+# `[id]: url "title"` lines define link targets; the destination must look like a URL or path so
+# that a Chinese note line such as `[注意]: 说明` is not taken for one.
+_REF_DEF = re.compile(r"^\s{0,3}\[(?!\^)[^\]]+\]:\s*(?:<[^>]*>|\S*[/.:#]\S*)(?:\s+(?:\"[^\"]*\"|'[^']*'|\([^)]*\)))?\s*$")
 
 
-def _keep_newlines(replacement: str, original: str) -> str:
-    return replacement + "\n" * original.count("\n")
+def _strip_spans(text: str) -> str:
+    """Remove comments, Liquid tags and expressions, scripts and styles; keep include captions."""
+
+    def replace(match: re.Match) -> str:
+        if match.group("code"):
+            return match.group(0)
+        kept = ""
+        if match.group("liquid"):
+            kept = " ".join(a or b for a, b in _VISIBLE_ATTR.findall(match.group(0)))
+        return kept + "\n" * match.group(0).count("\n")
+
+    return _SPANS.sub(replace, text)
 
 
-def _liquid_visible_text(match: re.Match) -> str:
-    kept = " ".join(a or b for a, b in VISIBLE_ATTRIBUTE.findall(match.group(0)))
-    return _keep_newlines(kept, match.group(0))
+def _tag_text(match: re.Match) -> str:
+    # block-level tags separate words (`a<br>b`), inline ones do not (`H<sub>2</sub>O`)
+    return " " if match.group(1).lower() in _BLOCK_TAG_NAMES else ""
 
 
-def _strip_tags(text: str) -> str:
-    text = HTML_COMMENT.sub(lambda m: _keep_newlines("", m.group(0)), text)
-    return LIQUID.sub(_liquid_visible_text, text)
+def _img_alt(match: re.Match) -> str:
+    alt = re.search(r"""\balt\s*=\s*(?:"([^"]*)"|'([^']*)')""", match.group(0), re.I)
+    return (alt.group(1) or alt.group(2) or "") if alt else ""
 
 
-def clean_inline(line: str) -> str:
-    """Markdown inline syntax -> what a reader sees."""
-    if REFERENCE_DEFINITION.match(line):
-        return ""
-    line = IMAGE.sub(r"\1", line)
-    line = LINK.sub(lambda m: m.group(1) or m.group(2), line)
-    line = AUTOLINK.sub(r"\1", line)
-    line = HTML_TAG.sub("", line)
-    return EMPHASIS.sub(r"\2", line).rstrip()
+def _clean_prose(text: str) -> str:
+    """Inline markdown and HTML outside code spans -> the text a reader sees."""
+    text = _IMAGE.sub(r"\1", text)
+    text = _LINK.sub(r"\1", text)
+    text = _REF_LINK.sub(r"\1", text)
+    text = _AUTOLINK.sub(r"\1", text)
+    text = _IMG_TAG.sub(_img_alt, text)
+    text = _HTML_TAG.sub(_tag_text, text)
+    text = _STRONG.sub(lambda m: m.group(1) or m.group(2), text)
+    text = _EMPHASIS.sub(r"\1", text)
+    text = _STRIKE.sub(r"\1", text)
+    if "&" in text:
+        text = html.unescape(text).replace("\xa0", " ")
+    return _SPACES.sub(" ", text)
 
 
-def _clean_outside_code(lines: list[str]) -> list[str]:
-    """Remove comments and Liquid tags everywhere except inside fenced code."""
-    out: list[str] = []
-    segment: list[str] = []
-    fence: str | None = None
-
-    def flush() -> None:
-        if segment:
-            out.extend(_strip_tags("\n".join(segment)).split("\n"))
-            segment.clear()
-
-    for line in lines:
-        marker = FENCE.match(line)
-        if fence is None and marker:
-            flush()
-            fence = marker.group(1)[0] * 3
-            out.append(line)
-        elif fence is not None:
-            out.append(line)
-            if line.strip().startswith(fence):
-                fence = None
-        else:
-            segment.append(line)
-    flush()
-    return out
+def _code_text(span: str) -> str:
+    inner = span.strip("`")
+    return inner[1:-1] if len(inner) > 2 and inner[0] == " " and inner[-1] == " " else inner
 
 
-# ----- markdown structure -----------------------------------------------------------------------
+def _clean_inline(line: str) -> str:
+    """One markdown line as plain text: inline code keeps its text, everything else is cleaned."""
+    parts = _CODE_SPAN.split(line)
+    return "".join(_code_text(p) if i % 2 else _clean_prose(p) for i, p in enumerate(parts)).rstrip()
 
 
-def markdown_sections(lines: list[str], first_line: int) -> list[Section]:
-    """Sections (heading path + blocks); line numbers are 1-based in the original file."""
-    sections = [Section([], 0, 0, [])]
-    stack: list[tuple[int, str]] = []
-    paragraph: list[str] = []
-    paragraph_start = 0
-    i = 0
+# ----- markdown structure ----------------------------------------------------------------------
 
-    def end_paragraph() -> None:
-        nonlocal paragraph
-        if any(line.strip() for line in paragraph):
-            sections[-1].blocks.append(Block("prose", paragraph, paragraph_start))
-        paragraph = []
+_FENCE_OPEN = re.compile(r"^\s*(?:(`{3,})[^`]*|(~{3,}).*)$")
+_FENCE_CLOSE = re.compile(r"^\s*(`{3,}|~{3,})\s*$")
+_LIQUID_OPEN = re.compile(r"^\s*\{%-?\s*highlight\s+([\w+#.-]+)?[^%]*-?%\}\s*$")
+_LIQUID_CLOSE = re.compile(r"^\s*\{%-?\s*endhighlight\s*-?%\}\s*$")
+_ATX = re.compile(r"^\s{0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+_SETEXT = re.compile(r"^\s{0,3}(=+|-+)[ \t]*$")
+_HR = re.compile(r"^\s{0,3}(?:(?:-[ \t]*){3,}|(?:\*[ \t]*){3,}|(?:_[ \t]*){3,})$")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d{1,9}[.)])(?:[ \t]+|$)")
+_TABLE_SEP = re.compile(r"^\s*\|?\s*:?-+:?\s*(?:\|\s*:?-+:?\s*)*\|?\s*$")
 
+
+@dataclass
+class _Block:
+    kind: str  # "para" | "list" | "table" | "code" | "math" | "text"
+    lines: list[tuple[int, str]] = field(default_factory=list)  # (1-based source line, cleaned text)
+
+
+@dataclass
+class _Section:
+    path: list[str]
+    level: int  # 0 for the text before the first heading
+    heading: tuple[str, int] | None = None  # (title, line)
+    blocks: list[_Block] = field(default_factory=list)
+
+
+def _is_table_sep(line: str) -> bool:
+    return "|" in line and _TABLE_SEP.match(line) is not None
+
+
+def _fence_end(lines: list[str], i: int) -> int | None:
+    """Index after the fenced code block opening at line i (the document end if never closed)."""
+    opening = _FENCE_OPEN.match(lines[i])
+    if opening:
+        fence = opening.group(1) or opening.group(2)
+        for j in range(i + 1, len(lines)):
+            closing = _FENCE_CLOSE.match(lines[j])
+            if closing and closing.group(1)[0] == fence[0] and len(closing.group(1)) >= len(fence):
+                return j + 1
+        return len(lines)
+    if _LIQUID_OPEN.match(lines[i]):
+        return next((j + 1 for j in range(i + 1, len(lines)) if _LIQUID_CLOSE.match(lines[j])), None)
+    return None
+
+
+def _math_end(lines: list[str], i: int) -> int | None:
+    """Index after the $$ formula opening at line i; None when the line opens none."""
+    stripped = lines[i].strip()
+    if not stripped.startswith("$$"):
+        return None
+    if len(stripped) >= 4 and stripped.endswith("$$"):
+        return i + 1
+    return next((j + 1 for j in range(i + 1, len(lines)) if "$$" in lines[j]), None)
+
+
+def _regions(lines: list[str]) -> list[tuple[str, int, int]]:
+    """The body as ("text" | "code" | "math", start, end) runs of line indexes, end exclusive."""
+    out: list[tuple[str, int, int]] = []
+    i = text_start = 0
     while i < len(lines):
-        line, number = lines[i], first_line + i
-        fence = FENCE.match(line)
-        heading = HEADING.match(line)
-        if fence or line.strip().startswith("$$"):
-            end_paragraph()
-            closing = fence.group(1)[0] * 3 if fence else "$$"
-            j = i + 1
-            single_formula = not fence and line.strip() != "$$" and line.strip().endswith("$$")
-            while not single_formula and j < len(lines) and closing not in lines[j]:
-                j += 1
-            j = min(j, len(lines) - 1)
-            sections[-1].blocks.append(Block("code" if fence else "formula", lines[i : j + 1], number))
-            i = j + 1
+        kind, end = "code", _fence_end(lines, i)
+        if end is None:
+            kind, end = "math", _math_end(lines, i)
+        if end is None:
+            i += 1
             continue
-        if heading:
-            end_paragraph()
-            level, title = len(heading.group(1)), clean_inline(heading.group(2)).strip()
-            while stack and stack[-1][0] >= level:
-                stack.pop()
-            stack.append((level, title))
-            sections.append(Section([t for _, t in stack], level, number, []))
-        elif TABLE_ROW.match(line):
-            end_paragraph()
-            j = i
-            while j < len(lines) and TABLE_ROW.match(lines[j]):
-                j += 1
-            rows = [clean_inline(row) for row in lines[i:j]]
-            sections[-1].blocks.append(Block("table", rows, number))
-            i = j
-            continue
-        elif not line.strip():
-            end_paragraph()
-        else:
-            if not paragraph:
-                paragraph_start = number
-            paragraph.append(clean_inline(line))
-        i += 1
-    end_paragraph()
-    return sections
-
-
-# ----- splitting oversized blocks ---------------------------------------------------------------
-
-
-def _hard_split(text: str, start: int, count: Counter, budget: int) -> list[Unit]:
-    """Cut text by characters into the longest prefixes within budget (binary search)."""
-    units = []
-    while text:
-        low, high = 1, len(text)
-        while low < high:
-            middle = (low + high + 1) // 2
-            if count(text[:middle]) <= budget:
-                low = middle
-            else:
-                high = middle - 1
-        piece, text = text[:low], text[low:]
-        units.append(Unit(piece, start, start, count(piece)))
-    return units
-
-
-def _sentences(text: str, start: int) -> list[tuple[str, int, int]]:
-    """(sentence, first line, last line); lines of a paragraph also end sentences."""
-    out = []
-    for offset, line in enumerate(text.split("\n")):
-        position = 0
-        for match in SENTENCE_END.finditer(line):
-            piece = line[position : match.end()]
-            if piece.strip():
-                out.append((piece, start + offset, start + offset))
-            position = match.end()
-        if line[position:].strip():
-            out.append((line[position:], start + offset, start + offset))
+        if text_start < i:
+            out.append(("text", text_start, i))
+        out.append((kind, i, end))
+        i = text_start = end
+    if text_start < len(lines):
+        out.append(("text", text_start, len(lines)))
     return out
 
 
-def _fit(text: str, first: int, last: int, count: Counter, budget: int) -> list[Unit]:
-    """One sentence as units within budget: whole, else at clause marks, else by characters."""
-    tokens = count(text)
-    if tokens <= budget:
-        return [Unit(text, first, last, tokens)]
-    units: list[Unit] = []
-    position = 0
-    for match in CLAUSE_END.finditer(text):
-        units.append(Unit(text[position : match.end()], first, last, 0))
-        position = match.end()
-    units.append(Unit(text[position:], first, last, 0))
-    if len(units) == 1:
-        return _hard_split(text, first, count, budget)
-    out: list[Unit] = []
-    for unit in units:
-        unit.tokens = count(unit.text)
-        out.extend([unit] if unit.tokens <= budget else _hard_split(unit.text, first, count, budget))
-    return _pack(out, count, budget, overlap=0, joiner="")
+def _verbatim(kind: str, numbered: list[tuple[int, str]]) -> _Block:
+    """A code or formula block: lines kept as written, runs of blank lines collapsed to one."""
+    block = _Block(kind)
+    for number, line in numbered:
+        line = line.rstrip()
+        if not line and block.lines and not block.lines[-1][1]:
+            continue
+        block.lines.append((number, line))
+    if kind == "code" and _LIQUID_OPEN.match(block.lines[0][1]):  # {% highlight py %} -> ```py
+        language = _LIQUID_OPEN.match(block.lines[0][1]).group(1) or ""
+        block.lines[0] = (block.lines[0][0], "```" + language)
+        block.lines[-1] = (block.lines[-1][0], "```")
+    return block
 
 
-def _pack(units: list[Unit], count: Counter, budget: int, overlap: int, joiner: str) -> list[Unit]:
-    """Greedy packing of consecutive units within budget; each new piece repeats the trailing
-    units of the previous one up to `overlap` tokens."""
-    pieces: list[Unit] = []
-    current: list[Unit] = []
+class _MarkdownReader:
+    """One pass over the body lines, building sections of blocks with their source line numbers."""
 
-    def emit() -> None:
-        text = joiner.join(u.text for u in current).strip()
-        if text:
-            pieces.append(Unit(text, current[0].start, current[-1].end, count(text)))
+    def __init__(self, first_line: int) -> None:
+        self.first_line = first_line
+        self.sections = [_Section(path=[], level=0)]
+        self.stack: list[tuple[int, str]] = []
+        self.block: _Block | None = None
+        self.gap = False  # a blank line since the open list's last line
 
-    for unit in units:
-        if current and sum(u.tokens for u in current) + unit.tokens > budget:
-            emit()
-            carried: list[Unit] = []
-            carried_tokens = 0
-            for previous in reversed(current):
-                carried_tokens += previous.tokens
-                if carried_tokens > overlap or carried_tokens + unit.tokens > budget:
+    def read(self, lines: list[str]) -> list[_Section]:
+        for kind, start, end in _regions(lines):
+            numbered = [(self.first_line + i, lines[i]) for i in range(start, end)]
+            if kind != "text":
+                self._close()
+                block = _verbatim(kind, numbered)
+                if kind != "code" or any(line.strip() for _, line in block.lines[1:-1]):
+                    self.sections[-1].blocks.append(block)
+                continue
+            cleaned = _strip_spans("\n".join(line for _, line in numbered)).split("\n")
+            for k, line in enumerate(cleaned):
+                following = cleaned[k + 1] if k + 1 < len(cleaned) else ""
+                self._line(numbered[k][0], line, following)
+        self._close()
+        return self.sections
+
+    def _line(self, number: int, line: str, following: str) -> None:
+        if not line.strip() or _REF_DEF.match(line):
+            return self._blank()
+        heading = _ATX.match(line)
+        if heading:
+            return self._heading(len(heading.group(1)), _clean_inline(heading.group(2) or ""), number)
+        block = self.block
+        if _SETEXT.match(line) and block and block.kind == "para" and len(block.lines) == 1:
+            self.block = None  # the paragraph line was the heading's text
+            title_line, title = block.lines[0]
+            return self._heading(1 if "=" in line else 2, title, title_line)
+        if _HR.match(line):
+            return self._close()
+        if self.gap and block and block.kind == "list" and not (_LIST_ITEM.match(line) or line[:1] in " \t"):
+            self._close()
+        self.gap = False
+        kind = self._kind(line, following)
+        self._append(kind, number, self._clean(kind, line))
+
+    def _kind(self, line: str, following: str) -> str:
+        open_kind = self.block.kind if self.block else None
+        if line.lstrip().startswith("|") or (open_kind == "table" and "|" in line):
+            return "table"
+        if "|" in line and _is_table_sep(following):  # a table written without outer pipes
+            return "table"
+        if _LIST_ITEM.match(line) or open_kind == "list":  # items, and their continuation lines
+            return "list"
+        return "para"
+
+    @staticmethod
+    def _clean(kind: str, line: str) -> str:
+        if kind == "table":
+            row = _clean_inline(line).strip()
+            return re.sub(r"-{3,}", "---", row) if _is_table_sep(row) else row
+        text = _clean_inline(_QUOTE.sub("", line))
+        return text if kind == "list" else text.strip()  # list indentation shows nesting
+
+    def _append(self, kind: str, number: int, text: str) -> None:
+        if not text.strip():  # a line that was only markup (a tag, an image with no alt) separates like a blank
+            return self._blank()
+        if self.block is None or self.block.kind != kind:
+            self._close()
+            self.block = _Block(kind)
+        self.block.lines.append((number, text))
+
+    def _blank(self) -> None:
+        if self.block and self.block.kind == "list":
+            self.gap = True  # a list may go on after a blank line
+        else:
+            self._close()
+
+    def _heading(self, level: int, title: str, number: int) -> None:
+        self._close()
+        title = title.strip()
+        while self.stack and self.stack[-1][0] >= level:
+            self.stack.pop()
+        self.stack.append((level, title))
+        path = [text for _, text in self.stack if text]
+        self.sections.append(_Section(path=path, level=level, heading=(title, number)))
+
+    def _close(self) -> None:
+        if self.block and self.block.lines:
+            self.sections[-1].blocks.append(self.block)
+        self.block = None
+        self.gap = False
+
+
+def _text_sections(lines: list[str]) -> list[_Section]:
+    """Plain text: paragraphs between blank lines, no headings."""
+    blocks: list[_Block] = []
+    current: _Block | None = None
+    for i, line in enumerate(lines):
+        line = line.rstrip()
+        if not line.strip():
+            current = None
+            continue
+        if current is None:
+            current = _Block("text")
+            blocks.append(current)
+        current.lines.append((i + 1, line))
+    return [_Section(path=[], level=0, blocks=blocks)]
+
+
+# ----- splitting and packing ---------------------------------------------------------------------
+
+# A sentence ends after Chinese 。！？；… (any following character), or after . ! ? followed by
+# whitespace or the end; closing quotes and brackets stay with the sentence they close.
+_CLOSERS = "\"'”’」』）)\\]】》"
+_SENTENCE_END = re.compile(rf"(?:[。！？；｡．…]+|[.!?]+(?=[{_CLOSERS}]*(?:\s|$)))[{_CLOSERS}]*")
+_CLAUSE_END = re.compile(r"[，,、､﹐\n]")
+_LINE_END = re.compile(r"\n")
+_PROSE_LEVELS = ("sentence", "clause")
+_LINE_LEVELS = ("line", "sentence", "clause")
+
+
+class _Span(NamedTuple):
+    start: int  # offsets into the block's text
+    end: int
+    tokens: int
+
+
+class _Piece(NamedTuple):
+    text: str
+    start: int  # 1-based source lines
+    end: int
+    tokens: int
+
+
+class _BlockSplitter:
+    """Splits one block that is over budget into pieces that each fit.
+
+    The block's text is its cleaned lines joined by newlines; every unit is a span of that text,
+    so each piece maps back to the source lines it came from. Tables, code and formulas have a
+    frame (header rows, fences, $$ lines) repeated around every piece.
+    """
+
+    def __init__(self, chunker: "_Chunker", block: _Block) -> None:
+        self.chunker = chunker
+        self.count = chunker.count
+        self.numbers = [number for number, _ in block.lines]
+        self.text = "\n".join(line for _, line in block.lines)
+        self.starts = [0]
+        for _, line in block.lines[:-1]:
+            self.starts.append(self.starts[-1] + len(line) + 1)
+        head, tail = self._frame(block)
+        self.head = "\n".join(line for _, line in block.lines[:head])
+        self.tail = "\n".join(line for _, line in block.lines[len(block.lines) - tail :]) if tail else ""
+        self.body = (self.starts[head], self._line_end(len(block.lines) - tail - 1))
+        frame_cost = sum(self.count(part) + chunker.line_join for part in (self.head, self.tail) if part)
+        if frame_cost * 2 > chunker.max_tokens:  # a frame that big would crowd out the content
+            self.head = self.tail = ""
+            self.body, frame_cost = (0, len(self.text)), 0
+        self.budget = chunker.max_tokens - frame_cost
+        self.levels = _PROSE_LEVELS if block.kind == "para" else _LINE_LEVELS
+        self.overlap = chunker.overlap if block.kind in ("para", "text") else 0
+        self.guess = 0  # the last hard cut's length: the next one is likely alike
+
+    def _frame(self, block: _Block) -> tuple[int, int]:
+        """How many leading and trailing lines repeat on every piece."""
+        lines = [line for _, line in block.lines]
+        if block.kind == "table" and len(lines) > 2 and _is_table_sep(lines[1]):
+            return 2, 0
+        if block.kind == "code" and len(lines) > 2:
+            return 1, int(_FENCE_CLOSE.match(lines[-1]) is not None)
+        if block.kind == "math" and len(lines) > 2 and lines[0].strip() == "$$":
+            return 1, int(lines[-1].strip() == "$$")
+        return 0, 0
+
+    def _line_end(self, index: int) -> int:
+        newline = self.text.find("\n", self.starts[index])
+        return len(self.text) if newline < 0 else newline
+
+    def _line_of(self, offset: int) -> int:
+        return self.numbers[bisect_right(self.starts, offset) - 1]
+
+    def pieces(self) -> list[_Piece]:
+        spans = self._atomize(*self.body, self.levels, self.budget)
+        if not spans:
+            return []
+        self.first, self.last = spans[0].start, spans[-1].end
+        return self.chunker.pack_spans(spans, self.budget, self.overlap, self._render, self._hard_cut)
+
+    def _render(self, start: int, end: int, framed: bool = True) -> _Piece:
+        """The piece for text[start:end], framed, with the source lines it came from."""
+        at_first, at_last = start == self.first, end == self.last
+        body_start = 0 if at_first and framed else start  # the first piece keeps the real header lines
+        body_end = len(self.text) if at_last and framed else end
+        parts = [self.head if framed and not at_first else "", self.text[body_start:body_end]]
+        parts.append(self.tail if framed and not at_last else "")
+        text = "\n".join(part for part in parts if part).strip()
+        first_line = self.numbers[0] if at_first and framed else self._line_of(start)
+        last_line = self.numbers[-1] if at_last and framed else self._line_of(end - 1)
+        return _Piece(text, first_line, last_line, self.count(text))
+
+    # -- units -------------------------------------------------------------------------------
+
+    def _trim(self, start: int, end: int) -> tuple[int, int]:
+        while start < end and self.text[start].isspace():
+            start += 1
+        while end > start and self.text[end - 1].isspace():
+            end -= 1
+        return start, end
+
+    def _split_at(self, start: int, end: int, level: str) -> list[tuple[int, int]]:
+        """text[start:end] cut after every boundary of the level ("line", "sentence", "clause")."""
+        pattern = {"line": _LINE_END, "sentence": _SENTENCE_END, "clause": _CLAUSE_END}[level]
+        cuts = [m.end() for m in pattern.finditer(self.text, start, end)]
+        bounds = [start] + [c for c in cuts if start < c < end] + [end]
+        return list(zip(bounds, bounds[1:]))
+
+    def _atomize(self, start: int, end: int, levels: tuple[str, ...], budget: int) -> list[_Span]:
+        """Spans covering text[start:end], each within budget: the coarsest units that fit."""
+        start, end = self._trim(start, end)
+        if start >= end:
+            return []
+        if not levels:
+            return self._hard_cut(start, end, budget)
+        parts = self._split_at(start, end, levels[0])
+        if len(parts) == 1:  # no boundary of this kind: try the next finer one
+            return self._atomize(start, end, levels[1:], budget)
+        spans: list[_Span] = []
+        for part_start, part_end in parts:
+            part_start, part_end = self._trim(part_start, part_end)
+            if part_start >= part_end:
+                continue
+            tokens = None
+            if part_end - part_start <= budget * _MAX_CHARS_PER_TOKEN:
+                tokens = self.count(self.text[part_start:part_end])
+            if tokens is not None and tokens <= budget:
+                spans.append(_Span(part_start, part_end, tokens))
+            else:
+                spans.extend(self._atomize(part_start, part_end, levels[1:], budget))
+        return spans
+
+    def _hard_cut(self, start: int, end: int, budget: int) -> list[_Span]:
+        """Consecutive longest prefixes within budget (for text with no usable boundary)."""
+        spans: list[_Span] = []
+        start, end = self._trim(start, end)
+        while start < end:
+            size, tokens = self._longest_prefix(start, end, budget)
+            cut_start, cut_end = self._trim(start, start + size)
+            spans.append(_Span(cut_start, cut_end, tokens))
+            start, end = self._trim(start + size, end)
+        return spans
+
+    def _longest_prefix(self, start: int, end: int, budget: int) -> tuple[int, int]:
+        """(length, tokens) of the longest prefix of text[start:end] within budget.
+
+        The first probes scale the last cut's length by budget/tokens, which lands within a
+        character or a word for CJK and Latin text alike; then it bisects (galloping while no upper
+        bound is known). Each probe counts about one piece, so cutting huge unpunctuated text stays
+        linear.
+        """
+        count, text, size = self.count, self.text, end - start
+        low, low_tokens, high = 0, 0, size + 1  # tokens(low) <= budget < tokens(high)
+        guess, probes = min(size, self.guess or budget * 2), 0
+        while high - low > 1:
+            tokens = count(text[start : start + guess])
+            probes += 1
+            if tokens <= budget:
+                low, low_tokens = guess, tokens
+            else:
+                high = guess
+            if probes <= 3:
+                guess = guess * budget // max(tokens, 1) + (tokens <= budget)
+            else:
+                guess = low * 2 if high > size else (low + high) // 2
+            guess = max(low + 1, min(guess, high - 1, size))
+        if low == 0:  # a single character over budget: nothing smaller exists
+            return 1, count(text[start])
+        self.guess = low
+        return self._word_boundary(start, low, low_tokens, budget)
+
+    def _word_boundary(self, start: int, size: int, tokens: int, budget: int) -> tuple[int, int]:
+        """Move a cut that falls inside a Latin word back to the last space in the cut's second half."""
+        text = self.text
+        inside_word = start + size < len(text) and (text[start + size - 1] + text[start + size]).isascii()
+        if not (inside_word and text[start + size - 1].isalnum() and text[start + size].isalnum()):
+            return size, tokens
+        space = max(text.rfind(" ", start + size // 2, start + size), text.rfind("\n", start + size // 2, start + size))
+        if space <= start:
+            return size, tokens
+        shorter = self.count(text[start:space])
+        return (space - start, shorter) if shorter <= budget else (size, tokens)
+
+
+class _Chunker:
+    """Turns sections into passage pieces within `max_tokens` by `count`."""
+
+    def __init__(self, count: Counter, max_tokens: int, overlap_tokens: int) -> None:
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if overlap_tokens < 0:
+            raise ValueError("overlap_tokens must not be negative")
+        self.count = count
+        self.max_tokens = max_tokens
+        self.overlap = min(overlap_tokens, max_tokens // 2)  # leave every piece room for new text
+        # what joining parts adds to the sum of their counts (0 for BERT-style tokenizers)
+        self.line_join = count("\n")
+        self.block_join = count("\n\n")
+
+    def section_pieces(self, blocks: list[_Block]) -> list[_Piece]:
+        pieces = [piece for block in blocks for piece in self.split_block(block)]
+        return self.pack_pieces(pieces)
+
+    def split_block(self, block: _Block) -> list[_Piece]:
+        text = "\n".join(line for _, line in block.lines).strip()
+        if not text:
+            return []
+        if len(text) <= self.max_tokens * _MAX_CHARS_PER_TOKEN:
+            tokens = self.count(text)
+            if tokens <= self.max_tokens:  # the common case: the block is one unit, intact
+                return [_Piece(text, block.lines[0][0], block.lines[-1][0], tokens)]
+        return _BlockSplitter(self, block).pieces()
+
+    def pack_pieces(self, pieces: list[_Piece]) -> list[_Piece]:
+        """Greedy: consecutive pieces joined by a blank line while the whole stays within budget."""
+        out: list[_Piece] = []
+        i = 0
+        while i < len(pieces):
+            last, planned = i, pieces[i].tokens
+            while last + 1 < len(pieces) and planned + self.block_join + pieces[last + 1].tokens <= self.max_tokens:
+                last += 1
+                planned += self.block_join + pieces[last].tokens
+            packed = pieces[i]
+            while last > i:  # verify the plan with one real count; drop pieces from the end if over
+                text = "\n\n".join(p.text for p in pieces[i : last + 1])
+                tokens = self.count(text)
+                if tokens <= self.max_tokens:
+                    packed = _Piece(text, pieces[i].start, pieces[last].end, tokens)
                     break
-                carried.insert(0, previous)
-            current = carried
-        current.append(unit)
-    if current:
-        emit()
-    return pieces
+                last -= 1
+            out.append(packed)
+            i = last + 1
+        return out
+
+    def pack_spans(
+        self,
+        spans: list[_Span],
+        budget: int,
+        overlap: int,
+        render: Callable[..., _Piece],
+        cut: Callable[[int, int, int], list[_Span]],
+    ) -> list[_Piece]:
+        """Pack a split block's spans into pieces; each piece after the first starts with trailing
+        spans of the previous one totalling at most `overlap` tokens."""
+        out: list[_Piece] = []
+        i, previous_first = 0, -1
+        while i < len(spans):
+            first = i
+            if out and overlap:
+                carried = 0
+                while first - 1 > previous_first and carried + spans[first - 1].tokens <= overlap:
+                    first -= 1
+                    carried += spans[first].tokens
+            planned = sum(s.tokens for s in spans[first : i + 1]) + self.line_join * (i - first)
+            while planned > budget and first < i:  # the overlap must not crowd out the new span
+                planned -= spans[first].tokens + self.line_join
+                first += 1
+            last = i
+            while last + 1 < len(spans) and planned + self.line_join + spans[last + 1].tokens <= budget:
+                last += 1
+                planned += self.line_join + spans[last].tokens
+            piece = render(spans[first].start, spans[last].end)
+            while piece.tokens > self.max_tokens and (last > i or first < i):
+                if last > i:
+                    last -= 1
+                else:
+                    first += 1
+                piece = render(spans[first].start, spans[last].end)
+            if piece.tokens > self.max_tokens:  # one span that overflows once framed: cut it smaller
+                smaller = cut(spans[i].start, spans[i].end, max(1, spans[i].tokens - (piece.tokens - self.max_tokens)))
+                if len(smaller) > 1:
+                    spans[i : i + 1] = smaller
+                    continue
+                piece = render(spans[i].start, spans[i].end, False)  # too small to cut: drop the frame
+            out.append(piece)
+            previous_first, i = first, last + 1
+        return out
 
 
-def split_block(block: Block, count: Counter, budget: int, overlap: int) -> list[Unit]:
-    """A block as units that each fit the budget."""
-    text = block.text
-    tokens = count(text)
-    if tokens <= budget:
-        return [Unit(text, block.start, block.end, tokens)]
-    if block.kind == "table":
-        return _split_table(block, count, budget)
-    if block.kind in ("code", "formula"):
-        lines = [u for i, line in enumerate(block.lines) for u in _fit(line, block.start + i, block.start + i, count, budget)]
-        return _pack(lines, count, budget, overlap=0, joiner="\n")
-    sentences = [u for s, a, b in _sentences(text, block.start) for u in _fit(s, a, b, count, budget)]
-    joiner = "" if any("\u4e00" <= ch <= "\u9fff" for ch in text[:200]) else " "
-    return _pack([Unit(u.text.strip() if joiner else u.text, u.start, u.end, u.tokens) for u in sentences], count, budget, overlap, joiner)
+# ----- documents -> passages ---------------------------------------------------------------------
 
 
-def _split_table(block: Block, count: Counter, budget: int) -> list[Unit]:
-    """Rows packed into pieces, each starting with the header (and separator) rows."""
-    has_separator = len(block.lines) > 1 and TABLE_SEPARATOR.match(block.lines[1])
-    header = block.lines[:2] if has_separator else block.lines[:1]
-    header_tokens = count("\n".join(header))
-    if header_tokens * 2 > budget:  # a header too big to repeat: plain row packing
-        header, header_tokens = [], 0
-    rows = [Unit(line, block.start + i, block.start + i, 0) for i, line in enumerate(block.lines) if i >= len(header)]
-    units = []
-    for row in rows:
-        row.tokens = count(row.text)
-        units.extend([row] if row.tokens <= budget - header_tokens else _fit(row.text, row.start, row.end, count, budget - header_tokens))
-    packed = _pack(units, count, budget - header_tokens, overlap=0, joiner="\n")
-    prefix = "\n".join(header)
-    return [Unit(f"{prefix}\n{p.text}" if prefix else p.text, p.start, p.end, p.tokens + header_tokens) for p in packed]
+def _sections(doc: Document) -> tuple[list[_Section], dict[str, Any]]:
+    text = doc.text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff")
+    metadata = copy.deepcopy(doc.metadata)
+    if doc.kind != "markdown":  # plain text (and any kind without a reader of its own)
+        return _text_sections(text.split("\n")), metadata
+    front, body, front_lines = parse_front_matter(text)
+    metadata.update(front)
+    return _MarkdownReader(first_line=front_lines + 1).read(body.split("\n")), metadata
 
 
-# ----- documents -> passages -----------------------------------------------------------------
-
-
-def _section_passages(section: Section, path: str, metadata: dict, count: Counter, budget: int, overlap: int) -> list[Passage]:
-    units = [u for block in section.blocks for u in split_block(block, count, budget, overlap)]
-    passages = []
-    for piece in _pack(units, count, budget, overlap=0, joiner="\n\n"):
-        # token counts of parts add up for BERT-style tokenizers; other tokenizers may need a cut
-        fitted = [piece] if piece.tokens <= budget else _hard_split(piece.text, piece.start, count, budget)
-        for unit in fitted:
-            passages.append(Passage(path, unit.text, list(section.heading_path), piece.start, piece.end, dict(metadata)))
-    return passages
-
-
-def chunk_document(doc: Document, count_tokens: Counter, max_tokens: int = 200, overlap_tokens: int = 40) -> list[Passage]:
-    """Passages of a document, none longer than `max_tokens` by `count_tokens`."""
-    if doc.kind == "markdown":
-        metadata, body, skipped_lines = parse_front_matter(doc.text)
-        metadata = {**doc.metadata, **metadata}
-        lines = _clean_outside_code(body.split("\n"))
-        sections = markdown_sections(lines, first_line=skipped_lines + 1)
-    else:
-        metadata = dict(doc.metadata)
-        blocks = [Block("prose", [line.rstrip()], i + 1) for i, line in enumerate(doc.text.split("\n")) if line.strip()]
-        sections = [Section([], 0, 0, blocks)]
+def chunk_document(
+    doc: Document, count_tokens: Counter, max_tokens: int = 200, overlap_tokens: int = 40
+) -> list[Passage]:
+    """The passages of a document, each at most `max_tokens` by `count_tokens`, in document order."""
+    chunker = _Chunker(count_tokens, max_tokens, overlap_tokens)
+    sections, metadata = _sections(doc)
     passages: list[Passage] = []
-    for i, section in enumerate(sections):
-        has_children = i + 1 < len(sections) and sections[i + 1].level > section.level
-        if section.blocks:
-            passages.extend(_section_passages(section, doc.path, metadata, count_tokens, max_tokens, overlap_tokens))
-        elif section.heading_path and not has_children:
+    for index, section in enumerate(sections):
+        blocks = section.blocks
+        if not blocks and section.heading is not None:
+            has_subsections = index + 1 < len(sections) and sections[index + 1].level > section.level
+            title, line = section.heading
             # a heading with nothing under it is still worth finding by its title
-            title = section.heading_path[-1]
-            passages.append(Passage(doc.path, title, list(section.heading_path), section.heading_line, section.heading_line, dict(metadata)))
+            blocks = [] if has_subsections else [_Block("para", [(line, title)])]
+        for piece in chunker.section_pieces(blocks):
+            if piece.text.strip():
+                passages.append(
+                    Passage(
+                        path=doc.path,
+                        text=piece.text,
+                        heading_path=list(section.path),
+                        line_start=piece.start,
+                        line_end=piece.end,
+                        metadata=copy.deepcopy(metadata),
+                    )
+                )
     return passages
