@@ -54,7 +54,10 @@ def index(paths: tuple[str, ...], index_dir: str, model: str | None, rebuild: bo
     from search.engine import Engine
 
     engine = Engine.build(paths or ("corpus",), index_dir, model=model, rebuild=rebuild, progress=not as_json, wait=wait)
-    summary = engine.build_summary
+    _echo_summary(engine.build_summary, as_json)
+
+
+def _echo_summary(summary: Any, as_json: bool = False) -> None:
     for skipped in summary.skipped:
         click.echo(f"skipped {_display_path(skipped.path)}: {skipped.reason}", err=True)
     if as_json:
@@ -63,11 +66,29 @@ def index(paths: tuple[str, ...], index_dir: str, model: str | None, rebuild: bo
         click.echo(json.dumps(data, ensure_ascii=False))
         return
     click.echo(
-        f"indexed {summary.passages} passages into {index_dir}: "
+        f"indexed {summary.passages} passages: "
         f"{summary.files_added} files added, {summary.files_changed} changed, {summary.files_removed} removed, "
         f"{summary.files_unchanged} unchanged, {len(summary.skipped)} skipped; "
         f"{summary.passages_embedded} passages embedded, {summary.passages_reused} reused; {summary.seconds:.1f}s"
     )
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@index_option
+@click.option("--model", default=None, help="Embedding model for a new index (see `search index`).")
+@click.option("--debounce", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Seconds of quiet before rebuilding.")
+def watch(paths: tuple[str, ...], index_dir: str, model: str | None, debounce: float) -> None:
+    """Keep the index in step with PATHS (default: corpus/) as files change; Ctrl-C stops."""
+    from search.watching import watch as watch_paths
+
+    paths = paths or ("corpus",)
+    click.echo(f"watching {', '.join(paths)} -> {index_dir} (Ctrl-C to stop)", err=True)
+    try:
+        watch_paths(paths, index_dir, model=model, debounce=debounce, on_build=_echo_summary,
+                    on_error=lambda error: click.echo(f"error: {error}", err=True))
+    except KeyboardInterrupt:
+        pass
 
 
 @cli.command()

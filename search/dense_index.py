@@ -40,6 +40,19 @@ class DenseIndex:
         keep = rows[0] >= 0
         return self.ids[rows[0][keep]], scores[0][keep]
 
+    def scores_of(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Cosine of the query with the vectors at `rows` (for candidates the search did not return)."""
+        if len(rows) == 0:
+            return np.zeros(0, dtype=np.float32)
+        vectors = self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+        return vectors @ np.asarray(query, dtype=np.float32).reshape(-1)
+
+    def row_of(self, n_passages: int) -> np.ndarray:
+        """Row of each passage id in this index, -1 for passages of other spaces."""
+        rows = np.full(n_passages, -1, dtype=np.int64)
+        rows[self.ids] = np.arange(len(self.ids))
+        return rows
+
     def vectors(self) -> np.ndarray:
         """All stored vectors in row order (reused by incremental builds instead of re-embedding)."""
         if len(self) == 0:

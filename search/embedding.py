@@ -112,7 +112,9 @@ def load_model(name: str, device: str) -> "SentenceTransformer":
     """Load a model once per process; engines opened later share it."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bar on every query
     try:
         model = SentenceTransformer(resolve_model(name), device=device)
     except OSError as error:

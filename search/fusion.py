@@ -39,12 +39,47 @@ def weighted_score_fusion(rankings: Sequence[Ranking], weights: Sequence[float])
     return fused
 
 
-FUSION_METHODS = {"rrf": reciprocal_rank_fusion, "weighted": weighted_score_fusion}
+def z_normalise(scores: np.ndarray) -> np.ndarray:
+    """Standard scores (mean 0, deviation 1); all-equal scores carry no preference and map to 0."""
+    scores = np.asarray(scores, dtype=np.float64)
+    deviation = scores.std()
+    return (scores - scores.mean()) / deviation if deviation > 1e-12 else np.zeros_like(scores)
 
 
-def fuse(rankings: Sequence[Ranking], weights: Sequence[float], method: str = "rrf", rrf_k: float = 60.0) -> list[tuple[int, float]]:
-    """Fused (passage id, score) pairs, best first; ties broken by passage id for stable output."""
-    if method == "rrf":
+def zscore_fusion(candidates: Sequence[int], score_columns: Sequence[np.ndarray], weights: Sequence[float]) -> dict[int, float]:
+    """Weighted sum of z-normalised scores, where every candidate has a score from every retriever.
+
+    Scoring the union of candidates on both sides (instead of counting a passage one retriever
+    missed as 0) and standardising each side lets the weights mean what they say.
+    """
+    total = sum(weights) or 1.0
+    fused = np.zeros(len(candidates))
+    for column, weight in zip(score_columns, weights):
+        fused += weight / total * z_normalise(column)
+    return dict(zip(list(candidates), fused.tolist()))
+
+
+FUSION_METHODS = {"rrf": reciprocal_rank_fusion, "weighted": weighted_score_fusion, "zscore": zscore_fusion}
+
+
+def fuse(
+    rankings: Sequence[Ranking],
+    weights: Sequence[float],
+    method: str = "rrf",
+    rrf_k: float = 60.0,
+    full_scores: Sequence[dict[int, float]] | None = None,
+) -> list[tuple[int, float]]:
+    """Fused (passage id, score) pairs, best first; ties broken by passage id for stable output.
+
+    "zscore" needs `full_scores`: for each retriever, its score of every candidate in the union.
+    """
+    if method == "zscore":
+        if full_scores is None:
+            raise ValueError("zscore fusion needs every candidate's score from every retriever")
+        candidates = sorted({pid for ids, _ in rankings for pid in ids.tolist()})
+        columns = [np.array([scores[pid] for pid in candidates]) for scores in full_scores]
+        fused = zscore_fusion(candidates, columns, weights)
+    elif method == "rrf":
         fused = reciprocal_rank_fusion(rankings, weights, k=rrf_k)
     elif method == "weighted":
         fused = weighted_score_fusion(rankings, weights)

@@ -84,6 +84,9 @@ class Tokenizer:
       search_mode: jieba ``cut_for_search`` (word + dictionary sub-words) instead of plain ``cut``.
       hmm: let jieba's HMM find words missing from its dictionary.
       split_compounds: after a compound identifier (gpt-4, all-to-all, 3.5) also emit its parts.
+      cjk_unigrams: also emit every CJK character of a multi-character run. Single characters match
+        what jieba segments differently in query and passage (一型/1型糖尿病, colloquial paraphrases):
+        nDCG@10 of BM25 rose 0.347 -> 0.376 on cmedqq and 0.561 -> 0.609 on oppo_xiaobu.
       stopwords: tokens to drop after tokenizing (None: keep everything).
     """
 
@@ -93,9 +96,11 @@ class Tokenizer:
         search_mode: bool = True,
         hmm: bool = True,
         split_compounds: bool = True,
+        cjk_unigrams: bool = True,
         stopwords: Iterable[str] | None = None,
     ) -> None:
         self.search_mode = search_mode
+        self.cjk_unigrams = cjk_unigrams
         self.hmm = hmm
         self.split_compounds = split_compounds
         self.stopwords = frozenset(stopwords) if stopwords else None
@@ -125,6 +130,8 @@ class Tokenizer:
             cjk = m.group("cjk")
             if cjk is not None:
                 extend(cut_cjk(cjk))
+                if self.cjk_unigrams and len(cjk) > 1:
+                    extend(cjk)
                 continue
             word = m.group("word")
             append(word)
@@ -141,7 +148,7 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (
             f"Tokenizer(search_mode={self.search_mode}, hmm={self.hmm}, "
-            f"split_compounds={self.split_compounds}, stopwords={None if self.stopwords is None else len(self.stopwords)})"
+            f"split_compounds={self.split_compounds}, cjk_unigrams={self.cjk_unigrams}, stopwords={None if self.stopwords is None else len(self.stopwords)})"
         )
 
 

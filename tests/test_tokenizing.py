@@ -22,8 +22,17 @@ def test_unicode_hyphens_join_like_ascii_hyphen():
     assert tokenize("all\u2013to\u2013all") == tokenize("all-to-all")
 
 
+# jieba's words alone: the structure tests below read more clearly without the unigrams
+words = Tokenizer(cjk_unigrams=False).tokenize
+
+
+def test_default_adds_cjk_unigrams_after_the_words_of_each_run():
+    assert tokenize("序列并行和GPT-4") == ["序列", "并行", "和", "序", "列", "并", "行", "和", "gpt-4", "gpt", "4"]
+    assert tokenize("蛋") == ["蛋"]  # a one-character run is not repeated
+
+
 def test_mixed_chinese_english_sentence():
-    toks = tokenize("我们用DeepSpeed的ZeRO-3和GPT-4做all-to-all通信，序列并行很重要！")
+    toks = words("我们用DeepSpeed的ZeRO-3和GPT-4做all-to-all通信，序列并行很重要！")
     for expected in ["deepspeed", "zero-3", "zero", "3", "gpt-4", "gpt", "all-to-all", "all", "to", "序列", "并行", "通信"]:
         assert expected in toks, expected
     assert not any(ch in t for t in toks for ch in "，！,!" + string.whitespace)
@@ -35,21 +44,21 @@ def test_mixed_chinese_english_sentence():
 
 
 def test_search_mode_emits_sub_words_of_long_chinese_words():
-    assert tokenize("中华人民共和国") == ["中华", "华人", "人民", "共和", "共和国", "中华人民共和国"]
-    toks = tokenize("清华大学的计算机科学")
+    assert words("中华人民共和国") == ["中华", "华人", "人民", "共和", "共和国", "中华人民共和国"]
+    toks = words("清华大学的计算机科学")
     assert {"清华", "大学", "清华大学"} <= set(toks)
 
 
 def test_identifiers():
-    assert tokenize("C++ 和 C# 都是语言") == ["c++", "和", "c#", "都", "是", "语言"]
-    assert tokenize("GPT-3.5 比 3.5 版本") == ["gpt-3.5", "gpt", "3", "5", "比", "3.5", "3", "5", "版本"]
-    assert tokenize("v1.2.3") == ["v1.2.3", "v1", "2", "3"]
-    assert tokenize("snake_case") == ["snake_case", "snake", "case"]
-    assert tokenize("DeepSpeed-Ulysses and LLaMA-2") == [
+    assert words("C++ 和 C# 都是语言") == ["c++", "和", "c#", "都", "是", "语言"]
+    assert words("GPT-3.5 比 3.5 版本") == ["gpt-3.5", "gpt", "3", "5", "比", "3.5", "3", "5", "版本"]
+    assert words("v1.2.3") == ["v1.2.3", "v1", "2", "3"]
+    assert words("snake_case") == ["snake_case", "snake", "case"]
+    assert words("DeepSpeed-Ulysses and LLaMA-2") == [
         "deepspeed-ulysses", "deepspeed", "ulysses", "and", "llama-2", "llama", "2",
     ]
     # a separator needs a letter/digit after it: sentence-final period and trailing hyphen are dropped
-    assert tokenize("We used GPT-4. Then-") == ["we", "used", "gpt-4", "gpt", "4", "then"]
+    assert words("We used GPT-4. Then-") == ["we", "used", "gpt-4", "gpt", "4", "then"]
 
 
 def test_queries_match_compounds_both_ways():
@@ -77,17 +86,17 @@ def test_other_scripts_and_digits():
 def test_tokenize_many_and_options():
     texts = ["序列并行", "GPT-4", ""]
     assert tokenize_many(texts) == [tokenize(t) for t in texts]
-    assert Tokenizer(search_mode=False).tokenize("中华人民共和国") == ["中华人民共和国"]
-    assert Tokenizer(split_compounds=False).tokenize("all-to-all 通信") == ["all-to-all", "通信"]
-    assert Tokenizer(stopwords={"的"}).tokenize("我的模型") == ["我", "模型"]
-    assert tokenize("我的模型") == ["我", "的", "模型"]  # no stop words by default
+    assert Tokenizer(search_mode=False, cjk_unigrams=False).tokenize("中华人民共和国") == ["中华人民共和国"]
+    assert Tokenizer(split_compounds=False).tokenize("all-to-all 通信") == ["all-to-all", "通信", "通", "信"]
+    assert Tokenizer(stopwords={"的"}, cjk_unigrams=False).tokenize("我的模型") == ["我", "模型"]
+    assert words("我的模型") == ["我", "的", "模型"]  # no stop words by default
 
 
 def test_jieba_is_lazy_quiet_and_private():
     code = (
         "import jieba, search.tokenizing as t\n"
         "assert t._jieba_tokenizer is None\n"
-        "assert t.tokenize('序列并行') == ['序列', '并行']\n"
+        "assert t.tokenize('序列并行') == ['序列', '并行', '序', '列', '并', '行']\n"
         "assert t._jieba_tokenizer is not None and t._jieba_tokenizer is not jieba.dt\n"
         "assert not jieba.dt.initialized\n"
     )
