@@ -95,13 +95,20 @@ class IndexFolder:
                 with open(path, "rb") as handle:
                     os.fsync(handle.fileno())
         _fsync_dir(generation)
-        previous = self.root / (self.root / CURRENT).read_text().strip() if self.exists() else None
+        live = self.live_name()
+        previous = self.root / live if live else None
         write_atomic(self.root / CURRENT, generation.name.encode())
         self.remove_stale(keep={generation, previous})
 
-    def remove_stale(self, keep: Iterable[Path | None]) -> None:
-        """Delete generations other than `keep` (leftovers of aborted builds among them)."""
-        keep_names = {path.name for path in keep if path is not None}
+    def live_name(self) -> str | None:
+        try:
+            return (self.root / CURRENT).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+
+    def remove_stale(self, keep: Iterable[Path | None] = ()) -> None:
+        """Delete generations other than the live one and `keep` (leftovers of aborted builds)."""
+        keep_names = {path.name for path in keep if path is not None} | {self.live_name()}
         for path in self.root.glob(f"{GEN_PREFIX}*"):
             if path.name not in keep_names:
                 shutil.rmtree(path, ignore_errors=True)
@@ -164,22 +171,21 @@ class PassageStore:
     def __init__(self, generation: Path) -> None:
         self.path = generation / "passages.jsonl"
         self.offsets = np.load(generation / "passages.offsets.npy")
+        # Held open so a long-lived reader keeps working after a later build deletes this generation.
+        self._handle = open(self.path, "rb")
+        self._end = os.fstat(self._handle.fileno()).st_size
 
     def __len__(self) -> int:
         return len(self.offsets)
 
     def get(self, passage_id: int) -> Passage:
-        with open(self.path, "rb") as handle:
-            handle.seek(int(self.offsets[passage_id]))
-            return Passage(**json.loads(handle.readline()))
+        start = int(self.offsets[passage_id])
+        end = int(self.offsets[passage_id + 1]) if passage_id + 1 < len(self.offsets) else self._end
+        # pread: no shared file position, so threads can read concurrently
+        return Passage(**json.loads(os.pread(self._handle.fileno(), end - start, start)))
 
     def get_many(self, passage_ids: Iterable[int]) -> list[Passage]:
-        with open(self.path, "rb") as handle:
-            out = []
-            for passage_id in passage_ids:
-                handle.seek(int(self.offsets[passage_id]))
-                out.append(Passage(**json.loads(handle.readline())))
-            return out
+        return [self.get(passage_id) for passage_id in passage_ids]
 
     def __iter__(self) -> Iterator[Passage]:
         with open(self.path, encoding="utf-8") as handle:
