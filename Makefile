@@ -29,7 +29,7 @@ test: install
 	$(VENV)/bin/pytest -q
 
 bench: install
-	$(PYTHON) benchmarks/bench.py
+	$(PYTHON) benchmarks/incremental.py
 
 clean:
 	rm -rf $(VENV) indexes
