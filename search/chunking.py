@@ -689,6 +689,15 @@ def _sections(doc: Document) -> tuple[list[_Section], dict[str, Any]]:
     return _MarkdownReader(first_line=front_lines + 1).read(body.split("\n")), metadata
 
 
+def _file_lines(doc: Document, piece: _Piece) -> tuple[int, int]:
+    """A piece's lines in the source file: shifted to where the document starts, clamped to its end."""
+    offset = doc.line_start - 1
+    start, end = piece.start + offset, piece.end + offset
+    if doc.line_end is not None:
+        start, end = min(start, doc.line_end), min(end, doc.line_end)
+    return start, end
+
+
 def chunk_document(
     doc: Document, count_tokens: Counter, max_tokens: int = 200, overlap_tokens: int = 40
 ) -> list[Passage]:
@@ -705,13 +714,14 @@ def chunk_document(
             blocks = [] if has_subsections else [_Block("para", [(line, title)])]
         for piece in chunker.section_pieces(blocks):
             if piece.text.strip():
+                start, end = _file_lines(doc, piece)
                 passages.append(
                     Passage(
                         path=doc.path,
                         text=piece.text,
                         heading_path=list(section.path),
-                        line_start=piece.start,
-                        line_end=piece.end,
+                        line_start=start,
+                        line_end=end,
                         metadata=copy.deepcopy(metadata),
                     )
                 )

@@ -49,11 +49,21 @@ def cli() -> None:
 @click.option("--rebuild", is_flag=True, help="Rebuild from scratch instead of updating what changed.")
 @click.option("--wait", is_flag=True, help="Wait for another build on the same index instead of exiting.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
-def index(paths: tuple[str, ...], index_dir: str, model: str | None, rebuild: bool, wait: bool, as_json: bool) -> None:
+@click.option("--text-fields", default=None, metavar="A,B", help="Record fields (JSON, JSONL, CSV, TSV) that make a record's text; the others are kept as metadata (default: the text-like fields).")
+@click.option("--max-file-size", default=50.0, show_default=True, type=click.FloatRange(min=0, min_open=True), metavar="MB", help="Skip notes, web pages and PDFs bigger than this (record files stream and have no limit).")
+def index(
+    paths: tuple[str, ...], index_dir: str, model: str | None, rebuild: bool, wait: bool, as_json: bool,
+    text_fields: str | None, max_file_size: float,
+) -> None:
     """Index PATHS (files or folders; default: corpus/) into the index folder."""
-    from search.engine import Engine
+    from search.engine import BuildConfig, Engine
+    from search.loading import LoadOptions
 
-    engine = Engine.build(paths or ("corpus",), index_dir, model=model, rebuild=rebuild, progress=not as_json, wait=wait)
+    fields = [f.strip() for f in text_fields.split(",") if f.strip()] if text_fields is not None else None
+    if fields == []:
+        raise SearchError("--text-fields names no field: give field names separated by commas")
+    config = BuildConfig(load=LoadOptions(text_fields=fields, max_file_bytes=int(max_file_size * 2**20)))
+    engine = Engine.build(paths or ("corpus",), index_dir, model=model, rebuild=rebuild, progress=not as_json, wait=wait, build_config=config)
     _echo_summary(engine.build_summary, as_json)
 
 
@@ -111,7 +121,7 @@ def query(text: str, k: int, mode: str, as_json: bool, index_dir: str) -> None:
         click.echo("no hits")
     terms = _highlight_terms(text)
     for rank, hit in enumerate(hits, 1):
-        location = click.style(f"{_display_path(hit.path)}:{hit.line_start}", fg="green")
+        location = click.style(_location(hit), fg="green")
         headings = " > ".join(hit.heading_path)
         click.echo(f"{rank:>2}. {hit.score:.4f}  {location}  {click.style(headings, fg='blue')}".rstrip())
         click.echo(f"    {_snippet(hit.text, terms)}")
@@ -168,6 +178,20 @@ def eval_command(dataset_dir: str, modes: tuple[str, ...], model: str | None, as
 def _display_path(path: str) -> str:
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
+
+
+def _location(hit: Any) -> str:
+    """Where a hit is: path:LINE for notes and record lines, path#INDEX for JSON records, path p.N for PDF pages."""
+    from search.loading import kind_of
+
+    path = _display_path(hit.path)
+    if "page" in hit.metadata:
+        return f"{path} p.{hit.metadata['page']}"
+    if "record" in hit.metadata:
+        return f"{path}#{hit.metadata['record']}"
+    if kind_of(hit.path) == "html":  # lines of the extracted text are not lines of the file
+        return path
+    return f"{path}:{hit.line_start}"
 
 
 def _highlight_terms(text: str) -> list[str]:

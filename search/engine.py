@@ -23,7 +23,7 @@ from search.dense_index import DenseIndex
 from search.embedding import ALL_LANGUAGES, Encoder, model_plan, space_for, token_counter
 from search.errors import IncompatibleIndex, LoadError, SearchError
 from search.fusion import Ranking, fuse
-from search.loading import discover_files, read_document
+from search.loading import LoadOptions, discover_files, iter_documents
 from search.schema import Document, Hit, Passage, Skipped, SourceFile
 from search.tokenizing import detect_language, tokenize
 
@@ -60,6 +60,7 @@ class BuildConfig:
     max_tokens: int = 200
     overlap_tokens: int = 40
     bm25: dict[str, Any] = field(default_factory=lambda: dict(BM25Index.DEFAULT_PARAMS))
+    load: LoadOptions = field(default_factory=LoadOptions)
 
 
 @dataclass
@@ -351,6 +352,9 @@ class Builder:
         old_files = self.old_manifest["files"] if self.old_manifest else {}
         old_passages = store.PassageStore(self.previous) if self.previous else None
         old_tokens = store.read_tokens(self.previous) if self.previous else []
+        if self.old_manifest and self.old_manifest.get("loading", asdict(LoadOptions())) != asdict(self.config.load):
+            # other load options: every file is re-read (as changed); vectors are still reused by text
+            old_files = {path: {**info, "size": -1, "sha256": ""} for path, info in old_files.items()}
         counter = self._token_counter()
         passages: list[Passage] = []
         tokens: list[list[str] | None] = []
@@ -366,20 +370,35 @@ class Builder:
                     own = old_passages.get_many(span)
                     own_tokens = [old_tokens[i] for i in span]
                 else:
-                    own = chunk_document(read_document(source), counter, self.config.max_tokens, self.config.overlap_tokens)
+                    own, own_skipped = self._read(source, counter)
                     own_tokens = [None] * len(own)
+                    summary.skipped.extend(own_skipped)
                     if old is None:
                         summary.files_added += 1
                     else:
                         summary.files_changed += 1
-            except (LoadError, OSError) as error:
+            except LoadError as error:
                 summary.skipped.append(Skipped(source.path, str(error)))
+                continue
+            except OSError as error:  # hashing an unreadable file
+                summary.skipped.append(Skipped(source.path, f"cannot read: {error.strerror or error}"))
                 continue
             files[source.path] = {"size": source.size, "mtime": source.mtime, "sha256": digest, "first": len(passages), "count": len(own)}
             passages.extend(own)
             tokens.extend(own_tokens)
         summary.files_removed = len(set(old_files) - set(files))
         return passages, tokens, files
+
+    def _read(self, source: SourceFile, counter) -> tuple[list[Passage], list[Skipped]]:
+        """One file's passages and skipped records; LoadError when the file cannot be used at all."""
+        passages: list[Passage] = []
+        skipped: list[Skipped] = []
+        for item in iter_documents(source, self.config.load):
+            if isinstance(item, Skipped):
+                skipped.append(item)
+            else:
+                passages.extend(chunk_document(item, counter, self.config.max_tokens, self.config.overlap_tokens))
+        return passages, skipped
 
     def _token_counter(self):
         """Count with the tokenizer of the model that will embed the text, so no passage overflows it."""
@@ -443,6 +462,7 @@ class Builder:
             "models": models,
             "bm25": self.config.bm25,
             "chunking": {"max_tokens": self.config.max_tokens, "overlap_tokens": self.config.overlap_tokens},
+            "loading": asdict(self.config.load),
             "files": files,
             "passages": summary.passages,
         }

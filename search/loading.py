@@ -1,25 +1,62 @@
-"""Find note files under the user's paths and decode them into Documents.
+"""Find files under the user's paths and read them into Documents.
 
-Discovery never reads file contents (the index compares size and mtime to decide what to re-read);
-decoding is strict UTF-8 so a wrongly encoded file is reported instead of indexed as mojibake.
+Discovery never reads file contents (the index compares size and mtime to decide what to re-read).
+Reading dispatches on the file's kind: notes and web pages are one Document each, PDFs one per page,
+record files (JSON Lines, JSON, CSV, TSV) one per record, streamed. A file that cannot be used
+raises LoadError; a bad record or page is a Skipped and the rest of the file goes on. Text is
+decoded by search.decoding, which refuses what it cannot tell instead of indexing mojibake.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+from search.decoding import decode_text
 from search.errors import LoadError, SearchError
 from search.schema import Document, Skipped, SourceFile
 
-__all__ = ["SUPPORTED_SUFFIXES", "discover_files", "read_document", "load_documents"]
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "LoadOptions",
+    "discover_files",
+    "iter_documents",
+    "read_document",
+    "load_documents",
+    "kind_of",
+]
 
-# suffix (lower case) -> Document.kind; new formats add a row here and a branch in the chunker.
-SUPPORTED_SUFFIXES: dict[str, str] = {".md": "markdown", ".markdown": "markdown", ".txt": "text"}
+# suffix (lower case) -> SourceFile.kind; a new format adds a row here and a branch in iter_documents.
+SUPPORTED_SUFFIXES: dict[str, str] = {
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".pdf": "pdf",
+    ".html": "html",
+    ".htm": "html",
+}
+RECORD_KINDS = ("jsonl", "json", "csv", "tsv")
 
 
-def _kind_of(path: str) -> str | None:
+@dataclass
+class LoadOptions:
+    """How files are read; recorded in the index, where a change re-reads every file."""
+
+    text_fields: list[str] | None = None  # record fields that make a record's text (None: chosen automatically)
+    # Single-document formats only (notes, HTML, PDF): those are read whole. Record files stream.
+    max_file_bytes: int = 50 * 2**20
+
+
+def kind_of(path: str) -> str | None:
+    """The kind of file a path names, by its suffix; None when it is not supported."""
     return SUPPORTED_SUFFIXES.get(os.path.splitext(path)[1].lower())
 
 
@@ -28,25 +65,42 @@ def _unsupported(path: str) -> Skipped:
     return Skipped(path, f"unsupported file type {suffix}" if suffix else "unsupported file type (no suffix)")
 
 
-def _walk(folder: str) -> Iterator[str]:
-    """Files under a folder, hidden folders and files left out, in a stable order."""
+def _walk(folder: str, skipped: list[Skipped]) -> Iterator[str]:
+    """Files under a folder, hidden folders and files left out, in a stable order; folders that
+    cannot be listed and links to folders go to `skipped`."""
+
+    def unreadable(error: OSError) -> None:
+        skipped.append(Skipped(error.filename, f"cannot read folder: {error.strerror or error}"))
+
     # followlinks=False: a symlinked folder could loop or pull in a whole other tree.
-    for root, dirs, files in os.walk(folder, followlinks=False):
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in dirs:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                skipped.append(Skipped(path, "link to a folder, not followed: index the folder itself to include it"))
         for name in sorted(files):
             if not name.startswith("."):
                 yield os.path.join(root, name)
 
 
+def _stat_error(path: str, error: OSError) -> Skipped:
+    if error.errno == errno.ELOOP:
+        return Skipped(path, "symbolic link loop")
+    if error.errno == errno.ENOENT and os.path.islink(path):
+        return Skipped(path, f"broken symbolic link (to {os.readlink(path)})")
+    return Skipped(path, f"cannot read: {error.strerror or error}")
+
+
 def _source(path: str) -> SourceFile | Skipped:
     """Stat one candidate file: a SourceFile, or why it cannot be used."""
-    kind = _kind_of(path)
+    kind = kind_of(path)
     if kind is None:
         return _unsupported(path)
     try:
         info = os.stat(path)
     except OSError as error:
-        return Skipped(path, f"cannot read: {error.strerror or error}")
+        return _stat_error(path, error)
     if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
         return Skipped(path, "not a regular file")
     return SourceFile(path=path, size=info.st_size, mtime=info.st_mtime, kind=kind)
@@ -58,16 +112,17 @@ def discover_files(paths: Iterable[str | os.PathLike]) -> tuple[list[SourceFile]
     Paths are absolute but not symlink-resolved, so they read the way the user named them.
     """
     candidates: list[str] = []
+    walk_skipped: list[Skipped] = []
     for given in paths:
         path = os.path.abspath(os.fspath(given))
         if os.path.isdir(path):
-            candidates.extend(_walk(path))
-        elif os.path.exists(path):
+            candidates.extend(_walk(path, walk_skipped))
+        elif os.path.lexists(path):  # a broken link is reported, not "no such file"
             candidates.append(path)  # explicit files are taken even when hidden
         else:
             raise SearchError(f"no such file or folder: {os.fspath(given)}")
     sources: dict[str, SourceFile] = {}
-    skipped: dict[str, Skipped] = {}
+    skipped: dict[str, Skipped] = {s.path: s for s in walk_skipped}
     for path in dict.fromkeys(candidates):  # de-duplicate, keep order
         found = _source(path)
         if isinstance(found, SourceFile):
@@ -77,29 +132,85 @@ def discover_files(paths: Iterable[str | os.PathLike]) -> tuple[list[SourceFile]
     return sorted(sources.values(), key=lambda s: s.path), sorted(skipped.values(), key=lambda s: s.path)
 
 
-def read_document(source: SourceFile) -> Document:
-    """Decode a file as UTF-8 (BOM optional) with LF line ends; LoadError says why it cannot be."""
+def _check_size(size: int, options: LoadOptions) -> None:
+    if size > options.max_file_bytes:
+        raise LoadError(
+            f"{_megabytes(size, options.max_file_bytes)} MB is over the {_megabytes(options.max_file_bytes)} MB "
+            "limit for one document: split it or pass --max-file-size"
+        )
+
+
+def _read_whole(source: SourceFile, options: LoadOptions) -> bytes:
+    """A single-document file's bytes, refused before reading when it is over the size limit."""
     try:
         with open(source.path, "rb") as handle:
-            data = handle.read()
+            _check_size(os.fstat(handle.fileno()).st_size, options)
+            return handle.read()
     except OSError as error:
         raise LoadError(f"cannot read: {error.strerror or error}") from error
-    try:
-        text = data.decode("utf-8-sig")  # utf-8-sig drops a leading BOM and accepts files without one
-    except UnicodeDecodeError as error:
-        raise LoadError(f"not valid UTF-8 ({error.reason} at byte {error.start})") from error
-    # Line numbers in passages count LF-separated lines, whatever the file's line ends were.
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return Document(path=source.path, text=text, kind=source.kind)
 
 
-def load_documents(paths: Iterable[str | os.PathLike]) -> tuple[list[Document], list[Skipped]]:
-    """Discover and read in one go; files that cannot be decoded become Skipped entries."""
+def _megabytes(size: int, limit: int | None = None) -> str:
+    shown = f"{size / 2**20:.0f}"
+    if limit is not None and shown == f"{limit / 2**20:.0f}":  # "50 MB is over the 50 MB limit" reads wrong
+        shown = f"{size / 2**20:.2f}"
+    return shown
+
+
+def read_document(source: SourceFile, options: LoadOptions | None = None) -> Document:
+    """A note (markdown or text) or web page as one Document with LF line ends; LoadError says why not."""
+    options = options or LoadOptions()
+    data = _read_whole(source, options)
+    if source.kind == "html":
+        from search.formats.html import html_document
+
+        return html_document(source, data)
+    return Document(path=source.path, text=decode_text(data), kind=source.kind)
+
+
+def iter_documents(source: SourceFile, options: LoadOptions | None = None) -> Iterator[Document | Skipped]:
+    """The documents of one file, lazily: records of a record file, pages of a PDF, else the file.
+
+    A bad record or page yields a Skipped (path:line or path p.N) and the rest of the file goes on;
+    a file that cannot be used at all raises LoadError (when iterated).
+    """
+    options = options or LoadOptions()
+    if source.kind in RECORD_KINDS:
+        from search.formats import records
+
+        if source.kind == "jsonl":
+            yield from records.iter_jsonl(source, options.text_fields)
+        elif source.kind == "json":
+            yield from records.iter_json(source, options.text_fields)
+        else:
+            yield from records.iter_csv(source, options.text_fields, "\t" if source.kind == "tsv" else None)
+    elif source.kind == "pdf":
+        from search.formats.pdf import iter_pdf
+
+        try:
+            _check_size(os.stat(source.path).st_size, options)
+        except OSError as error:
+            raise LoadError(f"cannot read: {error.strerror or error}") from error
+        yield from iter_pdf(source)
+    else:
+        yield read_document(source, options)
+
+
+def load_documents(
+    paths: Iterable[str | os.PathLike], options: LoadOptions | None = None
+) -> tuple[list[Document], list[Skipped]]:
+    """Discover and read in one go; files and records that cannot be used become Skipped entries."""
     sources, skipped = discover_files(paths)
     documents: list[Document] = []
     for source in sources:
+        own: list[Document] = []
+        own_skipped: list[Skipped] = []
         try:
-            documents.append(read_document(source))
+            for item in iter_documents(source, options):
+                (own if isinstance(item, Document) else own_skipped).append(item)
         except LoadError as error:
             skipped.append(Skipped(source.path, str(error)))
+            continue
+        documents.extend(own)
+        skipped.extend(own_skipped)
     return documents, sorted(skipped, key=lambda s: s.path)

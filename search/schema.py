@@ -13,17 +13,21 @@ class SourceFile:
     path: str  # absolute, as the index stores it
     size: int
     mtime: float
-    kind: str  # "markdown" | "text"
+    kind: str  # a value of loading.SUPPORTED_SUFFIXES: "markdown" | "text" | "jsonl" | "json" | "csv" | "tsv" | "pdf" | "html"
 
 
 @dataclass
 class Document:
-    """One file's decoded text, ready for chunking."""
+    """One document's decoded text, ready for chunking: a whole note, a record of a dataset, a PDF page."""
 
     path: str
     text: str
-    kind: str  # "markdown" | "text"
+    kind: str  # "markdown" is chunked as markdown, every other kind as plain text
     metadata: dict[str, Any] = field(default_factory=dict)
+    line_start: int = 1  # 1-based line of the source file where `text` begins
+    # Last line of the source file the text came from, where the text's own lines do not map onto
+    # the file's (a record's fields joined): passages then report lines clamped into the range.
+    line_end: int | None = None
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Readers for formats other than plain text and markdown; search.loading dispatches to them."""
