@@ -61,6 +61,15 @@ def _utf16_without_bom(head: bytes) -> str | None:
     return "utf-16-le" if odd > even else "utf-16-be"
 
 
+def _damaged_utf8(head: bytes) -> bool:
+    """UTF-8 with a few bad bytes: many valid multi-byte characters and few invalid ones. It stays
+    UTF-8, so a stream skips just the records with bad bytes and a whole document says where they are."""
+    text = head.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd")
+    wide = sum(1 for c in text if ord(c) > 127) - bad
+    return wide >= 20 * bad
+
+
 def _plausible(text: str | None) -> bool:
     """Decoded text with few control characters (binary data read as UTF-16 is full of them)."""
     if not text:
@@ -136,7 +145,7 @@ def _guess(head: bytes, complete: bool) -> str | None:
         return _TRUSTED[best]
     if _LATIN_GUESSES.fullmatch(best):  # Western text: only as Windows-1252, and only mostly ASCII
         text = _decodes(head, "cp1252", complete)
-        if text is not None and sum(ord(c) > 127 for c in text) * 10 < len(text):
+        if text is not None and sum(ord(c) > 127 for c in text) * 5 < len(text):
             return "cp1252"
     return None
 
@@ -155,10 +164,13 @@ def detect_encoding(head: bytes, complete: bool, declared: str | None = None) ->
     probe = head[:_BINARY_PROBE]
     if b"\0" in probe:
         encoding = _utf16_without_bom(probe)
+        if encoding is None:  # Chinese in UTF-16 has few NULs (一 is U+4E00): ask the detector
+            guess = _guess(head, complete)
+            encoding = guess if guess and guess.startswith("utf-") else None
         if encoding is None or not _plausible(_decodes(head, encoding, complete)):
             raise LoadError("binary file (NUL bytes): not text")
         return encoding, 0
-    if _decodes(head, "utf-8", complete) is not None:
+    if _decodes(head, "utf-8", complete) is not None or _damaged_utf8(head):
         return "utf-8", 0
     if declared:
         try:

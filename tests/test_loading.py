@@ -39,9 +39,10 @@ def test_walks_folders_skipping_hidden_and_reporting_unsupported(tmp_path):
     assert all(os.path.isabs(f.path) for f in files)
     stat = os.stat(tmp_path / "a.md")
     assert (files[0].size, files[0].mtime) == (4, stat.st_mtime)
-    # hidden files and everything under hidden folders is left out silently
+    # hidden files and everything under hidden folders is left out silently; a folder link is not followed
     assert [(os.path.basename(s.path), s.reason) for s in skipped] == [
         ("README", "unsupported file type (no suffix)"),
+        ("loop", "link to a folder, not followed: index the folder itself to include it"),
         ("photo.png", "unsupported file type .png"),
     ]
 
@@ -71,7 +72,10 @@ def test_missing_path_is_a_search_error_naming_it(tmp_path):
 
 
 def test_suffix_table_is_the_dispatch():
-    assert SUPPORTED_SUFFIXES == {".md": "markdown", ".markdown": "markdown", ".txt": "text"}
+    assert SUPPORTED_SUFFIXES == {
+        ".md": "markdown", ".markdown": "markdown", ".txt": "text", ".jsonl": "jsonl", ".ndjson": "jsonl",
+        ".json": "json", ".csv": "csv", ".tsv": "tsv", ".pdf": "pdf", ".html": "html", ".htm": "html",
+    }
 
 
 def test_read_strips_bom_and_normalises_line_ends(tmp_path):
@@ -89,17 +93,21 @@ def test_read_without_bom_keeps_text_as_is(tmp_path):
     assert read_document(source).text == "---\ntitle: x\n---\n正文\n"
 
 
-def test_invalid_utf8_is_a_load_error_and_skipped_by_load_documents(tmp_path):
+def test_undecodable_bytes_are_a_load_error_and_skipped_by_load_documents(tmp_path):
     write(tmp_path / "good.md", "好")
     (tmp_path / "bad.txt").write_bytes(b"abc \xff\xfe\xfa")
-    (tmp_path / "gbk.md").write_bytes("中文".encode("gbk"))
+    (tmp_path / "gbk.md").write_bytes("中文笔记".encode("gbk"))
+    (tmp_path / "late.txt").write_bytes(("正文" * 40000).encode("utf-8") + b"\xff")  # valid head, bad byte at the end
     files, _ = discover_files([tmp_path])
-    with pytest.raises(LoadError, match=r"not valid UTF-8 \(.*byte 4\)"):
+    with pytest.raises(LoadError, match=r"^unknown text encoding .*: convert it to UTF-8$"):
         read_document(next(f for f in files if f.path.endswith("bad.txt")))
     documents, skipped = load_documents([tmp_path])
-    assert [os.path.basename(d.path) for d in documents] == ["good.md"]
-    assert [os.path.basename(s.path) for s in skipped] == ["bad.txt", "gbk.md"]
-    assert all(s.reason.startswith("not valid UTF-8 (") for s in skipped)
+    assert [(os.path.basename(d.path), d.text[:4]) for d in documents] == [("gbk.md", "中文笔记"), ("good.md", "好")]
+    assert [(os.path.basename(s.path), s.reason.split(" (")[0]) for s in skipped] == [
+        ("bad.txt", "unknown text encoding"),
+        ("late.txt", "not valid UTF-8"),
+    ]
+    assert "at byte 240000" in skipped[1].reason
 
 
 def test_unreadable_file_is_a_load_error_with_the_reason(tmp_path):
@@ -115,6 +123,6 @@ def test_load_documents_returns_unsupported_and_undecodable_together(tmp_path):
     documents, skipped = load_documents([tmp_path])
     assert [d.text for d in documents] == ["# 标题\n"]
     assert [(os.path.basename(s.path), s.reason.split(" (")[0]) for s in skipped] == [
-        ("b.txt", "not valid UTF-8"),
-        ("c.pdf", "unsupported file type .pdf"),
+        ("b.txt", "unknown text encoding"),
+        ("c.pdf", "not a readable PDF"),
     ]

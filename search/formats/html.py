@@ -38,9 +38,11 @@ def html_document(source: SourceFile, data: bytes) -> Document:
         if type(string) is NavigableString and string.find_parent("pre") is None:  # source line breaks are not the page's line breaks
             string.replace_with(_SPACE.sub(" ", string))
     for tag in soup.find_all(_PARAGRAPHS + _LINES):
-        mark = _PARAGRAPH_MARK if tag.name in _PARAGRAPHS else _LINE_MARK
-        tag.insert_before(mark)
-        tag.insert_after(mark)
+        if tag.name in _PARAGRAPHS:
+            tag.insert_before(_PARAGRAPH_MARK)
+            tag.insert_after(_PARAGRAPH_MARK)
+        else:  # a line break before each item only, so consecutive items are lines, not paragraphs
+            tag.insert_before(_LINE_MARK)
     text = soup.get_text()  # comments, doctype and CDATA are not text
     text = text.replace(_PARAGRAPH_MARK, "\n\n").replace(_LINE_MARK, "\n")
     lines = [" ".join(line.split()) for line in text.split("\n")]
