@@ -369,3 +369,67 @@ def test_unreadable_files_and_folders_are_skipped_with_the_reason():
     finally:
         (folder / "closed").chmod(0o755)
         shutil.rmtree(folder)
+
+
+# ----- end to end: a messy folder ---------------------------------------------------------------
+
+
+def test_a_messy_folder_builds_and_its_records_pages_and_encodings_are_found(tmp_path):
+    from search.engine import Engine
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [alpaca(i) for i in range(6)]
+    rows[4] = {"instruction": "What do lighthouse keepers polish?", "input": "", "output": "They polish the brass lens every morning."}
+    lines = [json.dumps(r) for r in rows]
+    lines[2] = '{"instruction": "broken record", "output": '  # malformed line mid-file
+    (data / "alpaca.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (data / "qa.json").write_text(json.dumps([{"q": "Why do cats purr?", "a": "Contentment."}, {"q": "How do bees dance?", "a": "Waggle dance."}], indent=1), encoding="utf-8")
+    (data / "people.csv").write_text("name,notes\nAlice,likes sourdough\nBob\nCarol,restores vintage motorcycles,extra\n", encoding="utf-8")
+    (data / "物理.txt").write_bytes("量子纠缠是一种奇特的物理现象。\n\n爱因斯坦称之为鬼魅般的超距作用。\n".encode("gbk"))
+    (data / "繁體.txt").write_bytes("台灣的夜市小吃非常有名。".encode("big5"))
+    (data / "utf16.txt").write_bytes("Penguins huddle together for warmth.".encode("utf-16"))
+    make_pdf(data / "paper.pdf", ["Introduction to the savanna.", "Giraffes eat acacia leaves with long tongues.", "Zebras have stripes."])
+    (data / "page.html").write_text("<title>Tide</title><script>var tides;</script><p>Tide pools shelter anemones.</p>", encoding="utf-8")
+    (data / "empty.md").write_bytes(b"")
+    (data / "binary.txt").write_bytes(b"\x00\x01\x02\x03" * 100)
+    (data / "invalid.txt").write_bytes(b"abc \xff\xfe\xfa")
+    sparse_file(data / "huge.txt", 200 * 2**20)
+    (data / "corrupt.pdf").write_bytes(b"%PDF-1.7 truncated")
+    (data / "loop.md").symlink_to(data / "loop.md")
+    (data / "dangling.md").symlink_to(data / "nowhere.md")
+
+    engine = Engine.build([data], tmp_path / "index")
+    summary = engine.build_summary
+    reasons = {os.path.relpath(s.path, data): s.reason for s in summary.skipped}
+    assert reasons == {
+        "alpaca.jsonl:3": reasons["alpaca.jsonl:3"],
+        "binary.txt": "binary file (NUL bytes): not text",
+        "corrupt.pdf": reasons["corrupt.pdf"],
+        "dangling.md": f"broken symbolic link (to {data / 'nowhere.md'})",
+        "empty.md": "empty file",
+        "huge.txt": "200 MB is over the 50 MB limit for one document: split it or pass --max-file-size",
+        "invalid.txt": reasons["invalid.txt"],
+        "loop.md": "symbolic link loop",
+    }
+    assert reasons["alpaca.jsonl:3"].startswith("invalid JSON")
+    assert reasons["corrupt.pdf"].startswith("not a readable PDF")
+    assert reasons["invalid.txt"].startswith("unknown text encoding")
+    assert summary.files_added == 8  # jsonl, json, csv, the three encodings, pdf, html
+
+    def top(query, mode="bm25"):
+        return engine.search(query, k=3, mode=mode)
+
+    [record] = [h for h in top("lighthouse keepers polish brass lens") if h.path.endswith("alpaca.jsonl")][:1]
+    assert (record.line_start, record.metadata["line"]) == (5, 5)
+    [row] = [h for h in top("vintage motorcycles") if h.path.endswith("people.csv")][:1]
+    assert (row.line_start, row.metadata["line"]) == (4, 4) and "Carol" in row.text
+    assert any(h.path.endswith("物理.txt") and "鬼魅般的超距作用" in h.text for h in top("鬼魅般的超距作用"))
+    assert any(h.path.endswith("繁體.txt") for h in top("夜市小吃"))
+    assert any(h.path.endswith("utf16.txt") for h in top("penguins huddle"))
+    [page] = [h for h in top("giraffes acacia tongues") if h.path.endswith("paper.pdf")][:1]
+    assert page.metadata["page"] == 2
+    assert any(h.metadata.get("record") == 1 for h in top("bees waggle dance"))
+    assert top("anemones tide pools")[0].metadata.get("title") == "Tide"
+    # hybrid (both retrievers and fusion) over the same index, with a paraphrase
+    assert any(h.path.endswith("paper.pdf") and h.metadata["page"] == 2 for h in top("what food do giraffes eat", "hybrid"))
