@@ -135,7 +135,7 @@ def discover_files(paths: Iterable[str | os.PathLike]) -> tuple[list[SourceFile]
 def _check_size(size: int, options: LoadOptions) -> None:
     if size > options.max_file_bytes:
         raise LoadError(
-            f"{_megabytes(size, options.max_file_bytes)} MB is over the {_megabytes(options.max_file_bytes)} MB "
+            f"{_megabytes(size)} MB is over the {_megabytes(options.max_file_bytes)} MB "
             "limit for one document: split it or pass --max-file-size"
         )
 
@@ -150,11 +150,9 @@ def _read_whole(source: SourceFile, options: LoadOptions) -> bytes:
         raise LoadError(f"cannot read: {error.strerror or error}") from error
 
 
-def _megabytes(size: int, limit: int | None = None) -> str:
-    shown = f"{size / 2**20:.0f}"
-    if limit is not None and shown == f"{limit / 2**20:.0f}":  # "50 MB is over the 50 MB limit" reads wrong
-        shown = f"{size / 2**20:.2f}"
-    return shown
+def _megabytes(size: int) -> str:
+    megabytes = size / 2**20
+    return f"{megabytes:.0f}" if megabytes >= 100 else f"{megabytes:.3g}"
 
 
 def read_document(source: SourceFile, options: LoadOptions | None = None) -> Document:

@@ -433,3 +433,46 @@ def test_a_messy_folder_builds_and_its_records_pages_and_encodings_are_found(tmp
     assert top("anemones tide pools")[0].metadata.get("title") == "Tide"
     # hybrid (both retrievers and fusion) over the same index, with a paraphrase
     assert any(h.path.endswith("paper.pdf") and h.metadata["page"] == 2 for h in top("what food do giraffes eat", "hybrid"))
+
+
+def test_cli_text_fields_size_limit_and_hit_locations(tmp_path):
+    from click.testing import CliRunner
+
+    from search.cli import cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "qa.jsonl").write_text("\n" + json.dumps({"q": "How do otters sleep?", "a": "Holding hands.", "src": "nature notes"}) + "\n", encoding="utf-8")
+    (data / "qa.json").write_text(json.dumps([{"q": "first"}, {"q": "Where do puffins nest?", "a": "In burrows."}]), encoding="utf-8")
+    make_pdf(data / "paper.pdf", ["Cover.", "Walruses use tusks to climb onto ice."])
+    (data / "page.html").write_text("<p>Narwhals have a long tusk.</p>", encoding="utf-8")
+    (data / "note.md").write_text("# Note\n\nSea lions bark loudly.\n" + "filler words " * 60000, encoding="utf-8")  # about 0.75 MB
+    index = str(tmp_path / "index")
+    runner = CliRunner()
+
+    result = runner.invoke(cli, ["index", str(data), "--index", index, "--text-fields", "q,a", "--max-file-size", "0.5"])
+    assert result.exit_code == 0, result.output
+    size = f"{(data / 'note.md').stat().st_size / 2**20:.3g}"
+    assert f"note.md: {size} MB is over the 0.5 MB limit for one document: split it or pass --max-file-size" in result.output
+    assert "4 files added" in result.output and "1 skipped" in result.output
+
+    def location(query):
+        out = runner.invoke(cli, ["query", query, "--mode", "bm25", "-k", "1", "--index", index])
+        assert out.exit_code == 0, out.output
+        return out.output.splitlines()[0].split()[2]
+
+    assert location("otters sleep").endswith("qa.jsonl:2")
+    assert location("puffins nest").endswith("qa.json#1")
+    assert location("walruses tusks climb").endswith("paper.pdf") and "p.2" in runner.invoke(
+        cli, ["query", "walruses tusks climb", "--mode", "bm25", "-k", "1", "--index", index]).output
+    assert location("narwhals").endswith("page.html")
+    hit = json.loads(runner.invoke(cli, ["query", "otters", "--mode", "bm25", "-k", "1", "--json", "--index", index]).output)[0]
+    assert hit["metadata"] == {"line": 2, "fields": {"src": "nature notes"}} and hit["line_start"] == 2
+
+    # other load options re-read every file; the note now fits and "src" becomes text
+    result = runner.invoke(cli, ["index", str(data), "--index", index, "--max-file-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "1 files added, 4 changed" in result.output and "0 skipped" in result.output
+    assert "nature notes" in runner.invoke(cli, ["query", "otters", "--mode", "bm25", "-k", "1", "--index", index]).output
+    bad = runner.invoke(cli, ["index", str(data), "--index", index, "--text-fields", " , "])
+    assert bad.exit_code == 1 and "--text-fields names no field" in bad.output
