@@ -446,14 +446,14 @@ def test_cli_text_fields_size_limit_and_hit_locations(tmp_path):
     (data / "qa.json").write_text(json.dumps([{"q": "first"}, {"q": "Where do puffins nest?", "a": "In burrows."}]), encoding="utf-8")
     make_pdf(data / "paper.pdf", ["Cover.", "Walruses use tusks to climb onto ice."])
     (data / "page.html").write_text("<p>Narwhals have a long tusk.</p>", encoding="utf-8")
-    (data / "note.md").write_text("# Note\n\nSea lions bark loudly.\n" + "filler words " * 60000, encoding="utf-8")  # about 0.75 MB
+    (data / "note.md").write_text("# Note\n\nSea lions bark loudly.\n" + "filler words " * 1000, encoding="utf-8")  # about 13 KB
     index = str(tmp_path / "index")
     runner = CliRunner()
 
-    result = runner.invoke(cli, ["index", str(data), "--index", index, "--text-fields", "q,a", "--max-file-size", "0.5"])
+    result = runner.invoke(cli, ["index", str(data), "--index", index, "--text-fields", "q,a", "--max-file-size", "0.01"])
     assert result.exit_code == 0, result.output
     size = f"{(data / 'note.md').stat().st_size / 2**20:.3g}"
-    assert f"note.md: {size} MB is over the 0.5 MB limit for one document: split it or pass --max-file-size" in result.output
+    assert f"note.md: {size} MB is over the 0.01 MB limit for one document: split it or pass --max-file-size" in result.output
     assert "4 files added" in result.output and "1 skipped" in result.output
 
     def location(query):
@@ -470,7 +470,7 @@ def test_cli_text_fields_size_limit_and_hit_locations(tmp_path):
     assert hit["metadata"] == {"line": 2, "fields": {"src": "nature notes"}} and hit["line_start"] == 2
 
     # other load options re-read every file; the note now fits and "src" becomes text
-    result = runner.invoke(cli, ["index", str(data), "--index", index, "--max-file-size", "2"])
+    result = runner.invoke(cli, ["index", str(data), "--index", index])
     assert result.exit_code == 0, result.output
     assert "1 files added, 4 changed" in result.output and "0 skipped" in result.output
     assert "nature notes" in runner.invoke(cli, ["query", "otters", "--mode", "bm25", "-k", "1", "--index", index]).output
