@@ -48,12 +48,15 @@ def cli() -> None:
 @click.option("--model", default=None, help="Any sentence-transformers name or path (default: m3e-small for Chinese, all-MiniLM-L6-v2 for English).")
 @click.option("--rebuild", is_flag=True, help="Rebuild from scratch instead of updating what changed.")
 @click.option("--wait", is_flag=True, help="Wait for another build on the same index instead of exiting.")
+@click.option("--keyword-only", is_flag=True, help="BM25 only, no embeddings: fast for very large corpora (queries then run in bm25 mode; --rebuild without it adds embeddings).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
-def index(paths: tuple[str, ...], index_dir: str, model: str | None, rebuild: bool, wait: bool, as_json: bool) -> None:
+def index(paths: tuple[str, ...], index_dir: str, model: str | None, rebuild: bool, wait: bool, keyword_only: bool, as_json: bool) -> None:
     """Index PATHS (files or folders; default: corpus/) into the index folder."""
-    from search.engine import Engine
+    from search.engine import BuildConfig, Engine
 
-    engine = Engine.build(paths or ("corpus",), index_dir, model=model, rebuild=rebuild, progress=not as_json, wait=wait)
+    config = BuildConfig(keyword_only=True) if keyword_only else None  # None: as the index was built
+    engine = Engine.build(paths or ("corpus",), index_dir, model=model, rebuild=rebuild, progress=not as_json, wait=wait,
+                          build_config=config)
     _echo_summary(engine.build_summary, as_json)
 
 
@@ -103,7 +106,11 @@ def query(text: str, k: int, mode: str, as_json: bool, index_dir: str) -> None:
         raise SearchError("empty query: give some words to search for")
     from search.engine import Engine
 
-    hits = Engine.open(index_dir).search(text, k=k, mode=mode)
+    engine = Engine.open(index_dir)
+    notice = engine.fallback_notice(mode)
+    if notice:
+        click.echo(notice, err=True)
+    hits = engine.search(text, k=k, mode=mode)
     if as_json:
         click.echo(json.dumps([hit.to_dict() for hit in hits], ensure_ascii=False, indent=1))
         return
@@ -133,6 +140,8 @@ def stats(index_dir: str, as_json: bool) -> None:
     click.echo(f"passages   {info['passages']}")
     for space, model in info["models"].items():
         click.echo(f"model      {space}: {model['name']} ({model['dim']}-dim, {model['passages']} passages)")
+    if info["keyword_only"]:
+        click.echo("model      none: keyword-only index (bm25; `search index --rebuild` adds embeddings)")
     click.echo(f"size       {info['size_bytes'] / 1e6:.1f} MB")
     click.echo(f"built      {info['built_at']}")
 
