@@ -24,6 +24,7 @@ rank-bm25; ``top_k`` with an optional boolean ``allowed`` mask applied before th
 from __future__ import annotations
 
 import json
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -134,49 +135,47 @@ class _SegmentScorer:
             self.nonoccurrence = self.idf * zero  # idf(df) * tfc(0) per term, as bm25s's non-occurrence array
 
     def segments(self, corpus: Iterable[Sequence[str]], max_passages: int, max_tokens: int) -> Iterator[_Segment]:
-        batch: list[Sequence[str]] = []
-        tokens = start = 0
+        """Segments in passage order; a segment's tokens are held as int32 term ids (4 bytes a token),
+        never as Python strings."""
+        vocab = self.stats.vocab
+        terms, lengths = array("i"), array("q")
+        start = 0
         for doc in corpus:
-            batch.append(doc)
-            tokens += len(doc)
-            if len(batch) >= max_passages or tokens >= max_tokens:
-                yield self._segment(start, batch)
-                start += len(batch)
-                batch, tokens = [], 0
-        if batch:
-            yield self._segment(start, batch)
+            terms.extend([vocab[t] for t in doc])
+            lengths.append(len(doc))
+            if len(lengths) >= max_passages or len(terms) >= max_tokens:
+                yield self._segment(start, np.frombuffer(terms, dtype=np.int32), np.frombuffer(lengths, dtype=np.int64))
+                start += len(lengths)
+                terms, lengths = array("i"), array("q")
+        if lengths:
+            yield self._segment(start, np.frombuffer(terms, dtype=np.int32), np.frombuffer(lengths, dtype=np.int64))
 
-    def _segment(self, start: int, docs: list[Sequence[str]]) -> _Segment:
+    def _segment(self, start: int, terms: np.ndarray, lengths: np.ndarray) -> _Segment:
         import scipy.sparse as sp
 
-        n_vocab = len(self.stats.vocab)
+        ends = np.cumsum(lengths)
         rows, cols, scores = [], [], []
         first = 0
-        while first < len(docs):  # vectorised over chunks of about _CHUNK_TOKENS tokens
-            last, size = first, 0
-            while last < len(docs) and (size < _CHUNK_TOKENS or last == first):
-                size += len(docs[last])
-                last += 1
-            r, c, s = self._postings(docs[first:last], first)
-            rows.append(r), cols.append(c), scores.append(s)
+        while first < len(lengths):  # vectorised over chunks of about _CHUNK_TOKENS tokens
+            base = ends[first] - lengths[first]
+            last = max(first + 1, int(np.searchsorted(ends, base + _CHUNK_TOKENS, side="right")))
+            r, c, s = self._postings(terms[base : ends[last - 1]], lengths[first:last])
+            rows.append(r + first), cols.append(c), scores.append(s)
             first = last
-        row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int32)
-        col = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int32)
-        data = np.concatenate(scores) if scores else np.zeros(0)
+        row = np.concatenate(rows).astype(np.int32)
+        col = np.concatenate(cols)
+        data = np.concatenate(scores)
         del rows, cols, scores
         # (passage, term) pairs are unique, so nothing is summed: every entry is one stored score
-        matrix = sp.csc_matrix((data, (row, col)), shape=(len(docs), n_vocab), dtype=np.float64)
-        return _Segment(start, len(docs), matrix.data, matrix.indices.astype(np.int32, copy=False), matrix.indptr.astype(np.int64, copy=False))
+        matrix = sp.csc_matrix((data, (row, col)), shape=(len(lengths), len(self.stats.vocab)), dtype=np.float64)
+        return _Segment(start, len(lengths), matrix.data, matrix.indices.astype(np.int32, copy=False), matrix.indptr.astype(np.int64, copy=False))
 
-    def _postings(self, docs: Sequence[Sequence[str]], offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(passage, term, score) of every distinct term of each passage."""
-        vocab = self.stats.vocab
-        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
-        terms = np.fromiter((vocab[t] for d in docs for t in d), dtype=np.int64, count=int(lengths.sum()))
-        n_vocab = max(len(vocab), 1)
-        passage = np.repeat(np.arange(len(docs), dtype=np.int64), lengths)
+    def _postings(self, terms: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(passage, term, score) of every distinct term of each passage; passages count from 0."""
+        n_vocab = max(len(self.stats.vocab), 1)
+        passage = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
         pairs, tf = np.unique(passage * n_vocab + terms, return_counts=True)
-        del terms, passage
+        del passage
         row, col = pairs // n_vocab, pairs % n_vocab
         p = self.params
         tfc = self.tfc(tf_array=tf.astype(np.float64), l_d=lengths[row].astype(np.float64), l_avg=self.stats.avg_length,
@@ -184,7 +183,7 @@ class _SegmentScorer:
         scores = self.idf[col] * tfc
         if self.nonoccurrence is not None:
             scores -= self.nonoccurrence[col]  # added back for every passage at query time, as in bm25s
-        return (row + offset).astype(np.int32), col.astype(np.int32), scores
+        return row, col.astype(np.int32), scores
 
 
 class BM25Index:
