@@ -389,7 +389,7 @@ class Builder:
                 with timer("write"):
                     pid = writer.add(passage, tokens)
                 if vectors is not None:
-                    vectors.add(pid, passage, bar)
+                    vectors.add(pid, passage)
                 bar.update()
             summary.passages = len(writer)
         models = vectors.finish() if vectors is not None else {}
@@ -599,9 +599,9 @@ class _VectorWriter:
         self.plan = plan
         self.spaces = {space: _SpaceVectors(generation, space, name, previous, summary, timer) for space, name in plan.items()}
 
-    def add(self, pid: int, passage: Passage, bar: Any = None) -> None:
+    def add(self, pid: int, passage: Passage) -> None:
         text = contextual_text(passage)
-        self.spaces[space_for(self.plan, detect_language(text))].add(pid, text, bar)
+        self.spaces[space_for(self.plan, detect_language(text))].add(pid, text)
 
     def finish(self) -> dict[str, dict]:
         return {space: vectors.finish() for space, vectors in self.spaces.items()}
@@ -631,7 +631,7 @@ class _SpaceVectors:
                 self._dim = Encoder(self.name).dim
         return self._dim
 
-    def add(self, pid: int, text: str, bar: Any = None) -> None:
+    def add(self, pid: int, text: str) -> None:
         key = _text_key(self.name, text)
         self.ids.append(pid)
         self.keys.append(key)
