@@ -5,7 +5,7 @@ PIP    := $(PYTHON) -m pip
 STAMP  := $(VENV)/.installed
 INDEX  ?= indexes/default
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-large clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ test: install
 
 bench: install
 	$(PYTHON) benchmarks/incremental.py
+
+# Not part of `bench`: generates a 1 GB JSONL and indexes it keyword-only (long on a laptop CPU).
+bench-large: install
+	$(PYTHON) benchmarks/large_jsonl.py
 
 clean:
 	rm -rf $(VENV) indexes

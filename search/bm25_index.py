@@ -1,61 +1,221 @@
-"""BM25 over pre-tokenised passages, on the `bm25s` library (sparse matrix of precomputed term scores).
+"""BM25 over pre-tokenised passages, built in bounded memory at any corpus size.
 
-bm25s computes, at build time, the BM25 contribution of every (term, passage) pair and stores it in a CSC
-matrix (one column per term); a query sums the columns of its terms. We keep the scoring in the library and
-add what the engine needs around it:
+Like bm25s, the index precomputes the BM25 contribution of every (term, passage) pair into a CSC matrix
+(one column per term) and a query sums the columns of its terms. Unlike a single bm25s index, the matrix is
+cut into *segments* of consecutive passages, so a build only ever holds one segment's postings:
 
-* a 0-passage corpus, passages with no tokens, and a corpus with no tokens at all;
-* queries that are empty or only hold unknown tokens (bm25s raises on those: we return zeros);
-* repeated query tokens count once per occurrence, as in rank-bm25 (``for q in query: score += ...``);
-  bm25s keeps duplicates too, so "gpt gpt" scores twice "gpt";
-* ``top_k`` with an optional boolean ``allowed`` mask applied before the cut, deterministic ties
-  (lower passage id first);
-* save/load of the score matrix (memory-mapped by default), never re-tokenising.
+1. a first streaming pass over the tokens gathers the GLOBAL statistics: vocabulary, document frequency of
+   every term, number of passages and total length (hence the average length);
+2. a second pass scores each segment with those global statistics and writes it out.
 
-Scores are float64 (bm25s ``dtype="float64"``), so they agree with rank-bm25 / a direct formula to ~1e-12.
+Every stored score is therefore the one a single index over the whole corpus would hold, and a query's
+score for a passage (its column entries summed in query-token order) is bit-for-bit the same whatever the
+segmentation. The formulas are bm25s's own (``bm25s.scoring``: idf and term-frequency component per
+method); the segment matrices are assembled with scipy.sparse, because bm25s's builder takes the whole
+corpus at once and computes its statistics from it, so it cannot score one segment with global statistics.
+
+Also handled here: a 0-passage corpus, passages with no tokens, a corpus with no tokens at all; queries
+that are empty or only hold unknown tokens (zeros); repeated query tokens count once per occurrence, as in
+rank-bm25; ``top_k`` with an optional boolean ``allowed`` mask applied before the cut, deterministic ties
+(lower passage id first); save/load memory-mapped. Indexes saved by the earlier bm25s-backed version
+(format 1) load as one segment. Scores are float64, so they agree with rank-bm25 to ~1e-12.
 """
 
 from __future__ import annotations
 
 import json
-import logging
+from array import array
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 __all__ = ["BM25Index"]
 
 _META_NAME = "bm25_index.json"
-_FORMAT = 1
+_FORMAT = 2
 _METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 # Methods whose score adds a non-occurrence term for every passage, so a positive score does not mean a match.
 _NONOCCURRENCE_METHODS = ("bm25l", "bm25+")
+# A segment ends at this many passages or query-independent postings (tokens), whichever comes first:
+# scoring one holds ~40 bytes per token, so 8M tokens keep a build's BM25 stage near 300 MB.
+SEGMENT_PASSAGES = 200_000
+SEGMENT_TOKENS = 8_000_000
+_CHUNK_TOKENS = 1_000_000  # tokens counted per vectorised step inside a segment
 
 
-def _import_bm25s():
-    import bm25s  # progress bars: every call below passes show_progress=False
+def _scoring():
+    from bm25s import scoring
 
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG and logs each index() call
+    return scoring
 
-    return bm25s
+
+@dataclass
+class _Stats:
+    """What a first pass over the corpus knows: it makes every segment score like one big index."""
+
+    vocab: dict[str, int]
+    df: np.ndarray  # passages holding each term
+    n_passages: int
+    total_length: int
+
+    @classmethod
+    def gather(cls, corpus: Iterable[Sequence[str]]) -> "_Stats":
+        vocab: dict[str, int] = {}
+        df: list[int] = []
+        n = total = 0
+        for i, doc in enumerate(corpus):
+            if isinstance(doc, str):
+                raise TypeError(f"passage {i} is a str; pass a list of tokens per passage (see search.tokenizing.tokenize)")
+            n += 1
+            total += len(doc)
+            for token in set(doc):
+                term = vocab.setdefault(token, len(df))
+                if term == len(df):
+                    df.append(1)
+                else:
+                    df[term] += 1
+        return cls(vocab, np.asarray(df, dtype=np.int64), n, total)
+
+    @property
+    def avg_length(self) -> float:
+        # == np.mean of the lengths (integer partial sums are exact in float64), as bm25s computes it
+        return self.total_length / self.n_passages
+
+
+@dataclass
+class _Segment:
+    """Consecutive passages [start, start + n) as a CSC matrix over the global vocabulary."""
+
+    start: int
+    n: int
+    data: np.ndarray  # float64 scores
+    indices: np.ndarray  # int32 passage offsets within the segment
+    indptr: np.ndarray  # int64, one entry per term + 1
+
+    def add_scores(self, terms: np.ndarray, out: np.ndarray) -> None:
+        """Add the segment's column of each term (in order) to `out`, the segment's slice of the scores."""
+        for t in terms.tolist():
+            a, b = self.indptr[t], self.indptr[t + 1]
+            if b > a:
+                # a column holds each passage at most once, so plain fancy-index addition is exact
+                out[self.indices[a:b]] += self.data[a:b]
+
+    def mark(self, terms: set[int], mask: np.ndarray) -> None:
+        for t in terms:
+            mask[self.indices[self.indptr[t] : self.indptr[t + 1]]] = True
+
+    def save(self, folder: Path, number: int) -> None:
+        for name in ("data", "indices", "indptr"):
+            np.save(folder / f"seg-{number:04d}.{name}.npy", getattr(self, name))
+
+    @classmethod
+    def load(cls, folder: Path, number: int, start: int, n: int, mmap: bool) -> "_Segment":
+        arrays = [np.load(folder / f"seg-{number:04d}.{name}.npy", mmap_mode="r" if mmap else None) for name in ("data", "indices", "indptr")]
+        return cls(start, n, *arrays)
+
+
+class _SegmentScorer:
+    """Turns consecutive passages' tokens into segments scored with the global statistics."""
+
+    def __init__(self, stats: _Stats, params: dict[str, Any]) -> None:
+        scoring = _scoring()
+        method = params["method"]
+        self.stats = stats
+        self.params = params
+        self.tfc = scoring._select_tfc_scorer(method)
+        idf_of = scoring._select_idf_scorer(method)
+        n = stats.n_passages
+        self.idf = np.fromiter((idf_of(int(d), N=n) for d in stats.df), dtype=np.float64, count=len(stats.df))
+        self.nonoccurrence = None
+        if method in _NONOCCURRENCE_METHODS:
+            avg = stats.avg_length
+            zero = self.tfc(tf_array=0, l_d=avg, l_avg=avg, k1=params["k1"], b=params["b"], delta=params["delta"])
+            self.nonoccurrence = self.idf * zero  # idf(df) * tfc(0) per term, as bm25s's non-occurrence array
+
+    def segments(self, corpus: Iterable[Sequence[str]], max_passages: int, max_tokens: int) -> Iterator[_Segment]:
+        """Segments in passage order; a segment's tokens are held as int32 term ids (4 bytes a token),
+        never as Python strings."""
+        vocab = self.stats.vocab
+        terms, lengths = array("i"), array("q")
+        start = 0
+        for doc in corpus:
+            terms.extend([vocab[t] for t in doc])
+            lengths.append(len(doc))
+            if len(lengths) >= max_passages or len(terms) >= max_tokens:
+                yield self._segment(start, np.frombuffer(terms, dtype=np.int32), np.frombuffer(lengths, dtype=np.int64))
+                start += len(lengths)
+                terms, lengths = array("i"), array("q")
+        if lengths:
+            yield self._segment(start, np.frombuffer(terms, dtype=np.int32), np.frombuffer(lengths, dtype=np.int64))
+
+    def _segment(self, start: int, terms: np.ndarray, lengths: np.ndarray) -> _Segment:
+        import scipy.sparse as sp
+
+        ends = np.cumsum(lengths)
+        rows, cols, scores = [], [], []
+        first = 0
+        while first < len(lengths):  # vectorised over chunks of about _CHUNK_TOKENS tokens
+            base = ends[first] - lengths[first]
+            last = max(first + 1, int(np.searchsorted(ends, base + _CHUNK_TOKENS, side="right")))
+            r, c, s = self._postings(terms[base : ends[last - 1]], lengths[first:last])
+            rows.append(r + first), cols.append(c), scores.append(s)
+            first = last
+        row = np.concatenate(rows).astype(np.int32)
+        col = np.concatenate(cols)
+        data = np.concatenate(scores)
+        del rows, cols, scores
+        # (passage, term) pairs are unique, so nothing is summed: every entry is one stored score
+        matrix = sp.csc_matrix((data, (row, col)), shape=(len(lengths), len(self.stats.vocab)), dtype=np.float64)
+        return _Segment(start, len(lengths), matrix.data, matrix.indices.astype(np.int32, copy=False), matrix.indptr.astype(np.int64, copy=False))
+
+    def _postings(self, terms: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(passage, term, score) of every distinct term of each passage; passages count from 0."""
+        n_vocab = max(len(self.stats.vocab), 1)
+        passage = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        pairs, tf = np.unique(passage * n_vocab + terms, return_counts=True)
+        del passage
+        row, col = pairs // n_vocab, pairs % n_vocab
+        p = self.params
+        tfc = self.tfc(tf_array=tf.astype(np.float64), l_d=lengths[row].astype(np.float64), l_avg=self.stats.avg_length,
+                       k1=p["k1"], b=p["b"], delta=p["delta"])
+        scores = self.idf[col] * tfc
+        if self.nonoccurrence is not None:
+            scores -= self.nonoccurrence[col]  # added back for every passage at query time, as in bm25s
+        return row, col.astype(np.int32), scores
 
 
 class BM25Index:
-    """BM25 scores for every passage of a fixed corpus; passage ids are positions in the build list."""
+    """BM25 scores for every passage of a fixed corpus; passage ids are positions in the build order."""
 
     DEFAULT_PARAMS = {"method": "lucene", "k1": 0.9, "b": 0.4}
 
-    def __init__(self, model: Any, n_passages: int, params: dict[str, Any]) -> None:
-        # Use build() or load(); model is a bm25s.BM25, or None when the corpus has no tokens at all.
-        self._model = model
+    def __init__(
+        self,
+        vocab: dict[str, int],
+        segments: list[_Segment],
+        n_passages: int,
+        params: dict[str, Any],
+        nonoccurrence: np.ndarray | None = None,
+        folder: Path | None = None,
+    ) -> None:
+        # Use build(), build_streaming() or load().
+        self._vocab = vocab
+        self._segments = segments
         self.n_passages = int(n_passages)
         self.params = dict(params)
-        self._vocab: dict[str, int] = model.vocab_dict if model is not None else {}
-        self._dtype = np.dtype(model.dtype) if model is not None else np.dtype(np.float64)
+        self._nonoccurrence = nonoccurrence
+        self._folder = folder  # where the arrays live when they are memory-mapped from disk
         self._needs_match_mask = self.params.get("method") in _NONOCCURRENCE_METHODS
 
     # ------------------------------------------------------------------ build
+    @staticmethod
+    def _params(method: str, k1: float, b: float, delta: float) -> dict[str, Any]:
+        if method not in _METHODS:
+            raise ValueError(f"unknown BM25 method {method!r}; choose from {', '.join(_METHODS)}")
+        return {"method": method, "k1": float(k1), "b": float(b), "delta": float(delta)}
+
     @classmethod
     def build(
         cls,
@@ -64,49 +224,82 @@ class BM25Index:
         k1: float = 0.9,
         b: float = 0.4,
         delta: float = 0.5,
+        segment_passages: int = SEGMENT_PASSAGES,
+        segment_tokens: int = SEGMENT_TOKENS,
     ) -> "BM25Index":
-        """Index ``corpus_tokens[i]`` (the tokens of passage i). ``delta`` only matters for bm25l / bm25+."""
-        if method not in _METHODS:
-            raise ValueError(f"unknown BM25 method {method!r}; choose from {', '.join(_METHODS)}")
-        docs: list[list[str]] = []
-        for i, doc in enumerate(corpus_tokens):
-            if isinstance(doc, str):
-                raise TypeError(f"passage {i} is a str; pass a list of tokens per passage (see search.tokenizing.tokenize)")
-            docs.append(list(doc))
-        params = {"method": method, "k1": float(k1), "b": float(b), "delta": float(delta)}
-        if not any(docs):  # no passages, or no passage with a token: nothing can ever match
-            return cls(None, len(docs), params)
+        """Index ``corpus_tokens[i]`` (the tokens of passage i) in memory. ``delta`` only matters for bm25l / bm25+."""
+        params = cls._params(method, k1, b, delta)
+        stats = _Stats.gather(corpus_tokens)
+        if not stats.vocab:  # no passages, or no passage with a token: nothing can ever match
+            return cls({}, [], stats.n_passages, params)
+        scorer = _SegmentScorer(stats, params)
+        segments = list(scorer.segments(corpus_tokens, segment_passages, segment_tokens))
+        return cls(stats.vocab, segments, stats.n_passages, params, scorer.nonoccurrence)
 
-        bm25s = _import_bm25s()
-        model = bm25s.BM25(method=method, k1=k1, b=b, delta=delta, dtype="float64", int_dtype="int32")
-        # Passages with zero tokens are fine for bm25s as long as the vocabulary is not empty: they get no
-        # column entries and count with length 0 in the average length (as in rank-bm25). No empty "" token:
-        # the tokenizer never emits one and a query must not reach a column that does not exist.
-        model.index(docs, create_empty_token=False, show_progress=False)
-        return cls(model, len(docs), params)
+    @classmethod
+    def build_streaming(
+        cls,
+        corpus: Callable[[], Iterable[Sequence[str]]],
+        folder: str | Path,
+        method: str = "lucene",
+        k1: float = 0.9,
+        b: float = 0.4,
+        delta: float = 0.5,
+        segment_passages: int = SEGMENT_PASSAGES,
+        segment_tokens: int = SEGMENT_TOKENS,
+        on_passages: Callable[[int], None] | None = None,
+    ) -> "BM25Index":
+        """Index a corpus too big for memory: ``corpus()`` must give the same token lists on each call (it is
+        read twice, e.g. from a tokens.jsonl). Segments are written into ``folder`` as they are scored and the
+        result is returned memory-mapped. ``on_passages(n)`` reports progress of the second pass."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        params = cls._params(method, k1, b, delta)
+        stats = _Stats.gather(corpus())
+        if not stats.vocab:
+            index = cls({}, [], stats.n_passages, params)
+            index.save(folder)
+            return index
+        scorer = _SegmentScorer(stats, params)
+        sizes = []
+        for number, segment in enumerate(scorer.segments(corpus(), segment_passages, segment_tokens)):
+            segment.save(folder, number)
+            sizes.append(segment.n)
+            if on_passages:
+                on_passages(segment.n)
+            del segment  # only one segment's arrays are ever held
+        cls._write_meta(folder, stats.vocab, sizes, stats.n_passages, params, scorer.nonoccurrence)
+        return cls.load(folder)
 
     # ------------------------------------------------------------------ query
     def _query_ids(self, query_tokens: Sequence[str]) -> list[int]:
         vocab = self._vocab
         return [vocab[t] for t in query_tokens if t in vocab]  # duplicates kept on purpose (rank-bm25 counting)
 
+    def _scores_of_ids(self, ids: list[int]) -> np.ndarray:
+        out = np.zeros(self.n_passages, dtype=np.float64)
+        terms = np.asarray(ids, dtype=np.int64)
+        for segment in self._segments:
+            segment.add_scores(terms, out[segment.start : segment.start + segment.n])
+        if self._nonoccurrence is not None:
+            out += self._nonoccurrence[terms].sum()
+        return out
+
     def scores(self, query_tokens: Sequence[str]) -> np.ndarray:
         """BM25 score of every passage for the query (float64); 0 where no query term occurs (lucene,
         robertson, atire: bm25l / bm25+ add their non-occurrence term to every passage, as rank-bm25 does)."""
         if isinstance(query_tokens, str):
             raise TypeError("query_tokens must be a list of tokens, not a str")
-        ids = self._query_ids(query_tokens) if self._model is not None else []
+        ids = self._query_ids(query_tokens)
         if not ids:
-            return np.zeros(self.n_passages, dtype=self._dtype)
-        return self._model.get_scores_from_ids(ids)
+            return np.zeros(self.n_passages, dtype=np.float64)
+        return self._scores_of_ids(ids)
 
     def _matched(self, ids: list[int]) -> np.ndarray:
         """Passages holding at least one of the term ids."""
-        s = self._model.scores
-        indptr, indices = s["indptr"], s["indices"]
         mask = np.zeros(self.n_passages, dtype=bool)
-        for t in set(ids):
-            mask[indices[indptr[t] : indptr[t + 1]]] = True
+        for segment in self._segments:
+            segment.mark(set(ids), mask[segment.start : segment.start + segment.n])
         return mask
 
     def top_k(
@@ -115,19 +308,19 @@ class BM25Index:
         """The ``k`` best passages as (ids int64, scores), best first; only passages with score > 0 that hold a
         query term, and (when given) ``allowed[id]`` is True. The mask applies before the cut, so a filter
         never returns fewer than ``k`` hits while ``k`` allowed matches exist. Ties: lower id first."""
-        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=self._dtype))
+        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
         if allowed is not None:
             allowed = np.asarray(allowed)
             if allowed.dtype != bool or allowed.shape != (self.n_passages,):
                 raise ValueError(
                     f"allowed must be a boolean array of shape ({self.n_passages},), got {allowed.dtype} {allowed.shape}"
                 )
-        if k <= 0 or self._model is None:
+        if k <= 0:
             return empty
         ids = self._query_ids(query_tokens)
         if not ids:
             return empty
-        scores = self._model.get_scores_from_ids(ids)
+        scores = self._scores_of_ids(ids)
         keep = scores > 0
         if self._needs_match_mask:
             keep &= self._matched(ids)
@@ -147,49 +340,79 @@ class BM25Index:
         return cand[order].astype(np.int64, copy=False), cand_scores[order]
 
     # ------------------------------------------------------------------ persistence
-    def save(self, folder: str | Path) -> None:
-        """Write the index into ``folder`` (created if needed): bm25s's arrays, vocabulary and parameters,
-        plus our own small manifest, written last."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        if self._model is not None:
-            self._model.save(folder, corpus=None, show_progress=False)
-        meta = {
-            "format": _FORMAT,
-            "n_passages": self.n_passages,
-            "params": self.params,
-            "empty": self._model is None,
-        }
+    @staticmethod
+    def _write_meta(folder: Path, vocab: dict[str, int], sizes: list[int], n: int, params: dict[str, Any],
+                    nonoccurrence: np.ndarray | None) -> None:
+        if nonoccurrence is not None:
+            np.save(folder / "nonoccurrence.npy", nonoccurrence)
+        with open(folder / "vocab.json", "w", encoding="utf-8") as handle:
+            json.dump(list(vocab), handle, ensure_ascii=False)  # dicts keep insertion order = term id order
+        meta = {"format": _FORMAT, "n_passages": n, "params": params, "segments": sizes, "empty": not vocab}
         tmp = folder / (_META_NAME + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        tmp.replace(folder / _META_NAME)
+        tmp.replace(folder / _META_NAME)  # written last: its presence means the index is complete
+
+    def save(self, folder: str | Path) -> None:
+        """Write the index into ``folder`` (created if needed); our manifest is written last."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self._folder is not None and self._folder.resolve() == folder.resolve():
+            return  # built or loaded there: the arrays are already in place (and memory-mapped from it)
+        for number, segment in enumerate(self._segments):
+            segment.save(folder, number)
+        sizes = [segment.n for segment in self._segments]
+        self._write_meta(folder, self._vocab, sizes, self.n_passages, self.params, self._nonoccurrence)
 
     @classmethod
     def load(cls, folder: str | Path, mmap: bool = True) -> "BM25Index":
-        """Read an index written by ``save``; with ``mmap`` the score matrix stays on disk, paged in on use."""
+        """Read an index written by ``save``; with ``mmap`` the score matrices stay on disk, paged in on use."""
         folder = Path(folder)
         meta_path = folder / _META_NAME
         if not meta_path.is_file():
             raise FileNotFoundError(f"no BM25 index in {folder} (missing {_META_NAME})")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        n = int(meta["n_passages"])
+        if meta.get("format") == 1:
+            return cls._load_bm25s(folder, meta, mmap)
         if meta.get("format") != _FORMAT:
             raise ValueError(f"BM25 index in {folder} has format {meta.get('format')!r}, expected {_FORMAT}; rebuild it")
+        if meta["empty"]:
+            return cls({}, [], n, meta["params"], folder=folder)
+        with open(folder / "vocab.json", encoding="utf-8") as handle:
+            vocab = {token: term for term, token in enumerate(json.load(handle))}
+        segments, start = [], 0
+        for number, size in enumerate(meta["segments"]):
+            segments.append(_Segment.load(folder, number, start, size, mmap))
+            start += size
+        if start != n:
+            raise ValueError(f"BM25 index in {folder} is inconsistent: segments hold {start} != {n} passages")
+        nonoccurrence = np.load(folder / "nonoccurrence.npy") if (folder / "nonoccurrence.npy").is_file() else None
+        return cls(vocab, segments, n, meta["params"], nonoccurrence, folder=folder)
+
+    @classmethod
+    def _load_bm25s(cls, folder: Path, meta: dict[str, Any], mmap: bool) -> "BM25Index":
+        """An index saved by the bm25s-backed version: bm25s's CSC arrays are one segment of ours."""
         n = int(meta["n_passages"])
         if meta["empty"]:
-            return cls(None, n, meta["params"])
-        bm25s = _import_bm25s()
-        model = bm25s.BM25.load(folder, mmap=bool(mmap), load_corpus=False, show_progress=False)
-        if int(model.scores["num_docs"]) != n:
-            raise ValueError(f"BM25 index in {folder} is inconsistent: {model.scores['num_docs']} != {n} passages")
-        return cls(model, n, meta["params"])
+            return cls({}, [], n, meta["params"], folder=folder)
+        mode = "r" if mmap else None
+        arrays = [np.load(folder / f"{name}.csc.index.npy", mmap_mode=mode) for name in ("data", "indices", "indptr")]
+        vocab = json.loads((folder / "vocab.index.json").read_text(encoding="utf-8"))
+        nonocc_path = folder / "nonoccurrence_array.index.npy"
+        nonoccurrence = np.load(nonocc_path) if nonocc_path.is_file() else None
+        return cls(vocab, [_Segment(0, n, *arrays)], n, meta["params"], nonoccurrence, folder=folder)
 
     # ------------------------------------------------------------------ misc
     @property
     def vocab_size(self) -> int:
         return len(self._vocab)
 
+    @property
+    def n_segments(self) -> int:
+        return len(self._segments)
+
     def __len__(self) -> int:
         return self.n_passages
 
     def __repr__(self) -> str:
-        return f"BM25Index(n_passages={self.n_passages}, vocab={self.vocab_size}, params={self.params})"
+        return f"BM25Index(n_passages={self.n_passages}, segments={self.n_segments}, vocab={self.vocab_size}, params={self.params})"

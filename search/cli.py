@@ -48,11 +48,12 @@ def cli() -> None:
 @click.option("--model", default=None, help="Any sentence-transformers name or path (default: m3e-small for Chinese, all-MiniLM-L6-v2 for English).")
 @click.option("--rebuild", is_flag=True, help="Rebuild from scratch instead of updating what changed.")
 @click.option("--wait", is_flag=True, help="Wait for another build on the same index instead of exiting.")
+@click.option("--keyword-only", is_flag=True, help="BM25 only, no embeddings: fast for very large corpora (queries then run in bm25 mode; --rebuild without it adds embeddings).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
 @click.option("--text-fields", default=None, metavar="A,B", help="Record fields (JSON, JSONL, CSV, TSV) that make a record's text; the others are kept as metadata (default: the text-like fields).")
 @click.option("--max-file-size", default=50.0, show_default=True, type=click.FloatRange(min=0, min_open=True), metavar="MB", help="Skip notes, web pages and PDFs bigger than this (record files stream and have no limit).")
 def index(
-    paths: tuple[str, ...], index_dir: str, model: str | None, rebuild: bool, wait: bool, as_json: bool,
+    paths: tuple[str, ...], index_dir: str, model: str | None, rebuild: bool, wait: bool, as_json: bool, keyword_only: bool,
     text_fields: str | None, max_file_size: float,
 ) -> None:
     """Index PATHS (files or folders; default: corpus/) into the index folder."""
@@ -62,7 +63,8 @@ def index(
     fields = [f.strip() for f in text_fields.split(",") if f.strip()] if text_fields is not None else None
     if fields == []:
         raise SearchError("--text-fields names no field: give field names separated by commas")
-    config = BuildConfig(load=LoadOptions(text_fields=fields, max_file_bytes=int(max_file_size * 2**20)))
+    load = LoadOptions(text_fields=fields, max_file_bytes=int(max_file_size * 2**20))
+    config = BuildConfig(load=load, keyword_only=True if keyword_only else None)  # None: as the index was built
     engine = Engine.build(paths or ("corpus",), index_dir, model=model, rebuild=rebuild, progress=not as_json, wait=wait, build_config=config)
     _echo_summary(engine.build_summary, as_json)
 
@@ -113,7 +115,11 @@ def query(text: str, k: int, mode: str, as_json: bool, index_dir: str) -> None:
         raise SearchError("empty query: give some words to search for")
     from search.engine import Engine
 
-    hits = Engine.open(index_dir).search(text, k=k, mode=mode)
+    engine = Engine.open(index_dir)
+    notice = engine.fallback_notice(mode)
+    if notice:
+        click.echo(notice, err=True)
+    hits = engine.search(text, k=k, mode=mode)
     if as_json:
         click.echo(json.dumps([hit.to_dict() for hit in hits], ensure_ascii=False, indent=1))
         return
@@ -143,6 +149,8 @@ def stats(index_dir: str, as_json: bool) -> None:
     click.echo(f"passages   {info['passages']}")
     for space, model in info["models"].items():
         click.echo(f"model      {space}: {model['name']} ({model['dim']}-dim, {model['passages']} passages)")
+    if info["keyword_only"]:
+        click.echo("model      none: keyword-only index (bm25; `search index --rebuild` adds embeddings)")
     click.echo(f"size       {info['size_bytes'] / 1e6:.1f} MB")
     click.echo(f"built      {info['built_at']}")
 

@@ -8,6 +8,9 @@ import faiss
 import numpy as np
 
 
+_ADD_CHUNK = 65_536  # rows copied into FAISS at a time
+
+
 class DenseIndex:
     """A FAISS index plus the passage id of each of its rows."""
 
@@ -19,9 +22,11 @@ class DenseIndex:
 
     @classmethod
     def build(cls, vectors: np.ndarray, ids: np.ndarray, dim: int) -> "DenseIndex":
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim)
+        """`vectors` may be a memory-mapped file: it is added in chunks, never copied whole."""
+        vectors = vectors.reshape(-1, dim)
         index = faiss.IndexFlatIP(dim)  # exact search; fine up to a few hundred thousand passages
-        index.add(vectors)
+        for start in range(0, len(vectors), _ADD_CHUNK):
+            index.add(np.ascontiguousarray(vectors[start : start + _ADD_CHUNK], dtype=np.float32))
         return cls(index, ids)
 
     @property
@@ -53,6 +58,12 @@ class DenseIndex:
         rows[self.ids] = np.arange(len(self.ids))
         return rows
 
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        """The stored float32 vectors at `rows` (an incremental build copies them instead of re-embedding)."""
+        if len(rows) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+
     def vectors(self) -> np.ndarray:
         """All stored vectors in row order (reused by incremental builds instead of re-embedding)."""
         if len(self) == 0:
@@ -64,7 +75,9 @@ class DenseIndex:
         np.save(prefix.with_suffix(".ids.npy"), self.ids)
 
     @classmethod
-    def load(cls, prefix: Path) -> "DenseIndex":
-        index = faiss.read_index(str(prefix.with_suffix(".faiss")))
+    def load(cls, prefix: Path, mmap: bool = False) -> "DenseIndex":
+        """With `mmap` the vectors stay in the file, paged in on use (a build reading the previous generation)."""
+        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        index = faiss.read_index(str(prefix.with_suffix(".faiss")), flags)
         ids = np.load(prefix.with_suffix(".ids.npy"))
         return cls(index, ids)

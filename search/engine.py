@@ -7,12 +7,15 @@ and model are unchanged keeps its vector.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
+from array import array
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -25,7 +28,7 @@ from search.errors import IncompatibleIndex, LoadError, SearchError
 from search.fusion import Ranking, fuse
 from search.loading import LoadOptions, discover_files, iter_documents
 from search.schema import Document, Hit, Passage, Skipped, SourceFile
-from search.tokenizing import detect_language, tokenize
+from search.tokenizing import detect_language, tokenize, tokenize_many
 
 MODES = ("hybrid", "bm25", "dense")
 
@@ -61,6 +64,9 @@ class BuildConfig:
     overlap_tokens: int = 40
     bm25: dict[str, Any] = field(default_factory=lambda: dict(BM25Index.DEFAULT_PARAMS))
     load: LoadOptions = field(default_factory=LoadOptions)
+    # BM25 only, no embeddings (embedding 1 GB of text on a laptop CPU takes about a day).
+    # None: as the existing index was built (a new index embeds).
+    keyword_only: bool | None = None
 
 
 @dataclass
@@ -74,6 +80,8 @@ class BuildSummary:
     passages: int = 0
     seconds: float = 0.0
     skipped: list[Skipped] = field(default_factory=list)
+    # stages interleave in a streaming build: each sums the time spent in it
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -96,8 +104,11 @@ def file_hash(path: str) -> str:
     return digest.hexdigest()
 
 
-def _text_key(model: str, text: str) -> str:
-    return hashlib.sha1(f"{model}\0{text}".encode("utf-8")).hexdigest()
+def _text_key(model: str, text: str) -> int:
+    """64-bit key of a (model, text) pair: 8 bytes a passage keeps reuse lookups in numpy arrays; a
+    collision among 10 million passages has odds of about 3e-6."""
+    digest = hashlib.blake2b(f"{model}\0{text}".encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 class Engine:
@@ -110,6 +121,7 @@ class Engine:
         self.config = config or SearchConfig()
         self.passages = store.PassageStore(generation)
         self.bm25 = BM25Index.load(generation / "bm25")
+        self.keyword_only = bool(self.manifest.get("keyword_only"))  # built without embeddings
         self.plan: dict[str, str] = {space: info["name"] for space, info in self.manifest["models"].items()}
         self.dense = {space: DenseIndex.load(generation / f"dense-{space}") for space in self.plan}
         self._rows = {space: index.row_of(len(self.passages)) for space, index in self.dense.items()}
@@ -204,13 +216,24 @@ class Engine:
             scores = self.dense[space].scores_of(vector, rows[inside])
             retrieval.cosines.update(zip(missing[inside].tolist(), scores.tolist()))
 
+    def fallback_notice(self, mode: str) -> str | None:
+        """What to tell the user when `mode` cannot run on this index (a keyword-only one) and bm25 does."""
+        if self.keyword_only and mode != "bm25":
+            return f"note: {self.folder.root} is a keyword-only index (no embeddings): searching in bm25 mode"
+        return None
+
+    def _mode(self, mode: str) -> str:
+        if mode not in MODES:
+            raise SearchError(f"unknown mode {mode!r}: choose from {', '.join(MODES)}")
+        return "bm25" if self.keyword_only else mode
+
     def retrieve(self, query: str, depth: int, mode: str = "hybrid") -> Retrieval:
-        """Each retriever's candidates for `query` (only those `mode` needs), `depth` deep."""
+        """Each retriever's candidates for `query` (only those `mode` needs), `depth` deep.
+        A keyword-only index answers every mode with bm25 (see `fallback_notice`)."""
         query = query.strip()
         if not query:
             raise SearchError("empty query: give some words to search for")
-        if mode not in MODES:
-            raise SearchError(f"unknown mode {mode!r}: choose from {', '.join(MODES)}")
+        mode = self._mode(mode)
         empty: Ranking = (np.zeros(0, dtype=np.int64), np.zeros(0))
         bm25 = self.bm25_ranking(query, depth) if mode != "dense" else empty
         dense, cosines, vectors = self.dense_ranking(query, depth) if mode != "bm25" else (empty, {}, {})
@@ -221,6 +244,7 @@ class Engine:
 
     def rank(self, retrieval: Retrieval, mode: str = "hybrid", config: SearchConfig | None = None) -> list[tuple[int, float]]:
         """(passage id, score) best first, for one mode; `config` overrides the engine's fusion settings."""
+        mode = self._mode(mode)
         if mode == "bm25":
             return list(zip(retrieval.bm25[0].tolist(), retrieval.bm25[1].tolist()))
         if mode == "dense":
@@ -270,6 +294,7 @@ class Engine:
             "files": len(self.manifest["files"]),
             "passages": len(self.passages),
             "models": {space: {**info, "passages": len(self.dense[space])} for space, info in self.manifest["models"].items()},
+            "keyword_only": self.keyword_only,
             "bm25": self.manifest["bm25"],
             "size_bytes": size,
             "built_at": self.manifest["built_at"],
@@ -282,8 +307,8 @@ def check_compatible(manifest: dict[str, Any], model: str | None, root: Path) ->
             f"index at {root} has format version {manifest.get('format_version')}, this version reads "
             f"{store.FORMAT_VERSION}: run `search index --rebuild --index {root}`"
         )
-    if model is None:
-        return
+    if model is None or manifest.get("keyword_only"):
+        return  # a keyword-only index has no vectors a model would have to match
     built = sorted({info["name"] for info in manifest["models"].values()})
     wanted = sorted(set(model_plan(model).values()))
     if built != wanted:
@@ -294,7 +319,13 @@ def check_compatible(manifest: dict[str, Any], model: str | None, root: Path) ->
 
 
 class Builder:
-    """One build of an index folder; call `run(paths)` under the folder's build lock."""
+    """One build of an index folder; call `run(paths)` under the folder's build lock.
+
+    A build streams: passages go to the new generation's files as they are produced (store.PassageWriter),
+    tokens come from a process pool in order, vectors are embedded in bounded batches into an on-disk array
+    per space (_SpaceVectors), and BM25 is built in segments from tokens.jsonl. What stays in memory per
+    passage is a few integers, so a 1 GB file indexes in bounded memory.
+    """
 
     def __init__(self, folder: store.IndexFolder, model: str | None, rebuild: bool, progress: bool, config: BuildConfig) -> None:
         self.folder = folder
@@ -304,101 +335,149 @@ class Builder:
         old = store.read_manifest(self.previous) if self.previous else None
         if old is not None:
             check_compatible(old, model, folder.root)
+        if old is not None and old["models"]:
             self.plan = {space: info["name"] for space, info in old["models"].items()}
         else:
             self.plan = model_plan(model)
         self.old_manifest = old
+        # None keeps what the index was built with; a new index embeds unless told otherwise
+        keyword_only = config.keyword_only
+        self.keyword_only = bool(old and old.get("keyword_only")) if keyword_only is None else keyword_only
+        self.timer = _StageTimer()
+        self._counter = None  # the chunker's token counter, loaded on first use
 
     def run(self, paths: Sequence[str | os.PathLike]) -> BuildSummary:
         started = time.perf_counter()
         summary = BuildSummary()
         sources, summary.skipped = discover_files(paths)
-        passages, tokens, files = self._collect_passages(sources, summary)
-        return self._write(passages, tokens, files, summary, started)
+        files: dict[str, Any] = {}
+        return self._write(self._collect_passages(sources, summary, files), files, summary, started)
 
     def run_documents(self, documents: Iterable[Document]) -> BuildSummary:
         """Index documents that are not files of their own (records of a collection, say)."""
         started = time.perf_counter()
         summary = BuildSummary()
-        counter = self._token_counter()
-        passages: list[Passage] = []
-        for document in documents:
-            passages.extend(chunk_document(document, counter, self.config.max_tokens, self.config.overlap_tokens))
-            summary.files_added += 1
-        return self._write(passages, [None] * len(passages), {}, summary, started)
+
+        def passages() -> Iterator[tuple[Passage, list[str] | None]]:
+            for document in documents:
+                summary.files_added += 1
+                for passage in self._chunk(document):
+                    yield passage, None
+
+        return self._write(passages(), {}, summary, started)
 
     def _write(
-        self, passages: list[Passage], tokens: list[list[str] | None], files: dict[str, Any], summary: BuildSummary, started: float
+        self, items: Iterable[tuple[Passage, list[str] | None]], files: dict[str, Any], summary: BuildSummary, started: float
     ) -> BuildSummary:
-        """Write a complete new generation and switch it in; `tokens` holds None where a passage is new."""
+        """Stream passages into a new generation, build its indexes and switch it in.
+
+        `items` gives each passage with its BM25 tokens, or None where the passage is new; `files` is
+        complete once `items` is exhausted.
+        """
         self.folder.remove_stale()  # leftovers of aborted builds (the live generation stays)
-        tokens = [known if known is not None else tokenize(contextual_text(p)) for p, known in zip(passages, tokens)]
-        vectors, models = self._embed(passages, summary)
         generation = self.folder.new_generation()
-        store.write_passages(generation, passages, tokens)
-        BM25Index.build(tokens, **self.config.bm25).save(generation / "bm25")
-        for space, (ids, matrix) in vectors.items():
-            DenseIndex.build(matrix, ids, models[space]["dim"]).save(generation / f"dense-{space}")
-        summary.passages = len(passages)
-        summary.seconds = round(time.perf_counter() - started, 3)
-        store.write_manifest(generation, self._manifest(files, models, summary))
-        self.folder.publish(generation)
+        timer = self.timer
+        vectors = None if self.keyword_only else _VectorWriter(generation, self.plan, self._previous_vectors(), summary, timer)
+        with store.PassageWriter(generation) as writer, _progress_bar("indexing", None, self.progress) as bar:
+            for passage, tokens in self._tokenized(items):
+                with timer("write"):
+                    pid = writer.add(passage, tokens)
+                if vectors is not None:
+                    vectors.add(pid, passage)
+                bar.update()
+            summary.passages = len(writer)
+        models = vectors.finish() if vectors is not None else {}
+        with timer("bm25"), _progress_bar("bm25", summary.passages, self.progress) as bar:
+            BM25Index.build_streaming(lambda: store.iter_tokens(generation), generation / "bm25", **self.config.bm25,
+                                      on_passages=bar.update)
+        with timer("write"):
+            summary.seconds = round(time.perf_counter() - started, 3)
+            summary.stage_seconds = timer.rounded()
+            store.write_manifest(generation, self._manifest(files, models, summary))
+            self.folder.publish(generation)
         return summary
 
-    # files -> passages, reusing the previous generation's passages for unchanged files
+    # files -> passages, reusing the previous generation's passages and tokens for unchanged files
     def _collect_passages(
-        self, sources: list[SourceFile], summary: BuildSummary
-    ) -> tuple[list[Passage], list[list[str] | None], dict[str, Any]]:
+        self, sources: list[SourceFile], summary: BuildSummary, files: dict[str, Any]
+    ) -> Iterator[tuple[Passage, list[str] | None]]:
         old_files = self.old_manifest["files"] if self.old_manifest else {}
         old_passages = store.PassageStore(self.previous) if self.previous else None
-        old_tokens = store.read_tokens(self.previous) if self.previous else []
+        old_tokens = store.TokenStore(self.previous) if self.previous else None
         if self.old_manifest and self.old_manifest.get("loading", asdict(LoadOptions())) != asdict(self.config.load):
             # other load options: every file is re-read (as changed); vectors are still reused by text
             old_files = {path: {**info, "size": -1, "sha256": ""} for path, info in old_files.items()}
-        counter = self._token_counter()
-        passages: list[Passage] = []
-        tokens: list[list[str] | None] = []
-        files: dict[str, Any] = {}
+        first = 0
         for source in sources:
             old = old_files.get(source.path)
+            count = 0
             try:
                 same_stat = old is not None and old["size"] == source.size and old["mtime"] == source.mtime
                 digest = old["sha256"] if same_stat else file_hash(source.path)
                 if old is not None and old["sha256"] == digest:
                     summary.files_unchanged += 1
-                    span = range(old["first"], old["first"] + old["count"])
-                    own = old_passages.get_many(span)
-                    own_tokens = [old_tokens[i] for i in span]
+                    for pid in range(old["first"], old["first"] + old["count"]):
+                        yield old_passages.get(pid), old_tokens.get(pid)
+                        count += 1
                 else:
-                    own, own_skipped = self._read(source, counter)
-                    own_tokens = [None] * len(own)
-                    summary.skipped.extend(own_skipped)
+                    for document in iter_documents(source, self.config.load):
+                        if isinstance(document, Skipped):  # one bad record of a collection file
+                            summary.skipped.append(document)
+                            continue
+                        for passage in self._chunk(document):
+                            yield passage, None
+                            count += 1
                     if old is None:
                         summary.files_added += 1
                     else:
                         summary.files_changed += 1
-            except LoadError as error:
-                summary.skipped.append(Skipped(source.path, str(error)))
-                continue
-            except OSError as error:  # hashing an unreadable file
-                summary.skipped.append(Skipped(source.path, f"cannot read: {error.strerror or error}"))
-                continue
-            files[source.path] = {"size": source.size, "mtime": source.mtime, "sha256": digest, "first": len(passages), "count": len(own)}
-            passages.extend(own)
-            tokens.extend(own_tokens)
+            except (LoadError, OSError) as error:  # OSError: hashing an unreadable file
+                reason = str(error) if isinstance(error, LoadError) else f"cannot read: {error.strerror or error}"
+                summary.skipped.append(Skipped(source.path, reason))
+                if count == 0:
+                    continue
+                digest = ""  # failed part-way: keep what was read, and read the file again next build
+            files[source.path] = {"size": source.size, "mtime": source.mtime, "sha256": digest, "first": first, "count": count}
+            first += count
         summary.files_removed = len(set(old_files) - set(files))
-        return passages, tokens, files
 
-    def _read(self, source: SourceFile, counter) -> tuple[list[Passage], list[Skipped]]:
-        """One file's passages and skipped records; LoadError when the file cannot be used at all."""
-        passages: list[Passage] = []
-        skipped: list[Skipped] = []
-        for item in iter_documents(source, self.config.load):
-            if isinstance(item, Skipped):
-                skipped.append(item)
-            else:
-                passages.extend(chunk_document(item, counter, self.config.max_tokens, self.config.overlap_tokens))
-        return passages, skipped
+    def _chunk(self, document: Document) -> list[Passage]:
+        if self._counter is None:
+            self._counter = self._token_counter()
+        with self.timer("load_chunk"):
+            return chunk_document(document, self._counter, self.config.max_tokens, self.config.overlap_tokens)
+
+    def _tokenized(self, items: Iterable[tuple[Passage, list[str] | None]]) -> Iterator[tuple[Passage, list[str]]]:
+        """`items` with the tokens of new passages filled in, in order; once there is enough new text, a
+        process pool of os.cpu_count() workers tokenises batches while this process reads and writes."""
+        workers = os.cpu_count() or 1
+        pool, pending, fresh = None, deque(), 0
+        try:
+            for batch in _batches(items, TOKENIZE_BATCH):
+                texts = [contextual_text(passage) for passage, tokens in batch if tokens is None]
+                fresh += len(texts)
+                if pool is None and workers > 1 and fresh > POOL_AFTER:
+                    pool = _tokenizer_pool(workers)
+                if pool is not None:
+                    pending.append((batch, pool.submit(tokenize_many, texts)))
+                else:
+                    with self.timer("tokenize"):
+                        pending.append((batch, tokenize_many(texts)))
+                while len(pending) > (2 * workers if pool is not None else 0):  # bounded work in flight
+                    yield from self._merge_tokens(*pending.popleft())
+            while pending:
+                yield from self._merge_tokens(*pending.popleft())
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
+    def _merge_tokens(self, batch: list[tuple[Passage, list[str] | None]], work: Any) -> Iterator[tuple[Passage, list[str]]]:
+        if not isinstance(work, list):
+            with self.timer("tokenize"):  # time spent waiting for the pool
+                work = work.result()
+        fresh = iter(work)
+        for passage, tokens in batch:
+            yield passage, tokens if tokens is not None else next(fresh)
 
     def _token_counter(self):
         """Count with the tokenizer of the model that will embed the text, so no passage overflows it."""
@@ -407,59 +486,17 @@ class Builder:
             return next(iter(counters.values()))
         return lambda text: counters[space_for(self.plan, detect_language(text))](text)
 
-    def _embed(self, passages: list[Passage], summary: BuildSummary) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, dict]]:
-        """Vectors per space, reusing the previous generation's vector for identical (model, text)."""
-        reusable = self._previous_vectors()
-        texts = [contextual_text(p) for p in passages]
-        by_space: dict[str, list[int]] = {space: [] for space in self.plan}
-        for pid, text in enumerate(texts):
-            by_space[space_for(self.plan, detect_language(text))].append(pid)
-
-        todo = sum(len(ids) for ids in by_space.values())
-        vectors, models = {}, {}
-        bar = _progress_bar(todo, self.progress)
-        for space, ids in by_space.items():
-            name = self.plan[space]
-            encoder = Encoder(name)
-            keys = [_text_key(name, texts[pid]) for pid in ids]
-            missing = [i for i, key in enumerate(keys) if key not in reusable]
-            dim = encoder.dim if missing else self._known_dim(space)
-            matrix = np.zeros((len(ids), dim), dtype=np.float32)
-            for i, key in enumerate(keys):
-                if key in reusable:
-                    matrix[i] = reusable[key]
-            if missing:
-                bar.set_description(f"embedding ({name})")
-                matrix[missing] = encoder.encode([texts[ids[i]] for i in missing], progress=bar)
-            bar.update(len(ids) - len(missing))
-            summary.passages_embedded += len(missing)
-            summary.passages_reused += len(ids) - len(missing)
-            vectors[space] = (np.asarray(ids, dtype=np.int64), matrix)
-            models[space] = {"name": name, "dim": dim}
-        bar.close()
-        return vectors, models
-
-    def _known_dim(self, space: str) -> int:
-        if self.old_manifest and space in self.old_manifest["models"]:
-            return int(self.old_manifest["models"][space]["dim"])
-        return Encoder(self.plan[space]).dim
-
-    def _previous_vectors(self) -> dict[str, np.ndarray]:
-        if not self.previous:
-            return {}
-        reusable = {}
-        old_texts = [contextual_text(p) for p in store.PassageStore(self.previous)]
-        for space, info in self.old_manifest["models"].items():
-            index = DenseIndex.load(self.previous / f"dense-{space}")
-            for pid, vector in zip(index.ids.tolist(), index.vectors()):
-                reusable[_text_key(info["name"], old_texts[pid])] = vector
-        return reusable
+    def _previous_vectors(self) -> "_PreviousVectors | None":
+        if not self.previous or not self.old_manifest["models"]:
+            return None
+        return _PreviousVectors(self.previous, self.old_manifest)
 
     def _manifest(self, files: dict[str, Any], models: dict[str, dict], summary: BuildSummary) -> dict[str, Any]:
         return {
             "format_version": store.FORMAT_VERSION,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "models": models,
+            "keyword_only": self.keyword_only,
             "bm25": self.config.bm25,
             "chunking": {"max_tokens": self.config.max_tokens, "overlap_tokens": self.config.overlap_tokens},
             "loading": asdict(self.config.load),
@@ -468,7 +505,172 @@ class Builder:
         }
 
 
-def _progress_bar(total: int, enabled: bool):
+TOKENIZE_BATCH = 256  # passages per task of the tokenizer pool
+POOL_AFTER = 4096  # new passages seen before a pool pays for its start-up (~1 s: jieba's dictionary per worker)
+EMBED_BATCH = 1024  # passages embedded at a time per space
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _warm_tokenizer() -> None:
+    tokenize("预热")  # loads jieba's dictionary once per worker, before the first batch
+
+
+def _tokenizer_pool(workers: int):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # forkserver: workers start from a clean process, not a fork of one running torch or tokenizers threads
+    context = multiprocessing.get_context("forkserver")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_warm_tokenizer)
+
+
+class _StageTimer:
+    """Seconds spent per build stage, summed over the interleaved streaming steps."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+
+    def rounded(self) -> dict[str, float]:
+        return {stage: round(seconds, 3) for stage, seconds in self.seconds.items()}
+
+
+class _PreviousVectors:
+    """The previous generation's vectors, memory-mapped, found by text key: reuse copies rows, never
+    loading every old vector."""
+
+    def __init__(self, generation: Path, manifest: dict[str, Any]) -> None:
+        self.spaces: dict[str, tuple[str, DenseIndex, np.ndarray, np.ndarray]] = {}
+        for space, info in manifest["models"].items():
+            prefix = generation / f"dense-{space}"
+            index = DenseIndex.load(prefix, mmap=True)
+            keys_path = prefix.with_suffix(".keys.npy")
+            keys = np.load(keys_path) if keys_path.is_file() else _keys_of(generation, index, info["name"])
+            order = np.argsort(keys, kind="stable")
+            self.spaces[space] = (info["name"], index, keys[order], order)
+
+    def row(self, space: str, name: str, key: int) -> int:
+        """Row of the vector of this (model, text) key in the previous index, -1 if there is none."""
+        if space not in self.spaces or self.spaces[space][0] != name:
+            return -1
+        _, _, keys, order = self.spaces[space]
+        at = int(np.searchsorted(keys, key))
+        return int(order[at]) if at < len(keys) and keys[at] == key else -1
+
+    def vectors(self, space: str, rows: list[int]) -> np.ndarray:
+        return self.spaces[space][1].vectors_at(np.asarray(rows, dtype=np.int64))
+
+
+def _keys_of(generation: Path, index: DenseIndex, name: str) -> np.ndarray:
+    """Text keys of an index's rows, for generations written before keys were saved."""
+    passages = store.PassageStore(generation)
+    rows = index.row_of(len(passages))
+    keys = np.zeros(len(index), dtype=np.uint64)
+    for pid, passage in enumerate(passages):
+        if rows[pid] >= 0:
+            keys[rows[pid]] = _text_key(name, contextual_text(passage))
+    return keys
+
+
+class _VectorWriter:
+    """Each passage's vector, in the space of its language: reused from the previous generation for an
+    identical (model, text), else embedded in bounded batches."""
+
+    def __init__(self, generation: Path, plan: dict[str, str], previous: _PreviousVectors | None, summary: BuildSummary,
+                 timer: _StageTimer) -> None:
+        self.plan = plan
+        self.spaces = {space: _SpaceVectors(generation, space, name, previous, summary, timer) for space, name in plan.items()}
+
+    def add(self, pid: int, passage: Passage) -> None:
+        text = contextual_text(passage)
+        self.spaces[space_for(self.plan, detect_language(text))].add(pid, text)
+
+    def finish(self) -> dict[str, dict]:
+        return {space: vectors.finish() for space, vectors in self.spaces.items()}
+
+
+class _SpaceVectors:
+    """One space's vectors, appended in passage order to an on-disk float32 array, then indexed by FAISS."""
+
+    def __init__(self, generation: Path, space: str, name: str, previous: _PreviousVectors | None, summary: BuildSummary,
+                 timer: _StageTimer) -> None:
+        self.prefix = generation / f"dense-{space}"
+        self.space, self.name = space, name
+        self.previous, self.summary, self.timer = previous, summary, timer
+        self.raw_path = self.prefix.with_suffix(".vectors.tmp")
+        self.raw = open(self.raw_path, "wb")
+        self.ids, self.keys = array("q"), array("Q")
+        self.queue: list[tuple[str | None, int]] = []  # (text to embed, or None and the previous row to copy)
+        self._dim: int | None = None
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            known = self.previous.spaces.get(self.space) if self.previous else None
+            if known is not None and known[0] == self.name:
+                self._dim = known[1].dim
+            else:
+                self._dim = Encoder(self.name).dim
+        return self._dim
+
+    def add(self, pid: int, text: str) -> None:
+        key = _text_key(self.name, text)
+        self.ids.append(pid)
+        self.keys.append(key)
+        row = self.previous.row(self.space, self.name, key) if self.previous else -1
+        self.queue.append((None, row) if row >= 0 else (text, -1))
+        if len(self.queue) >= EMBED_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.queue:
+            return
+        block = np.empty((len(self.queue), self.dim), dtype=np.float32)
+        new = [i for i, (text, _) in enumerate(self.queue) if text is not None]
+        reused = [i for i, (text, _) in enumerate(self.queue) if text is None]
+        if new:
+            with self.timer("embed"):
+                block[new] = Encoder(self.name).encode([self.queue[i][0] for i in new])
+        if reused:
+            block[reused] = self.previous.vectors(self.space, [self.queue[i][1] for i in reused])
+        self.raw.write(block.tobytes())
+        self.summary.passages_embedded += len(new)
+        self.summary.passages_reused += len(reused)
+        self.queue = []
+
+    def finish(self) -> dict[str, Any]:
+        """Build and save the FAISS index from the on-disk array (in chunks); returns the manifest entry."""
+        self._flush()
+        self.raw.close()
+        dim = self.dim
+        with self.timer("dense"):
+            count = len(self.ids)
+            matrix = np.memmap(self.raw_path, dtype=np.float32, mode="r", shape=(count, dim)) if count else np.zeros((0, dim), np.float32)
+            DenseIndex.build(matrix, np.frombuffer(self.ids, dtype=np.int64), dim).save(self.prefix)
+            np.save(self.prefix.with_suffix(".keys.npy"), np.frombuffer(self.keys, dtype=np.uint64))
+            del matrix
+            self.raw_path.unlink()
+        return {"name": self.name, "dim": dim}
+
+
+def _progress_bar(desc: str, total: int | None, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="embedding", unit="passage", disable=not enabled or total == 0, leave=False)
+    return tqdm(total=total, desc=desc, unit="passage", disable=not enabled or total == 0, leave=False)

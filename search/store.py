@@ -8,9 +8,9 @@ Layout::
       gen-<stamp>/         one complete, never-modified index state
         manifest.json      format version, models, files, counts
         passages.jsonl     one passage per line; passages.offsets.npy seeks to line i
-        tokens.jsonl       BM25 tokens per passage (lets a rebuild skip re-tokenising)
-        bm25/              bm25s score matrix
-        dense-<space>.faiss / .ids.npy
+        tokens.jsonl       BM25 tokens per passage (lets a rebuild skip re-tokenising); tokens.offsets.npy
+        bm25/              BM25 score matrices (segments), vocabulary
+        dense-<space>.faiss / .ids.npy / .keys.npy   vectors, their passage ids, their text keys
 
 A build writes a new generation beside the live one and only then points CURRENT at it, so a
 crash at any moment leaves the previous generation live and readable.
@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import time
+from array import array
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -143,26 +144,89 @@ def write_manifest(generation: Path, manifest: dict[str, Any]) -> None:
     (generation / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
-def _jsonl_with_offsets(path: Path, rows: Iterable[Any]) -> np.ndarray:
-    offsets = []
-    with open(path, "wb") as handle:
-        for row in rows:
-            offsets.append(handle.tell())
-            handle.write(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
-    return np.asarray(offsets, dtype=np.int64)
+class PassageWriter:
+    """Writes a generation's passages and their BM25 tokens as they are produced, so a build never holds
+    them all; `close()` saves the offsets that give random access to both files."""
+
+    def __init__(self, generation: Path) -> None:
+        self.generation = generation
+        self._passages = open(generation / "passages.jsonl", "wb")
+        self._tokens = open(generation / "tokens.jsonl", "wb")
+        # 8 bytes per passage and file, the only per-passage state a build keeps in memory here
+        self._offsets, self._token_offsets = array("q"), array("q")
+        self._end = self._token_end = 0
+
+    def add(self, passage: Passage, tokens: list[str]) -> int:
+        """Append one passage and its tokens; returns its passage id."""
+        return self.add_raw(json.dumps(passage.to_dict(), ensure_ascii=False).encode("utf-8") + b"\n", tokens)
+
+    def add_raw(self, passage_line: bytes, tokens: list[str]) -> int:
+        """Append a passage already serialised as a JSONL line (copied from an earlier generation)."""
+        token_line = json.dumps(tokens, ensure_ascii=False).encode("utf-8") + b"\n"
+        self._offsets.append(self._end)
+        self._token_offsets.append(self._token_end)
+        self._passages.write(passage_line)
+        self._tokens.write(token_line)
+        self._end += len(passage_line)
+        self._token_end += len(token_line)
+        return len(self._offsets) - 1
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def close(self) -> None:
+        self._passages.close()
+        self._tokens.close()
+        np.save(self.generation / "passages.offsets.npy", np.frombuffer(self._offsets, dtype=np.int64))
+        np.save(self.generation / "tokens.offsets.npy", np.frombuffer(self._token_offsets, dtype=np.int64))
+
+    def __enter__(self) -> "PassageWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def write_passages(generation: Path, passages: list[Passage], tokens: list[list[str]]) -> None:
-    offsets = _jsonl_with_offsets(generation / "passages.jsonl", (p.to_dict() for p in passages))
-    np.save(generation / "passages.offsets.npy", offsets)
-    with open(generation / "tokens.jsonl", "w", encoding="utf-8") as handle:
-        for row in tokens:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with PassageWriter(generation) as writer:
+        for passage, own in zip(passages, tokens):
+            writer.add(passage, own)
+
+
+def iter_tokens(generation: Path) -> Iterator[list[str]]:
+    """The BM25 tokens of each passage in order, streamed from disk."""
+    with open(generation / "tokens.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            yield json.loads(line)
 
 
 def read_tokens(generation: Path) -> list[list[str]]:
-    with open(generation / "tokens.jsonl", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle]
+    return list(iter_tokens(generation))
+
+
+def _line_offsets(path: Path) -> np.ndarray:
+    """Start of every line of a file (for generations written before offsets were saved)."""
+    offsets, position = array("q"), 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            offsets.append(position)
+            position += len(line)
+    return np.frombuffer(offsets, dtype=np.int64)
+
+
+class TokenStore:
+    """Random access to the BM25 tokens of a generation's passages (an incremental build reuses them)."""
+
+    def __init__(self, generation: Path) -> None:
+        path = generation / "tokens.offsets.npy"
+        self.offsets = np.load(path, mmap_mode="r") if path.is_file() else _line_offsets(generation / "tokens.jsonl")
+        self._handle = open(generation / "tokens.jsonl", "rb")
+        self._end = os.fstat(self._handle.fileno()).st_size
+
+    def get(self, passage_id: int) -> list[str]:
+        start = int(self.offsets[passage_id])
+        end = int(self.offsets[passage_id + 1]) if passage_id + 1 < len(self.offsets) else self._end
+        return json.loads(os.pread(self._handle.fileno(), end - start, start))
 
 
 class PassageStore:
@@ -170,7 +234,7 @@ class PassageStore:
 
     def __init__(self, generation: Path) -> None:
         self.path = generation / "passages.jsonl"
-        self.offsets = np.load(generation / "passages.offsets.npy")
+        self.offsets = np.load(generation / "passages.offsets.npy", mmap_mode="r")
         # Held open so a long-lived reader keeps working after a later build deletes this generation.
         self._handle = open(self.path, "rb")
         self._end = os.fstat(self._handle.fileno()).st_size
@@ -178,11 +242,15 @@ class PassageStore:
     def __len__(self) -> int:
         return len(self.offsets)
 
-    def get(self, passage_id: int) -> Passage:
+    def get_raw(self, passage_id: int) -> bytes:
+        """The passage's JSONL line, newline included."""
         start = int(self.offsets[passage_id])
         end = int(self.offsets[passage_id + 1]) if passage_id + 1 < len(self.offsets) else self._end
         # pread: no shared file position, so threads can read concurrently
-        return Passage(**json.loads(os.pread(self._handle.fileno(), end - start, start)))
+        return os.pread(self._handle.fileno(), end - start, start)
+
+    def get(self, passage_id: int) -> Passage:
+        return Passage(**json.loads(self.get_raw(passage_id)))
 
     def get_many(self, passage_ids: Iterable[int]) -> list[Passage]:
         return [self.get(passage_id) for passage_id in passage_ids]

@@ -232,3 +232,41 @@ def test_rejects_strings_instead_of_token_lists():
         index.scores("a")
     with pytest.raises(ValueError):
         BM25Index.build([["a"]], method="okapi")
+
+
+@pytest.mark.parametrize("method", ["lucene", "bm25+", "robertson"])
+def test_three_segments_score_exactly_like_one(corpus, tmp_path, method):
+    one = BM25Index.build(corpus, method=method)
+    three = BM25Index.build(corpus, method=method, segment_passages=6)
+    assert (one.n_segments, three.n_segments) == (1, 3)
+    streamed = BM25Index.build_streaming(lambda: iter(corpus), tmp_path / "s", method=method, segment_passages=6)
+    assert streamed.n_segments == 3 and BM25Index.load(tmp_path / "s").n_segments == 3
+    for text in QUERIES:
+        q = tokenize(text)
+        np.testing.assert_array_equal(three.scores(q), one.scores(q))  # bit for bit: global statistics
+        np.testing.assert_array_equal(streamed.scores(q), one.scores(q))
+        for a, b in zip(three.top_k(q, 4), one.top_k(q, 4)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_segments_cut_by_token_count_too(corpus):
+    index = BM25Index.build(corpus, segment_tokens=30)
+    assert index.n_segments > 3
+    q = tokenize("all-to-all 通信 序列并行")
+    np.testing.assert_array_equal(index.scores(q), BM25Index.build(corpus).scores(q))
+
+
+def test_index_saved_by_the_bm25s_version_still_loads(corpus, tmp_path):
+    import json
+
+    import bm25s
+
+    model = bm25s.BM25(method="lucene", k1=0.9, b=0.4, dtype="float64", int_dtype="int32")
+    model.index(corpus, create_empty_token=False, show_progress=False)
+    model.save(tmp_path / "old", corpus=None, show_progress=False)
+    meta = {"format": 1, "n_passages": len(corpus), "params": {"method": "lucene", "k1": 0.9, "b": 0.4, "delta": 0.5}, "empty": False}
+    (tmp_path / "old" / "bm25_index.json").write_text(json.dumps(meta))
+    old = BM25Index.load(tmp_path / "old")
+    for text in QUERIES:
+        q = tokenize(text)
+        np.testing.assert_allclose(old.scores(q), BM25Index.build(corpus).scores(q), rtol=0, atol=1e-12)

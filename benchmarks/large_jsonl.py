@@ -1,0 +1,266 @@
+"""Indexing a large JSONL of instruction records in bounded memory (`make bench-large`, not part of `make bench`).
+
+Generates a seeded JSONL of Alpaca/BELLE-like records ({"instruction", "input", "output"}) whose Chinese and
+English sentences are re-packed from the ../shared/eval corpora, indexes it keyword-only in a subprocess
+(`search index FILE --keyword-only`), and prints file size, records, passages, wall time by stage,
+passages/s, peak RSS, index size and query latencies; first for a small file, then for the large one, so
+growth of memory with size is visible. Usage:
+    python benchmarks/large_jsonl.py [--size 1024] [--small 100] [--json] [--workdir indexes/bench-large]
+
+Peak RSS is reported two ways: `ru_maxrss` of the index process (getrusage of that child: the largest single
+process of its tree, as RUSAGE_CHILDREN gives it) and the peak of the whole process tree's summed RSS
+(index process + tokenizer pool), sampled from /proc every 0.2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EVAL = ROOT.parent / "shared" / "eval"
+SEARCH = str(Path(sys.executable).parent / "search")
+TARGET_RSS_BYTES = 1.5 * 2**30
+QUERIES = ["糖尿病能根治吗", "音乐推荐", "white matter diffusion imaging", "注意力机制 transformer", "蛋白质 结构 protein folding"]
+_SENTENCE_END = re.compile(r"(?<=[。！？!?])|(?<=\.)\s+")
+
+# Until the record loaders land, `search index` cannot read a .jsonl: the child streams the file through
+# Builder.run_documents instead (one Document per record, same build path otherwise).
+_FALLBACK = r"""
+import json, sys
+from search import store
+from search.engine import Builder, BuildConfig
+from search.schema import Document
+path, index, progress = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+def documents():
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            record = json.loads(line)
+            text = "\n\n".join(record[k] for k in ("instruction", "input", "output") if record.get(k))
+            yield Document(path=f"{path}#L{number}", text=text, kind="text")
+folder = store.IndexFolder(index)
+with folder.build_lock():
+    summary = Builder(folder, None, True, progress, BuildConfig(keyword_only=True)).run_documents(documents())
+print(json.dumps(summary.to_dict() | {"skipped": len(summary.skipped)}, ensure_ascii=False))
+"""
+
+
+def sentence_pool() -> tuple[list[str], list[str]]:
+    """Chinese and English sentences of the eval corpora."""
+    chinese, english = [], []
+    for corpus in sorted(EVAL.glob("*/corpus.jsonl")):
+        with open(corpus, encoding="utf-8") as handle:
+            for line in handle:
+                record = json.loads(line)
+                for part in (record.get("title", ""), record.get("text", "")):
+                    for sentence in _SENTENCE_END.split(part):
+                        sentence = sentence.strip()
+                        if len(sentence) >= 4:
+                            (english if sentence.isascii() else chinese).append(sentence)
+    if not chinese or not english:
+        sys.exit(f"no sentences found under {EVAL}: the benchmark needs ../shared/eval")
+    return chinese, english
+
+
+def generate(path: Path, size_mb: float, seed: int = 0) -> int:
+    """Write about `size_mb` MB of records; returns how many."""
+    chinese, english = sentence_pool()
+    rng = random.Random(seed)
+    target = int(size_mb * 2**20)
+    written = records = 0
+    with open(path, "w", encoding="utf-8") as handle:
+        while written < target:
+            pool = chinese if rng.random() < 0.6 else english
+            joiner = "" if pool is chinese else " "
+
+            def text(low: int, high: int) -> str:
+                parts = [rng.choice(pool) for _ in range(rng.randint(low, high))]
+                if rng.random() < 0.15:  # some records mix languages, as instruction sets do
+                    parts.insert(rng.randrange(len(parts) + 1), rng.choice(english if pool is chinese else chinese))
+                return joiner.join(parts)
+
+            record = {"instruction": text(1, 2), "input": text(1, 3) if rng.random() < 0.4 else "", "output": text(2, 12)}
+            line = json.dumps(record, ensure_ascii=False) + "\n"
+            handle.write(line)
+            written += len(line.encode("utf-8"))
+            records += 1
+    return records
+
+
+def loaders_read_jsonl() -> bool:
+    from search import loading
+
+    return hasattr(loading, "iter_documents") and ".jsonl" in loading.SUPPORTED_SUFFIXES
+
+
+def _tree_rss(pid: int) -> int:
+    """Summed RSS of a process and its descendants, from /proc."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            with open(f"/proc/{current}/statm") as handle:
+                total += int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    todo.extend(int(child) for child in handle.read().split())
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return total
+
+
+def index_file(path: Path, index: Path, progress: bool) -> dict:
+    """Index `path` keyword-only in a child process; its summary, wall time and peak memory."""
+    if loaders_read_jsonl():
+        command = [SEARCH, "index", str(path), "--index", str(index), "--keyword-only", "--rebuild", "--json"]
+        if progress:
+            command.remove("--json")
+        how = "search index --keyword-only"
+    else:
+        command = [sys.executable, "-c", _FALLBACK, str(path), str(index), "1" if progress else "0"]
+        how = "Builder.run_documents (record loaders not merged yet)"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=None, env=env, text=True)
+    peak_tree = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak_tree
+        while not done.is_set():
+            peak_tree = max(peak_tree, _tree_rss(process.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage (and its reaped descendants')
+    process.returncode = os.waitstatus_to_exitcode(status)
+    done.set()
+    sampler.join()
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        sys.exit(f"indexing failed with status {process.returncode}")
+    summary = _summary_of(output, index)
+    return {"how": how, "wall_seconds": round(wall, 1), "summary": summary,
+            "peak_rss_bytes": usage.ru_maxrss * 1024, "peak_tree_rss_bytes": peak_tree}
+
+
+def _summary_of(output: str, index: Path) -> dict:
+    for line in reversed(output.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    # the human-readable line: take the numbers from the manifest instead
+    from search import store
+
+    manifest = store.read_manifest(store.IndexFolder(index).current())
+    return {"passages": manifest["passages"], "stage_seconds": {}, "seconds": None}
+
+
+def query_latencies(index: Path) -> dict:
+    from search import Engine
+
+    started = time.perf_counter()
+    engine = Engine.open(index)
+    opened = time.perf_counter() - started
+    warm = {}
+    for query in QUERIES:
+        engine.search(query, k=10, mode="bm25")  # first run pages the query's columns in
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            engine.search(query, k=10, mode="bm25")
+            times.append(time.perf_counter() - started)
+        warm[query] = round(statistics.median(times) * 1000, 1)
+    started = time.perf_counter()
+    subprocess.run([SEARCH, "query", QUERIES[0], "--index", str(index), "-k", "5"], capture_output=True, check=True)
+    cold = time.perf_counter() - started
+    return {"open_ms": round(opened * 1000), "warm_bm25_ms": warm, "cold_cli_query_ms": round(cold * 1000)}
+
+
+def measure(workdir: Path, size_mb: float, progress: bool) -> dict:
+    path = workdir / f"records-{size_mb:g}mb.jsonl"
+    index = workdir / f"index-{size_mb:g}mb"
+    records = generate(path, size_mb)
+    shutil.rmtree(index, ignore_errors=True)
+    run = index_file(path, index, progress)
+    summary = run.pop("summary")
+    passages = summary["passages"]
+    from search import store
+
+    generation = store.IndexFolder(index).current()
+    size = sum(p.stat().st_size for p in generation.rglob("*") if p.is_file())
+    result = {
+        "file_bytes": path.stat().st_size,
+        "records": records,
+        "passages": passages,
+        "stage_seconds": summary.get("stage_seconds", {}),
+        "passages_per_second": round(passages / run["wall_seconds"], 1),
+        "index_bytes": size,
+        **run,
+        **query_latencies(index),
+    }
+    path.unlink()  # the generated file is big; the index stays for inspection
+    return result
+
+
+def table(results: list[dict]) -> str:
+    mb = lambda n: f"{n / 2**20:,.0f} MB"
+    rows = [
+        ("file", lambda r: mb(r["file_bytes"])),
+        ("records", lambda r: f"{r['records']:,}"),
+        ("passages", lambda r: f"{r['passages']:,}"),
+        ("wall", lambda r: f"{r['wall_seconds']:,.0f} s"),
+        *[(f"  {stage}", (lambda s: lambda r: f"{r['stage_seconds'].get(s, 0):,.0f} s")(stage))
+          for stage in ("load_chunk", "tokenize", "write", "bm25")],
+        ("passages/s", lambda r: f"{r['passages_per_second']:,.0f}"),
+        ("peak RSS (ru_maxrss)", lambda r: mb(r["peak_rss_bytes"])),
+        ("peak RSS (process tree)", lambda r: mb(r["peak_tree_rss_bytes"])),
+        ("index size", lambda r: mb(r["index_bytes"])),
+        ("open index", lambda r: f"{r['open_ms']:,} ms"),
+        *[(f"  bm25 '{q}'", (lambda q: lambda r: f"{r['warm_bm25_ms'][q]} ms")(q)) for q in QUERIES],
+        ("cold `search query`", lambda r: f"{r['cold_cli_query_ms']:,} ms"),
+    ]
+    lines = [f"{'':<34}" + "".join(f"{mb(r['file_bytes']) + ' file':>18}" for r in results)]
+    for name, cell in rows:
+        lines.append(f"{name:<34}" + "".join(f"{cell(r):>18}" for r in results))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=float, default=1024, help="MB of JSONL for the main run (default 1024)")
+    parser.add_argument("--small", type=float, default=100, help="MB of the comparison run first (0: skip)")
+    parser.add_argument("--json", action="store_true", help="print JSON only (no progress bar, no table)")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "indexes" / "bench-large")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    progress = not args.json and sys.stderr.isatty()
+    sizes = [s for s in (args.small, args.size) if s > 0]
+    results = []
+    for size in sizes:
+        if not args.json:
+            print(f"generating and indexing {size:g} MB ...", file=sys.stderr)
+        results.append(measure(args.workdir, size, progress))
+    largest = max(r["peak_tree_rss_bytes"] for r in results)
+    report = {"runs": results, "target_rss_bytes": int(TARGET_RSS_BYTES), "under_target": largest < TARGET_RSS_BYTES,
+              "cpu_count": os.cpu_count()}
+    print(json.dumps(report, ensure_ascii=False))
+    if not args.json:
+        print(table(results))
+        print(f"peak RSS target < {TARGET_RSS_BYTES / 2**30:.1f} GB: {'met' if report['under_target'] else 'NOT met'} "
+              f"(largest process tree {largest / 2**20:,.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
