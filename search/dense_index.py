@@ -31,14 +31,37 @@ class DenseIndex:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Passage ids and cosine scores of the k nearest passages, best first."""
-        k = min(k, len(self))
+    def search(self, query: np.ndarray, k: int, allowed_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Passage ids and cosine scores of the k nearest passages, best first; with `allowed_rows`
+        (row numbers, as from `row_of`) only among those rows, so a filter never cuts hits below k."""
+        k = min(k, len(self) if allowed_rows is None else len(allowed_rows))
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        scores, rows = self.index.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1), k)
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        if allowed_rows is None or len(allowed_rows) == len(self):
+            scores, rows = self.index.search(query, k)
+        elif len(allowed_rows) <= self.EXACT_FILTER_ROWS:
+            return self._search_rows(query, k, allowed_rows)
+        else:
+            mask = np.zeros(len(self), dtype=bool)
+            mask[allowed_rows] = True
+            selector = faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
+            scores, rows = self.index.search(query, k, params=_search_parameters(self.index, selector))
+            if int((rows[0] >= 0).sum()) < k:  # an approximate index can miss allowed rows: be exact
+                return self._search_rows(query, k, allowed_rows)
         keep = rows[0] >= 0
         return self.ids[rows[0][keep]], scores[0][keep]
+
+    # Up to this many allowed rows, scoring them directly beats a filtered scan of the whole index,
+    # and stays exact where a graph (HNSW) search would lose recall under a selective filter.
+    EXACT_FILTER_ROWS = 20_000
+
+    def _search_rows(self, query: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(rows, dtype=np.int64)
+        scores = self.scores_of(query, rows)
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
+        top = top[np.lexsort((rows[top], -scores[top]))]  # best first, lower row on ties
+        return self.ids[rows[top]], scores[top]
 
     def scores_of(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Cosine of the query with the vectors at `rows` (for candidates the search did not return)."""
@@ -68,3 +91,13 @@ class DenseIndex:
         index = faiss.read_index(str(prefix.with_suffix(".faiss")))
         ids = np.load(prefix.with_suffix(".ids.npy"))
         return cls(index, ids)
+
+
+def _search_parameters(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
+    """Search parameters carrying `selector`; IVF indexes need their own kind (with their nprobe),
+    the others (flat, HNSW) take the generic one and keep their own settings."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # not an IVF index
+        return faiss.SearchParameters(sel=selector)
+    return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe, max_codes=ivf.max_codes)

@@ -11,6 +11,7 @@ import hashlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -22,6 +23,7 @@ from search.chunking import chunk_document
 from search.dense_index import DenseIndex
 from search.embedding import ALL_LANGUAGES, Encoder, model_plan, space_for, token_counter
 from search.errors import IncompatibleIndex, LoadError, SearchError
+from search.filtering import Facets, Filters
 from search.fusion import Ranking, fuse
 from search.loading import discover_files, read_document
 from search.schema import Document, Hit, Passage, Skipped, SourceFile
@@ -162,10 +164,22 @@ class Engine:
             self._encoders[space] = Encoder(self.plan[space])
         return self._encoders[space]
 
-    def bm25_ranking(self, query: str, depth: int) -> Ranking:
-        return self.bm25.top_k(tokenize(query), depth)
+    @cached_property
+    def facets(self) -> Facets:
+        """Path, type and tags per file; an index built before filters derives them from its passages."""
+        stored = store.read_facets(self.generation)
+        return Facets(*stored) if stored is not None else Facets.from_passages(self.passages)
 
-    def dense_ranking(self, query: str, depth: int) -> tuple[Ranking, dict[int, float], dict[str, np.ndarray]]:
+    def allowed(self, filters: Filters | None) -> np.ndarray | None:
+        """allowed[passage id] for `filters`, or None when they do not restrict."""
+        return self.facets.mask(filters) if filters else None
+
+    def bm25_ranking(self, query: str, depth: int, allowed: np.ndarray | None = None) -> Ranking:
+        return self.bm25.top_k(tokenize(query), depth, allowed)
+
+    def dense_ranking(
+        self, query: str, depth: int, allowed: np.ndarray | None = None
+    ) -> tuple[Ranking, dict[int, float], dict[str, np.ndarray]]:
         """Dense candidates merged over embedding spaces, and each candidate's cosine score.
 
         Cosines of different models are not comparable, so spaces merge by weighted RRF, favouring
@@ -176,8 +190,11 @@ class Engine:
         for space, index in self.dense.items():
             if len(index) == 0:
                 continue
+            rows = None if allowed is None else np.flatnonzero(allowed[index.ids])
+            if rows is not None and len(rows) == 0:
+                continue  # no allowed passage in this space: no need to encode the query for it
             vector = vectors[space] = self.encoder(space).encode([query])[0]
-            ids, scores = index.search(vector, depth)
+            ids, scores = index.search(vector, depth, allowed_rows=rows)
             rankings.append((ids, scores))
             same = space in (ALL_LANGUAGES, language)
             weights.append(1.0 if same else self.config.cross_language_weight)
@@ -203,16 +220,17 @@ class Engine:
             scores = self.dense[space].scores_of(vector, rows[inside])
             retrieval.cosines.update(zip(missing[inside].tolist(), scores.tolist()))
 
-    def retrieve(self, query: str, depth: int, mode: str = "hybrid") -> Retrieval:
-        """Each retriever's candidates for `query` (only those `mode` needs), `depth` deep."""
+    def retrieve(self, query: str, depth: int, mode: str = "hybrid", allowed: np.ndarray | None = None) -> Retrieval:
+        """Each retriever's candidates for `query` (only those `mode` needs), `depth` deep, only
+        among passages where `allowed` (a boolean mask over passage ids) is True when given."""
         query = query.strip()
         if not query:
             raise SearchError("empty query: give some words to search for")
         if mode not in MODES:
             raise SearchError(f"unknown mode {mode!r}: choose from {', '.join(MODES)}")
         empty: Ranking = (np.zeros(0, dtype=np.int64), np.zeros(0))
-        bm25 = self.bm25_ranking(query, depth) if mode != "dense" else empty
-        dense, cosines, vectors = self.dense_ranking(query, depth) if mode != "bm25" else (empty, {}, {})
+        bm25 = self.bm25_ranking(query, depth, allowed) if mode != "dense" else empty
+        dense, cosines, vectors = self.dense_ranking(query, depth, allowed) if mode != "bm25" else (empty, {}, {})
         retrieval = Retrieval(bm25, dense, cosines)
         if mode == "hybrid":
             self._score_all_candidates(query, retrieval, vectors)
@@ -229,9 +247,13 @@ class Engine:
         weights = [config.bm25_weight, config.dense_weight]
         return fuse(rankings, weights, config.fusion, config.rrf_k, [retrieval.bm25_scores, retrieval.cosines])
 
-    def search(self, query: str, k: int = 10, mode: str = "hybrid") -> list[Hit]:
-        """The k best passages for `query`; mode is "hybrid", "bm25" or "dense"."""
-        retrieval = self.retrieve(query, max(k, self.config.candidates), mode)
+    def search(self, query: str, k: int = 10, mode: str = "hybrid", filters: Filters | None = None) -> list[Hit]:
+        """The k best passages for `query`; mode is "hybrid", "bm25" or "dense".
+
+        `filters` (search.filtering.Filters: paths, tags, types) restrict the passages before the
+        top-k cut, so k hits come back whenever k allowed passages match.
+        """
+        retrieval = self.retrieve(query, max(k, self.config.candidates), mode, self.allowed(filters))
         if k <= 0 or len(self.passages) == 0:
             return []
         return self._hits(self.rank(retrieval, mode)[:k], retrieval)
@@ -335,6 +357,7 @@ class Builder:
         vectors, models = self._embed(passages, summary)
         generation = self.folder.new_generation()
         store.write_passages(generation, passages, tokens)
+        store.write_facets(generation, passages)
         BM25Index.build(tokens, **self.config.bm25).save(generation / "bm25")
         for space, (ids, matrix) in vectors.items():
             DenseIndex.build(matrix, ids, models[space]["dim"]).save(generation / f"dense-{space}")

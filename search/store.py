@@ -9,6 +9,7 @@ Layout::
         manifest.json      format version, models, files, counts
         passages.jsonl     one passage per line; passages.offsets.npy seeks to line i
         tokens.jsonl       BM25 tokens per passage (lets a rebuild skip re-tokenising)
+        facets.json        per-file path and tags for filters; passage_file.npy maps passage -> file
         bm25/              bm25s score matrix
         dense-<space>.faiss / .ids.npy
 
@@ -37,6 +38,8 @@ FORMAT_VERSION = 1
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 GEN_PREFIX = "gen-"
+FACETS = "facets.json"
+PASSAGE_FILE = "passage_file.npy"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -163,6 +166,24 @@ def write_passages(generation: Path, passages: list[Passage], tokens: list[list[
 def read_tokens(generation: Path) -> list[list[str]]:
     with open(generation / "tokens.jsonl", encoding="utf-8") as handle:
         return [json.loads(line) for line in handle]
+
+
+def write_facets(generation: Path, passages: Iterable[Passage]) -> None:
+    """The filter facets of `passages` (read once, in passage-id order)."""
+    from search.filtering import facet_rows
+
+    rows, passage_file = facet_rows(passages)
+    (generation / FACETS).write_text(json.dumps({"files": rows}, ensure_ascii=False), encoding="utf-8")
+    np.save(generation / PASSAGE_FILE, passage_file)
+
+
+def read_facets(generation: Path) -> tuple[list[dict[str, Any]], np.ndarray] | None:
+    """(facet rows, passage -> row) as written by `write_facets`; None for a generation built before filters."""
+    try:
+        rows = json.loads((generation / FACETS).read_text(encoding="utf-8"))["files"]
+        return rows, np.load(generation / PASSAGE_FILE)
+    except FileNotFoundError:
+        return None
 
 
 class PassageStore:
