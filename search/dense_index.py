@@ -11,6 +11,12 @@ import numpy as np
 class DenseIndex:
     """A FAISS index plus the passage id of each of its rows."""
 
+    # How an approximate index (HNSW, IVF) searches a filtered set: up to this many allowed rows,
+    # score them directly, since a graph search loses recall under a selective filter; above it, let
+    # FAISS skip disallowed rows (IDSelector). A flat index always uses the selector: it is exact
+    # and costs in proportion to the allowed rows (benchmarks/filters.py).
+    EXACT_FILTER_ROWS = 5_000
+
     def __init__(self, index: faiss.Index, ids: np.ndarray) -> None:
         if index.ntotal != len(ids):
             raise ValueError(f"FAISS index has {index.ntotal} vectors but {len(ids)} ids")
@@ -40,7 +46,7 @@ class DenseIndex:
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         if allowed_rows is None or len(allowed_rows) == len(self):
             scores, rows = self.index.search(query, k)
-        elif len(allowed_rows) <= self.EXACT_FILTER_ROWS:
+        elif len(allowed_rows) <= self.EXACT_FILTER_ROWS and not isinstance(self.index, faiss.IndexFlat):
             return self._search_rows(query, k, allowed_rows)
         else:
             mask = np.zeros(len(self), dtype=bool)
@@ -51,10 +57,6 @@ class DenseIndex:
                 return self._search_rows(query, k, allowed_rows)
         keep = rows[0] >= 0
         return self.ids[rows[0][keep]], scores[0][keep]
-
-    # Up to this many allowed rows, scoring them directly beats a filtered scan of the whole index,
-    # and stays exact where a graph (HNSW) search would lose recall under a selective filter.
-    EXACT_FILTER_ROWS = 20_000
 
     def _search_rows(self, query: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = np.asarray(rows, dtype=np.int64)

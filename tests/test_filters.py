@@ -128,11 +128,16 @@ def brute_force(matrix, query, rows, k):
     return [int(rows[i]) for i in np.argsort(-scores, kind="stable")[:k]]
 
 
-@pytest.mark.parametrize("exact_rows", [10**9, 0])  # score the rows directly / FAISS with an ID selector
-def test_dense_search_only_among_allowed_rows(vectors, exact_rows):
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])  # FAISS with an ID selector / scoring the allowed rows
+def test_dense_search_only_among_allowed_rows(vectors, kind):
     matrix, query = vectors
-    index = DenseIndex.build(matrix, np.arange(2000) + 7, dim=16)  # passage id = row + 7
-    index.EXACT_FILTER_ROWS = exact_rows
+    if kind == "flat":
+        index = DenseIndex.build(matrix, np.arange(2000) + 7, dim=16)  # passage id = row + 7
+    else:
+        hnsw = faiss.IndexHNSWFlat(16, 16, faiss.METRIC_INNER_PRODUCT)
+        hnsw.add(matrix)
+        index = DenseIndex(hnsw, np.arange(2000) + 7)
+        index.EXACT_FILTER_ROWS = 10**9
     rows = np.arange(0, 2000, 9)
     ids, scores = index.search(query, 10, allowed_rows=rows)
     assert (ids - 7).tolist() == brute_force(matrix, query, rows, 10)
