@@ -97,8 +97,8 @@ def watch(paths: tuple[str, ...], index_dir: str, model: str | None, debounce: f
 @click.option("--mode", type=click.Choice(["hybrid", "bm25", "dense"]), default="hybrid", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print hits as a JSON array.")
 @click.option("--path", "paths", multiple=True, metavar="GLOB", help="Only files matching GLOB ('notes/**', '*.md'; ** spans folders). Repeatable.")
-@click.option("--tag", "tags", multiple=True, help="Only notes with this front-matter tag or category. Repeatable.")
-@click.option("--type", "types", multiple=True, help="Only files of this type (suffix: md, txt, ...). Repeatable.")
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="Only notes with this front-matter tag or category. Repeatable.")
+@click.option("--type", "types", multiple=True, metavar="TYPE", help="Only files of this type (suffix: md, txt, ...). Repeatable.")
 @index_option
 def query(text: str, k: int, mode: str, as_json: bool, paths: tuple[str, ...], tags: tuple[str, ...], types: tuple[str, ...], index_dir: str) -> None:
     """Search the index for TEXT.

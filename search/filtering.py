@@ -86,16 +86,16 @@ class Filters:
 
 
 def _path_patterns(patterns: Sequence[str]) -> list[str]:
-    """Anchor each pattern as documented above, for wcmatch's globmatch on absolute paths."""
+    """Anchor each pattern as documented above, for wcmatch to match against absolute paths."""
     anchored = []
     for pattern in patterns:
+        folder_only = pattern.endswith("/")
         if pattern.startswith(("./", "../", "~")) or pattern in (".", ".."):
             # relative to where the user stands: escape that part so `[` in a folder name is literal
             head, tail = _split_literal_prefix(pattern)
             pattern = glob.escape(os.path.abspath(os.path.expanduser(head))) + tail
         elif not pattern.startswith("/"):
             pattern = "**/" + pattern
-        folder_only = pattern.endswith("/")
         pattern = pattern.rstrip("/") or "/"
         if not pattern.endswith("/**"):
             anchored.append(pattern.rstrip("/") + "/**")  # everything under a matching folder
