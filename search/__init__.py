@@ -3,7 +3,7 @@
 from search.errors import SearchError
 from search.schema import Hit, Passage
 
-__all__ = ["Engine", "Hit", "Passage", "SearchError"]
+__all__ = ["Engine", "Filters", "Hit", "Passage", "SearchError"]
 
 
 def __getattr__(name: str):
@@ -12,4 +12,8 @@ def __getattr__(name: str):
         from search.engine import Engine
 
         return Engine
+    if name == "Filters":
+        from search.filtering import Filters
+
+        return Filters
     raise AttributeError(name)

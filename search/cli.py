@@ -108,22 +108,33 @@ def watch(paths: tuple[str, ...], index_dir: str, model: str | None, debounce: f
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Number of hits.")
 @click.option("--mode", type=click.Choice(["hybrid", "bm25", "dense"]), default="hybrid", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print hits as a JSON array.")
+@click.option("--path", "paths", multiple=True, metavar="GLOB", help="Only files matching GLOB ('notes/**', '*.md'; ** spans folders). Repeatable.")
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="Only notes with this front-matter tag or category. Repeatable.")
+@click.option("--type", "types", multiple=True, metavar="TYPE", help="Only files of this type (suffix: md, txt, ...). Repeatable.")
 @index_option
-def query(text: str, k: int, mode: str, as_json: bool, index_dir: str) -> None:
-    """Search the index for TEXT."""
+def query(text: str, k: int, mode: str, as_json: bool, paths: tuple[str, ...], tags: tuple[str, ...], types: tuple[str, ...], index_dir: str) -> None:
+    """Search the index for TEXT.
+
+    Filters apply before the k best are picked; values of one option OR together, different
+    options AND together.
+    """
     if not text.strip():
         raise SearchError("empty query: give some words to search for")
     from search.engine import Engine
+    from search.filtering import Filters
 
-    engine = Engine.open(index_dir)
+    engine, filters = Engine.open(index_dir), Filters(list(paths), list(tags), list(types))
     notice = engine.fallback_notice(mode)
     if notice:
         click.echo(notice, err=True)
-    hits = engine.search(text, k=k, mode=mode)
+    hits = engine.search(text, k=k, mode=mode, filters=filters)
+    filtered_out = not hits and bool(filters) and not engine.allowed(filters).any()
+    if filtered_out:  # on stderr, so --json still prints a parseable (empty) array
+        click.echo(f"no passages match the filters ({engine.facets.why_empty(filters)})", err=True)
     if as_json:
         click.echo(json.dumps([hit.to_dict() for hit in hits], ensure_ascii=False, indent=1))
         return
-    if not hits:
+    if not hits and not filtered_out:
         click.echo("no hits")
     terms = _highlight_terms(text)
     for rank, hit in enumerate(hits, 1):

@@ -14,6 +14,12 @@ _ADD_CHUNK = 65_536  # rows copied into FAISS at a time
 class DenseIndex:
     """A FAISS index plus the passage id of each of its rows."""
 
+    # How an approximate index (HNSW, IVF) searches a filtered set: up to this many allowed rows,
+    # score them directly, since a graph search loses recall under a selective filter; above it, let
+    # FAISS skip disallowed rows (IDSelector). A flat index always uses the selector: it is exact
+    # and costs in proportion to the allowed rows (benchmarks/filters.py).
+    EXACT_FILTER_ROWS = 5_000
+
     def __init__(self, index: faiss.Index, ids: np.ndarray) -> None:
         if index.ntotal != len(ids):
             raise ValueError(f"FAISS index has {index.ntotal} vectors but {len(ids)} ids")
@@ -36,14 +42,33 @@ class DenseIndex:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Passage ids and cosine scores of the k nearest passages, best first."""
-        k = min(k, len(self))
+    def search(self, query: np.ndarray, k: int, allowed_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Passage ids and cosine scores of the k nearest passages, best first; with `allowed_rows`
+        (row numbers, as from `row_of`) only among those rows, so a filter never cuts hits below k."""
+        k = min(k, len(self) if allowed_rows is None else len(allowed_rows))
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        scores, rows = self.index.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1), k)
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        if allowed_rows is None or len(allowed_rows) == len(self):
+            scores, rows = self.index.search(query, k)
+        elif len(allowed_rows) <= self.EXACT_FILTER_ROWS and not isinstance(self.index, faiss.IndexFlat):
+            return self._search_rows(query, k, allowed_rows)
+        else:
+            mask = np.zeros(len(self), dtype=bool)
+            mask[allowed_rows] = True
+            selector = faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
+            scores, rows = self.index.search(query, k, params=_search_parameters(self.index, selector))
+            if int((rows[0] >= 0).sum()) < k:  # an approximate index can miss allowed rows: be exact
+                return self._search_rows(query, k, allowed_rows)
         keep = rows[0] >= 0
         return self.ids[rows[0][keep]], scores[0][keep]
+
+    def _search_rows(self, query: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(rows, dtype=np.int64)
+        scores = self.scores_of(query, rows)
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
+        top = top[np.lexsort((rows[top], -scores[top]))]  # best first, lower row on ties
+        return self.ids[rows[top]], scores[top]
 
     def scores_of(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Cosine of the query with the vectors at `rows` (for candidates the search did not return)."""
@@ -81,3 +106,13 @@ class DenseIndex:
         index = faiss.read_index(str(prefix.with_suffix(".faiss")), flags)
         ids = np.load(prefix.with_suffix(".ids.npy"))
         return cls(index, ids)
+
+
+def _search_parameters(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
+    """Search parameters carrying `selector`; IVF indexes need their own kind (with their nprobe),
+    the others (flat, HNSW) take the generic one and keep their own settings."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # not an IVF index
+        return faiss.SearchParameters(sel=selector)
+    return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe, max_codes=ivf.max_codes)

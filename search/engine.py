@@ -14,6 +14,7 @@ import time
 from array import array
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -25,6 +26,7 @@ from search.chunking import chunk_document
 from search.dense_index import DenseIndex
 from search.embedding import ALL_LANGUAGES, Encoder, model_plan, space_for, token_counter
 from search.errors import IncompatibleIndex, LoadError, SearchError
+from search.filtering import Facets, Filters
 from search.fusion import Ranking, fuse
 from search.loading import LoadOptions, discover_files, iter_documents
 from search.schema import Document, Hit, Passage, Skipped, SourceFile
@@ -175,10 +177,22 @@ class Engine:
             self._encoders[space] = Encoder(self.plan[space])
         return self._encoders[space]
 
-    def bm25_ranking(self, query: str, depth: int) -> Ranking:
-        return self.bm25.top_k(tokenize(query), depth)
+    @cached_property
+    def facets(self) -> Facets:
+        """Path, type and tags per file; an index built before filters derives them from its passages."""
+        stored = store.read_facets(self.generation)
+        return Facets(*stored) if stored is not None else Facets.from_passages(self.passages)
 
-    def dense_ranking(self, query: str, depth: int) -> tuple[Ranking, dict[int, float], dict[str, np.ndarray]]:
+    def allowed(self, filters: Filters | None) -> np.ndarray | None:
+        """allowed[passage id] for `filters`, or None when they do not restrict."""
+        return self.facets.mask(filters) if filters else None
+
+    def bm25_ranking(self, query: str, depth: int, allowed: np.ndarray | None = None) -> Ranking:
+        return self.bm25.top_k(tokenize(query), depth, allowed)
+
+    def dense_ranking(
+        self, query: str, depth: int, allowed: np.ndarray | None = None
+    ) -> tuple[Ranking, dict[int, float], dict[str, np.ndarray]]:
         """Dense candidates merged over embedding spaces, and each candidate's cosine score.
 
         Cosines of different models are not comparable, so spaces merge by weighted RRF, favouring
@@ -189,8 +203,11 @@ class Engine:
         for space, index in self.dense.items():
             if len(index) == 0:
                 continue
+            rows = None if allowed is None else np.flatnonzero(allowed[index.ids])
+            if rows is not None and len(rows) == 0:
+                continue  # no allowed passage in this space: no need to encode the query for it
             vector = vectors[space] = self.encoder(space).encode([query])[0]
-            ids, scores = index.search(vector, depth)
+            ids, scores = index.search(vector, depth, allowed_rows=rows)
             rankings.append((ids, scores))
             same = space in (ALL_LANGUAGES, language)
             weights.append(1.0 if same else self.config.cross_language_weight)
@@ -227,16 +244,17 @@ class Engine:
             raise SearchError(f"unknown mode {mode!r}: choose from {', '.join(MODES)}")
         return "bm25" if self.keyword_only else mode
 
-    def retrieve(self, query: str, depth: int, mode: str = "hybrid") -> Retrieval:
-        """Each retriever's candidates for `query` (only those `mode` needs), `depth` deep.
+    def retrieve(self, query: str, depth: int, mode: str = "hybrid", allowed: np.ndarray | None = None) -> Retrieval:
+        """Each retriever's candidates for `query` (only those `mode` needs), `depth` deep, only
+        among passages where `allowed` (a boolean mask over passage ids) is True when given.
         A keyword-only index answers every mode with bm25 (see `fallback_notice`)."""
         query = query.strip()
         if not query:
             raise SearchError("empty query: give some words to search for")
         mode = self._mode(mode)
         empty: Ranking = (np.zeros(0, dtype=np.int64), np.zeros(0))
-        bm25 = self.bm25_ranking(query, depth) if mode != "dense" else empty
-        dense, cosines, vectors = self.dense_ranking(query, depth) if mode != "bm25" else (empty, {}, {})
+        bm25 = self.bm25_ranking(query, depth, allowed) if mode != "dense" else empty
+        dense, cosines, vectors = self.dense_ranking(query, depth, allowed) if mode != "bm25" else (empty, {}, {})
         retrieval = Retrieval(bm25, dense, cosines)
         if mode == "hybrid":
             self._score_all_candidates(query, retrieval, vectors)
@@ -254,9 +272,13 @@ class Engine:
         weights = [config.bm25_weight, config.dense_weight]
         return fuse(rankings, weights, config.fusion, config.rrf_k, [retrieval.bm25_scores, retrieval.cosines])
 
-    def search(self, query: str, k: int = 10, mode: str = "hybrid") -> list[Hit]:
-        """The k best passages for `query`; mode is "hybrid", "bm25" or "dense"."""
-        retrieval = self.retrieve(query, max(k, self.config.candidates), mode)
+    def search(self, query: str, k: int = 10, mode: str = "hybrid", filters: Filters | None = None) -> list[Hit]:
+        """The k best passages for `query`; mode is "hybrid", "bm25" or "dense".
+
+        `filters` (search.filtering.Filters: paths, tags, types) restrict the passages before the
+        top-k cut, so k hits come back whenever k allowed passages match.
+        """
+        retrieval = self.retrieve(query, max(k, self.config.candidates), mode, self.allowed(filters))
         if k <= 0 or len(self.passages) == 0:
             return []
         return self._hits(self.rank(retrieval, mode)[:k], retrieval)
@@ -386,6 +408,8 @@ class Builder:
                     vectors.add(pid, passage)
                 bar.update()
             summary.passages = len(writer)
+        with timer("write"):
+            store.write_facets(generation, store.PassageStore(generation))
         models = vectors.finish() if vectors is not None else {}
         with timer("bm25"), _progress_bar("bm25", summary.passages, self.progress) as bar:
             BM25Index.build_streaming(lambda: store.iter_tokens(generation), generation / "bm25", **self.config.bm25,

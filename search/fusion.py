@@ -42,7 +42,7 @@ def weighted_score_fusion(rankings: Sequence[Ranking], weights: Sequence[float])
 def z_normalise(scores: np.ndarray) -> np.ndarray:
     """Standard scores (mean 0, deviation 1); all-equal scores carry no preference and map to 0."""
     scores = np.asarray(scores, dtype=np.float64)
-    deviation = scores.std()
+    deviation = scores.std() if scores.size else 0.0  # no candidates (a filter allowed none)
     return (scores - scores.mean()) / deviation if deviation > 1e-12 else np.zeros_like(scores)
 
 

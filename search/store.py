@@ -11,6 +11,7 @@ Layout::
         tokens.jsonl       BM25 tokens per passage (lets a rebuild skip re-tokenising); tokens.offsets.npy
         bm25/              BM25 score matrices (segments), vocabulary
         dense-<space>.faiss / .ids.npy / .keys.npy   vectors, their passage ids, their text keys
+        facets.json        per-file path and tags for filters; passage_file.npy maps passage -> file
 
 A build writes a new generation beside the live one and only then points CURRENT at it, so a
 crash at any moment leaves the previous generation live and readable.
@@ -38,6 +39,8 @@ FORMAT_VERSION = 1
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 GEN_PREFIX = "gen-"
+FACETS = "facets.json"
+PASSAGE_FILE = "passage_file.npy"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -227,6 +230,24 @@ class TokenStore:
         start = int(self.offsets[passage_id])
         end = int(self.offsets[passage_id + 1]) if passage_id + 1 < len(self.offsets) else self._end
         return json.loads(os.pread(self._handle.fileno(), end - start, start))
+
+
+def write_facets(generation: Path, passages: Iterable[Passage]) -> None:
+    """The filter facets of `passages` (read once, in passage-id order)."""
+    from search.filtering import facet_rows
+
+    rows, passage_file = facet_rows(passages)
+    (generation / FACETS).write_text(json.dumps({"files": rows}, ensure_ascii=False), encoding="utf-8")
+    np.save(generation / PASSAGE_FILE, passage_file)
+
+
+def read_facets(generation: Path) -> tuple[list[dict[str, Any]], np.ndarray] | None:
+    """(facet rows, passage -> row) as written by `write_facets`; None for a generation built before filters."""
+    try:
+        rows = json.loads((generation / FACETS).read_text(encoding="utf-8"))["files"]
+        return rows, np.load(generation / PASSAGE_FILE)
+    except FileNotFoundError:
+        return None
 
 
 class PassageStore:

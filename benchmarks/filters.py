@@ -1,0 +1,120 @@
+"""What a filter costs per query: building the allowed-passage mask, and dense search among allowed rows.
+
+Synthetic data, no models: --files notes of --per-file passages each (paths in two folders, tags in
+front matter), and a flat FAISS index of random unit vectors of --dim dimensions. For each share of
+allowed rows it times FAISS with an IDSelectorBitmap ("selector", what a flat index uses) and scoring
+the allowed rows directly ("exact rows"), against the unfiltered search; then the recall of a
+selector search on an HNSW index, which is why small allowed sets are scored directly there. Usage:
+    python benchmarks/filters.py [--files 20000] [--per-file 5] [--dim 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from search.dense_index import DenseIndex
+from search.filtering import Facets, Filters
+from search.schema import Passage
+
+
+def median_ms(call, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def bench_masks(files: int, per_file: int) -> None:
+    passages = (
+        Passage(
+            path=f"/home/u/kb/{'notes' if i % 3 else 'other'}/sub{i % 50}/note-{i}.{'md' if i % 4 else 'txt'}",
+            text="",
+            metadata={"tags": [f"tag{i % 20}", "机器学习" if i % 7 == 0 else "其他"]},
+        )
+        for i in range(files)
+        for _ in range(per_file)
+    )
+    started = time.perf_counter()
+    facets = Facets.from_passages(passages)
+    built = (time.perf_counter() - started) * 1000
+    loaded = median_ms(lambda: Facets(facets.rows, facets.passage_row), 3)  # what a query pays on opening
+    print(f"facets: {files} files, {len(facets)} passages; from passages {built:.0f} ms, from the stored table {loaded:.0f} ms")
+    cases = {
+        "--tag 机器学习": Filters(tags=["机器学习"]),
+        "--type md": Filters(types=["md"]),
+        "--path notes/**": Filters(paths=["notes/**"]),
+        "--path notes/** --path '*.txt' --tag 机器学习": Filters(paths=["notes/**", "*.txt"], tags=["机器学习"]),
+    }
+    for name, filters in cases.items():
+        fresh = [Facets(facets.rows, facets.passage_row) for _ in range(3)]  # no cached path masks
+        first = median_ms(lambda: fresh.pop().mask(filters), 3)
+        again = median_ms(lambda: facets.mask(filters), 20)
+        print(f"  mask {name:<45} first {first:8.1f} ms   repeated {again:6.2f} ms   allows {int(facets.mask(filters).sum())}")
+
+
+def unit_vectors(rng, rows: int, dim: int) -> np.ndarray:
+    vectors = rng.standard_normal((rows, dim), dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def bench_dense(rows: int, dim: int, k: int) -> None:
+    """Flat index: the selector (what DenseIndex.search uses) against scoring the allowed rows directly."""
+    rng = np.random.default_rng(0)
+    index = DenseIndex.build(unit_vectors(rng, rows, dim), np.arange(rows), dim)
+    queries = iter(unit_vectors(rng, 1000, dim))
+    full = median_ms(lambda: index.search(next(queries), k), 10)
+    print(f"dense: {rows} x {dim} flat, k={k}; unfiltered search {full:.1f} ms")
+    print(f"  {'allowed':>9} {'rows':>8} {'selector ms':>12} {'exact rows ms':>14}")
+    for share in (0.001, 0.01, 0.05, 0.1, 0.2, 0.5):
+        allowed = np.sort(rng.choice(rows, int(rows * share), replace=False))
+        selector = median_ms(lambda: index.search(next(queries), k, allowed_rows=allowed), 10)
+        exact = median_ms(lambda: index._search_rows(next(queries).reshape(1, -1), min(k, len(allowed)), allowed), 10)
+        print(f"  {share:>9.1%} {len(allowed):>8} {selector:>12.1f} {exact:>14.1f}")
+
+
+def bench_hnsw_recall(rows: int, dim: int, k: int) -> None:
+    """HNSW: recall@k of a selector search against the exact top k, by share of allowed rows."""
+    import faiss
+
+    rng = np.random.default_rng(1)
+    vectors = unit_vectors(rng, rows, dim)
+    hnsw = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    hnsw.add(vectors)
+    hnsw.hnsw.efSearch = 64
+    index = DenseIndex(hnsw, np.arange(rows))
+    index.EXACT_FILTER_ROWS = 0  # always the selector here
+    queries = unit_vectors(rng, 20, dim)
+    print(f"hnsw: {rows} x {dim}, M=32, efSearch={hnsw.hnsw.efSearch}, k={k}: recall@k of the selector search")
+    for share in (0.001, 0.01, 0.1, 0.5, 1.0):
+        allowed = np.sort(rng.choice(rows, max(k, int(rows * share)), replace=False))
+        recalls = []
+        for query in queries:
+            truth = set(allowed[np.argsort(-(vectors[allowed] @ query))[:k]].tolist())
+            mask = np.zeros(rows, dtype=bool)
+            mask[allowed] = True
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little")))
+            found = hnsw.search(query.reshape(1, -1), k, params=params)[1][0]
+            recalls.append(len(truth & set(found.tolist())) / k)
+        print(f"  {share:>7.1%} allowed ({len(allowed):>6} rows): recall {statistics.mean(recalls):.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=20000)
+    parser.add_argument("--per-file", type=int, default=5)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("-k", type=int, default=100)
+    args = parser.parse_args()
+    bench_masks(args.files, args.per_file)
+    bench_dense(args.files * args.per_file, args.dim, args.k)
+    bench_hnsw_recall(50_000, 64, 10)
+
+
+if __name__ == "__main__":
+    main()
