@@ -73,6 +73,14 @@ class BuildSummary:
     passages: int = 0
     seconds: float = 0.0
     skipped: list[Skipped] = field(default_factory=list)
+    # wall seconds per build stage: load_chunk, tokenize, embed, bm25, dense, write
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, stage: str, since: float) -> float:
+        """Add the time since `since` to `stage`; returns now, the start of the next stage."""
+        now = time.perf_counter()
+        self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + now - since, 3)
+        return now
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -313,6 +321,7 @@ class Builder:
         summary = BuildSummary()
         sources, summary.skipped = discover_files(paths)
         passages, tokens, files = self._collect_passages(sources, summary)
+        summary.timed("load_chunk", started)
         return self._write(passages, tokens, files, summary, started)
 
     def run_documents(self, documents: Iterable[Document]) -> BuildSummary:
@@ -324,6 +333,7 @@ class Builder:
         for document in documents:
             passages.extend(chunk_document(document, counter, self.config.max_tokens, self.config.overlap_tokens))
             summary.files_added += 1
+        summary.timed("load_chunk", started)
         return self._write(passages, [None] * len(passages), {}, summary, started)
 
     def _write(
@@ -331,17 +341,24 @@ class Builder:
     ) -> BuildSummary:
         """Write a complete new generation and switch it in; `tokens` holds None where a passage is new."""
         self.folder.remove_stale()  # leftovers of aborted builds (the live generation stays)
+        stage = time.perf_counter()
         tokens = [known if known is not None else tokenize(contextual_text(p)) for p, known in zip(passages, tokens)]
+        stage = summary.timed("tokenize", stage)
         vectors, models = self._embed(passages, summary)
+        stage = summary.timed("embed", stage)
         generation = self.folder.new_generation()
         store.write_passages(generation, passages, tokens)
+        stage = summary.timed("write", stage)
         BM25Index.build(tokens, **self.config.bm25).save(generation / "bm25")
+        stage = summary.timed("bm25", stage)
         for space, (ids, matrix) in vectors.items():
             DenseIndex.build(matrix, ids, models[space]["dim"]).save(generation / f"dense-{space}")
+        stage = summary.timed("dense", stage)
         summary.passages = len(passages)
-        summary.seconds = round(time.perf_counter() - started, 3)
         store.write_manifest(generation, self._manifest(files, models, summary))
         self.folder.publish(generation)
+        summary.timed("write", stage)
+        summary.seconds = round(time.perf_counter() - started, 3)
         return summary
 
     # files -> passages, reusing the previous generation's passages for unchanged files
