@@ -28,9 +28,15 @@ RERANK_FACTOR = 2
 RERANK_MIN = 50
 
 
+# k-means trains on at most this many vectors per list (FAISS's default, 256, makes training at 1M
+# vectors take minutes on two cores; 64 costs no measurable recall after the exact re-rank).
+TRAIN_POINTS_PER_LIST = 64
+
+
 def ivf_lists(n: int) -> int:
-    """Number of IVF lists for n vectors: ~4 sqrt(n) (FAISS's guidance), capped so k-means stays cheap."""
-    return int(min(max(4 * np.sqrt(n), 16), 4096, n // 39 or 1))  # >= 39 training points per list
+    """Number of IVF lists for n vectors: ~4 sqrt(n) (FAISS's guidance), capped at 1024 so adding 1M
+    vectors stays ~20 s on two cores, and at n/39 so k-means has enough points per list."""
+    return int(min(max(4 * np.sqrt(n), 16), 1024, max(n // 39, 1)))
 
 
 def ivf_probes(nlist: int) -> int:
@@ -63,6 +69,7 @@ class DenseIndex:
             return cls(index, ids)
         nlist = ivf_lists(len(vectors))
         index = faiss.index_factory(dim, f"IVF{nlist},SQ8", faiss.METRIC_INNER_PRODUCT)
+        index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
         index.train(vectors)
         index.add(vectors)
         index.nprobe = ivf_probes(nlist)
