@@ -30,6 +30,7 @@ test: install
 
 bench: install
 	$(PYTHON) benchmarks/incremental.py
+	$(PYTHON) benchmarks/speed.py
 
 clean:
 	rm -rf $(VENV) indexes
