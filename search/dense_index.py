@@ -40,8 +40,10 @@ def ivf_lists(n: int) -> int:
 
 
 def ivf_probes(nlist: int) -> int:
-    """Lists scanned per query: a fixed fraction of them, enough for recall@10 >= 0.98 on real embeddings."""
-    return int(min(nlist, max(16, nlist // 8)))
+    """Lists scanned per query: a third of them. Real eval queries against vectors of the bench corpus
+    (M3E-small, 20k vectors, 512 lists) gave recall@10 0.950 at 1/8, 0.982 at 1/4, 0.994 at 1/2:
+    queries sit farther from the passages than passages from each other, so their neighbours straddle lists."""
+    return int(min(nlist, max(32, nlist // 3)))
 
 
 class DenseIndex:
