@@ -31,6 +31,7 @@ test: install
 bench: install
 	$(PYTHON) benchmarks/incremental.py
 	$(PYTHON) benchmarks/filters.py
+	$(PYTHON) benchmarks/speed.py
 
 # Not part of `bench`: generates a 1 GB JSONL and indexes it keyword-only (long on a laptop CPU).
 bench-large: install

@@ -1,3 +1,4 @@
+import faiss
 import numpy as np
 
 from search.dense_index import DenseIndex
@@ -36,3 +37,44 @@ def test_k_larger_than_index_and_empty_index():
     empty = DenseIndex.build(np.zeros((0, 2), dtype=np.float32), np.array([], dtype=np.int64), dim=2)
     assert len(empty.search(np.array([1, 0], dtype=np.float32), 3)[0]) == 0
     assert empty.vectors().shape == (0, 2)
+
+
+def clustered(n, dim, seed=0):
+    """Unit vectors around a few hundred topics, like sentence embeddings of a corpus (and queries near them)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(200, dim))
+    return unit(centres[rng.integers(0, 200, n)] + 0.35 * rng.normal(size=(n, dim)))
+
+
+def test_index_type_follows_size(tmp_path):
+    vectors = clustered(3000, 32)
+    ids = np.arange(3000) * 2  # ids that are not row numbers
+    small = DenseIndex.build(vectors, ids, dim=32, exact_max=3000)
+    large = DenseIndex.build(vectors, ids, dim=32, exact_max=2999)
+    assert small.exact and isinstance(small.index, faiss.IndexFlatIP)
+    assert not large.exact and faiss.extract_index_ivf(large.index).nlist > 1
+    large.save(tmp_path / "dense-en")
+    loaded = DenseIndex.load(tmp_path / "dense-en")
+    assert not loaded.exact and len(loaded) == 3000
+    np.testing.assert_array_equal(loaded.vectors(), vectors)  # exact float32 kept beside the codes
+    rows = np.array([5, 0, 2999, 5])
+    np.testing.assert_allclose(loaded.scores_of(vectors[7], rows), vectors[rows] @ vectors[7], rtol=1e-6)
+
+
+def test_approximate_recall_against_exact(tmp_path):
+    vectors = clustered(5000, 48, seed=1)
+    ids = np.arange(5000)
+    exact = DenseIndex.build(vectors, ids, dim=48)
+    approx = DenseIndex.build(vectors, ids, dim=48, exact_max=1000)
+    approx.save(tmp_path / "dense-zh")
+    approx = DenseIndex.load(tmp_path / "dense-zh")
+    queries = unit(vectors[:200] + 0.2 * np.random.default_rng(2).normal(size=(200, 48)))
+    recall = []
+    for query in queries:
+        truth, truth_scores = exact.search(query, 10)
+        got, scores = approx.search(query, 10)
+        recall.append(len(set(truth.tolist()) & set(got.tolist())) / 10)
+        # re-ranked scores are exact cosines, best first
+        np.testing.assert_allclose(scores, vectors[got] @ query, rtol=1e-5)
+        assert np.all(np.diff(scores) <= 0)
+    assert np.mean(recall) >= 0.98

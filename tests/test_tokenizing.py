@@ -1,9 +1,11 @@
+import json
 import string
 import subprocess
 import sys
 
 import pytest
 
+from search import tokenizing
 from search.tokenizing import Tokenizer, detect_language, normalize, tokenize, tokenize_many
 
 CJK_PUNCT = "，。！？；：、“”‘’（）【】《》—…·「」『』〈〉"
@@ -120,3 +122,45 @@ def test_jieba_is_lazy_quiet_and_private():
 )
 def test_detect_language(text, lang):
     assert detect_language(text) == lang
+
+
+def _real_texts(eval_dir, seeds_dir, per_file=150):
+    """Chinese and mixed text from the shared corpora and queries, and the seed notes."""
+    texts = [p.read_text(encoding="utf-8") for p in sorted(seeds_dir.iterdir()) if p.suffix in (".md", ".txt")]
+    for path in sorted(eval_dir.glob("*/*.jsonl")):
+        with open(path, encoding="utf-8") as handle:
+            for _, line in zip(range(per_file), handle):
+                row = json.loads(line)
+                texts.append(f"{row.get('title', '')}\n{row['text']}")
+    return texts
+
+
+def test_compact_dictionary_segments_exactly_like_jieba(eval_dir, seeds_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(tokenizing, "_dictionary_cache", lambda: tmp_path / "dictionary")
+    full = tokenizing._new_jieba(compact=False)  # loads jieba's table and writes the compact copy
+    compact = tokenizing._new_jieba(compact=True)
+    assert isinstance(compact.FREQ, tokenizing.CompactDictionary) and isinstance(full.FREQ, dict)
+    assert compact.total == full.total
+    runs = {run for text in _real_texts(eval_dir, seeds_dir) for run in tokenizing._CJK_RUN_RE.findall(normalize(text))}
+    assert len(runs) > 1000 and sum(map(len, runs)) > 50_000
+    for run in runs:
+        assert list(compact.cut_for_search(run)) == list(full.cut_for_search(run)), run
+        assert list(compact.cut(run, HMM=False)) == list(full.cut(run, HMM=False)), run
+    words = list(full.FREQ.items())[::997]
+    assert all(compact.FREQ[w] == f and w in compact.FREQ for w, f in words)
+    assert "不是一个词xyz" not in compact.FREQ and compact.FREQ.get("不是一个词xyz", 0) == 0
+
+
+def test_long_runs_switch_to_the_in_memory_dictionary(monkeypatch):
+    monkeypatch.setattr(tokenizing, "_jieba_tokenizer", None)
+    monkeypatch.setattr(tokenizing, "_jieba_cuts", 0)
+    monkeypatch.setattr(tokenizing, "FULL_DICTIONARY_AFTER", 3)
+    tokenizing._new_jieba(compact=False)  # make sure the compact copy exists
+    monkeypatch.setattr(tokenizing, "_jieba_cuts", 0)
+    tok = Tokenizer()
+    first = tok.tokenize("序列并行")
+    assert isinstance(tokenizing._jieba_tokenizer.FREQ, tokenizing.CompactDictionary)
+    for text in ["数据并行", "张量并行", "流水线并行"]:
+        tok.tokenize(text)
+    assert isinstance(tokenizing._jieba_tokenizer.FREQ, dict)
+    assert Tokenizer().tokenize("序列并行") == first
