@@ -20,7 +20,7 @@ from search import store
 from search.bm25_index import BM25Index
 from search.chunking import chunk_document
 from search.dense_index import DenseIndex
-from search.embedding import ALL_LANGUAGES, Encoder, model_plan, space_for, token_counter
+from search.embedding import ALL_LANGUAGES, LEGACY_BACKEND, Encoder, model_plan, space_for, token_counter
 from search.errors import IncompatibleIndex, LoadError, SearchError
 from search.fusion import Ranking, fuse
 from search.loading import discover_files, read_document
@@ -95,8 +95,9 @@ def file_hash(path: str) -> str:
     return digest.hexdigest()
 
 
-def _text_key(model: str, text: str) -> str:
-    return hashlib.sha1(f"{model}\0{text}".encode("utf-8")).hexdigest()
+def _text_key(model: str, backend: str, text: str) -> str:
+    # the backend (and its precision) is part of the key: int8 and float32 vectors must not mix
+    return hashlib.sha1(f"{model}\0{backend}\0{text}".encode("utf-8")).hexdigest()
 
 
 class Engine:
@@ -159,7 +160,9 @@ class Engine:
 
     def encoder(self, space: str) -> Encoder:
         if space not in self._encoders:
-            self._encoders[space] = Encoder(self.plan[space])
+            # queries are embedded like the index was, e.g. with the ONNX export and no torch
+            backend = self.manifest["models"][space].get("backend", LEGACY_BACKEND)
+            self._encoders[space] = Encoder(self.plan[space], backend=backend)
         return self._encoders[space]
 
     def bm25_ranking(self, query: str, depth: int) -> Ranking:
@@ -402,7 +405,7 @@ class Builder:
         for space, ids in by_space.items():
             name = self.plan[space]
             encoder = Encoder(name)
-            keys = [_text_key(name, texts[pid]) for pid in ids]
+            keys = [_text_key(name, encoder.backend, texts[pid]) for pid in ids]
             missing = [i for i, key in enumerate(keys) if key not in reusable]
             dim = encoder.dim if missing else self._known_dim(space)
             matrix = np.zeros((len(ids), dim), dtype=np.float32)
@@ -416,7 +419,7 @@ class Builder:
             summary.passages_embedded += len(missing)
             summary.passages_reused += len(ids) - len(missing)
             vectors[space] = (np.asarray(ids, dtype=np.int64), matrix)
-            models[space] = {"name": name, "dim": dim}
+            models[space] = {"name": name, "dim": dim, "backend": encoder.backend}
         bar.close()
         return vectors, models
 
@@ -433,7 +436,7 @@ class Builder:
         for space, info in self.old_manifest["models"].items():
             index = DenseIndex.load(self.previous / f"dense-{space}")
             for pid, vector in zip(index.ids.tolist(), index.vectors()):
-                reusable[_text_key(info["name"], old_texts[pid])] = vector
+                reusable[_text_key(info["name"], info.get("backend", LEGACY_BACKEND), old_texts[pid])] = vector
         return reusable
 
     def _manifest(self, files: dict[str, Any], models: dict[str, dict], summary: BuildSummary) -> dict[str, Any]:
