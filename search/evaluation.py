@@ -21,6 +21,7 @@ import numpy as np
 from search import store
 from search.engine import MODES, BuildConfig, Builder, Engine, SearchConfig
 from search.embedding import LEGACY_BACKEND, Encoder, model_plan
+from search.onnx_encoder import EXPORT_VERSION
 from search.errors import SearchError
 from search.schema import Document
 
@@ -112,7 +113,7 @@ def open_eval_index(collection: Collection, model: str | None = None, cache: Pat
     # the backend too, so an ONNX int8 run never reuses float32 vectors; float32 keeps its old key
     backends = {space: Encoder(name).backend for space, name in model_plan(model).items()}
     if set(backends.values()) != {LEGACY_BACKEND}:
-        key.append(backends)
+        key.append([backends, EXPORT_VERSION])  # a new ONNX recipe re-embeds
     digest.update(json.dumps(key).encode())
     folder = store.IndexFolder(cache / f"{collection.name}-{digest.hexdigest()[:12]}")
     if not folder.exists():
