@@ -8,10 +8,12 @@ passes through untouched for users who have the hub.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -101,10 +103,174 @@ def space_for(plan: dict[str, str], language: str) -> str:
     return language if language in plan else ALL_LANGUAGES
 
 
-def pick_device() -> str:
+# ----- what a model is made of (read from its files, so no backend needs sentence-transformers) ---
+
+
+class UnsupportedModel(Exception):
+    """The model has parts the ONNX and pipeline backends do not replicate; sentence-transformers runs it."""
+
+
+# Vectors embedded before backends were recorded came from sentence-transformers in float32.
+LEGACY_BACKEND = "torch-fp32"
+BACKENDS = ("onnx", "torch")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    folder: Path  # holds the transformer weights, config.json and tokenizer.json
+    pooling: str  # "mean" or "cls"
+    max_seq_length: int  # tokens, special tokens included, as sentence-transformers truncates
+    lower_case: bool
+    dim: int
+    pad_id: int
+
+
+def _read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+@lru_cache(maxsize=None)
+def model_spec(name: str) -> ModelSpec:
+    """Replicates how sentence-transformers assembles the model: modules.json (Transformer, Pooling,
+    Normalize), the pooling config and sentence_bert_config.json; anything else is unsupported."""
+    location = Path(_local_folder(resolve_model(name)))
+    folder, pooling_dir = location, None
+    if (location / "modules.json").is_file():
+        for module in _read_json(location / "modules.json"):
+            kind = module["type"].rsplit(".", 1)[-1]
+            if kind == "Transformer":
+                folder = location / module.get("path", "")
+            elif kind == "Pooling":
+                pooling_dir = location / module["path"]
+            elif kind != "Normalize":  # vectors are normalised anyway
+                raise UnsupportedModel(f"module {module['type']} is not supported")
+    if not (folder / "tokenizer.json").is_file() or not (folder / "config.json").is_file():
+        raise UnsupportedModel(f"{folder} has no tokenizer.json or config.json")
+    config = _read_json(folder / "config.json")
+    pooling_config = _read_json(pooling_dir / "config.json") if pooling_dir else {}
+    pooling = _pooling_mode(pooling_config)
+    st_config_file = folder / "sentence_bert_config.json"
+    st_config = _read_json(st_config_file) if st_config_file.is_file() else {}
+    max_length = st_config.get("max_seq_length")
+    if max_length is None:  # sentence-transformers: the tokenizer's limit capped by the position table
+        tokenizer_config_file = folder / "tokenizer_config.json"
+        tokenizer_config = _read_json(tokenizer_config_file) if tokenizer_config_file.is_file() else {}
+        limits = [tokenizer_config.get("model_max_length"), config.get("max_position_embeddings")]
+        max_length = min((int(v) for v in limits if isinstance(v, (int, float)) and 0 < v < 1e6), default=512)
+    dim = pooling_config.get("embedding_dimension") or pooling_config.get("word_embedding_dimension") or config.get("hidden_size")
+    if not dim:
+        raise UnsupportedModel("the embedding dimension is unknown")
+    return ModelSpec(
+        name=canonical_model_name(name),
+        folder=folder,
+        pooling=pooling,
+        max_seq_length=int(max_length),
+        lower_case=bool(st_config.get("do_lower_case", False)),
+        dim=int(dim),
+        pad_id=int(config.get("pad_token_id") or 0),
+    )
+
+
+def _local_folder(location: str) -> str:
+    if Path(location).is_dir():
+        return location
+    try:  # a hub id that sentence-transformers has already downloaded
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(location, local_files_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise UnsupportedModel(f"{location!r} is not a local folder") from error
+
+
+def _pooling_mode(config: dict) -> str:
+    mode = config.get("pooling_mode")
+    if mode is None:  # sentence-transformers < 6 wrote one flag per mode
+        flags = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "max": "pooling_mode_max_tokens",
+                 "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens", "weightedmean": "pooling_mode_weightedmean_tokens",
+                 "lasttoken": "pooling_mode_lasttoken"}
+        active = [m for m, key in flags.items() if config.get(key)]
+        mode = active[0] if len(active) == 1 else ("mean" if not active else active)
+    if isinstance(mode, list) and len(mode) == 1:
+        mode = mode[0]
+    if mode not in ("mean", "cls"):
+        raise UnsupportedModel(f"pooling {mode!r} is not supported")
+    return mode
+
+
+def load_tokenizer(spec: ModelSpec):
+    """The model's fast tokenizer, truncating exactly as sentence-transformers does, unpadded."""
+    from tokenizers import Tokenizer, normalizers
+
+    tokenizer = Tokenizer.from_file(str(spec.folder / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=spec.max_seq_length)  # overrides tokenizer.json's own limit
+    tokenizer.no_padding()  # each batch is padded to its own longest text
+    if spec.lower_case:
+        steps = [tokenizer.normalizer] if tokenizer.normalizer is not None else []
+        tokenizer.normalizer = normalizers.Sequence([*steps, normalizers.Lowercase()])
+    return tokenizer
+
+
+def batches_by_length(
+    encodings: Sequence, batch_size: int, pad_id: int, max_tokens: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(rows, input_ids, attention_mask) batches of similar length, shortest first, so padding stays
+    low; a batch holds at most `batch_size` texts and, when given, `max_tokens` padded tokens."""
+    lengths = np.array([len(e.ids) for e in encodings])
+    order = np.argsort(lengths, kind="stable")
+    start = 0
+    while start < len(order):
+        end = min(start + batch_size, len(order))
+        if max_tokens is not None:  # sorted ascending, so the last row sets the padded width
+            while end - start > 1 and (end - start) * lengths[order[end - 1]] > max_tokens:
+                end = start + max(1, max_tokens // int(lengths[order[end - 1]]))
+        rows = order[start:end]
+        width = int(lengths[rows].max())
+        ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for j, i in enumerate(rows):
+            n = lengths[i]
+            ids[j, :n] = encodings[i].ids
+            mask[j, :n] = 1
+        yield rows, ids, mask
+        start = end
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
+    """Sentence vectors from token states as sentence-transformers pools them, L2-normalised."""
+    if mode == "cls":
+        vectors = hidden[:, 0].astype(np.float32)
+    else:
+        weights = mask[..., None].astype(np.float32)
+        vectors = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+# ----- backends ---------------------------------------------------------------------------------
+
+
+def gpu_present() -> bool:
+    """Whether a CUDA GPU is usable. The driver files are checked first so that machines without
+    one (every query on a laptop) never pay for importing torch."""
+    if not (os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia/version")):
+        return False
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return bool(torch.cuda.is_available())
+
+
+def pick_device() -> str:
+    return "cuda" if gpu_present() else "cpu"
+
+
+def requested_backend() -> str:
+    """SEARCH_BACKEND=onnx|torch forces a backend; by default CUDA runs torch and a CPU runs ONNX."""
+    wanted = os.environ.get("SEARCH_BACKEND", "").strip().lower()
+    if wanted and wanted not in BACKENDS:
+        raise SearchError(f"SEARCH_BACKEND={wanted!r} is not a backend: use one of {', '.join(BACKENDS)}, or unset it")
+    return wanted or ("torch" if gpu_present() else "onnx")
 
 
 @lru_cache(maxsize=8)
@@ -124,38 +290,21 @@ def load_model(name: str, device: str) -> "SentenceTransformer":
     return model
 
 
-class Encoder:
-    """A sentence-transformers model, loaded on first use, giving L2-normalised float32 vectors."""
+class SentenceTransformerEncoder:
+    """The reference backend (and the fallback for models the others cannot run)."""
 
-    def __init__(self, name: str, device: str | None = None) -> None:
-        self.name = canonical_model_name(name)
-        self._device = device
-        self._model: SentenceTransformer | None = None
-
-    @property
-    def model(self) -> "SentenceTransformer":
-        if self._model is None:
-            self._model = load_model(self.name, self._device or pick_device())
-        return self._model
-
-    @property
-    def dim(self) -> int:
-        model = self.model
+    def __init__(self, name: str, device: str) -> None:
+        self.model = load_model(name, device)
+        self.backend = "torch-fp16" if device.startswith("cuda") else "torch-fp32"
         # renamed in sentence-transformers 6; older releases only have the long name
-        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        return int(getter())
-
-    @property
-    def max_seq_length(self) -> int:
-        return int(self.model.max_seq_length)
+        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(getter())
+        self.max_seq_length = int(self.model.max_seq_length)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: "object | None" = None) -> np.ndarray:
-        """Encode texts; `progress` is an optional tqdm bar advanced by the number of texts done."""
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
         # Length-sorted chunks keep padding low; the bar advances per chunk.
         order = np.argsort([len(t) for t in texts], kind="stable")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
         step = batch_size * 8
         for start in range(0, len(order), step):
             rows = order[start : start + step]
@@ -170,3 +319,69 @@ class Encoder:
             if progress is not None:
                 progress.update(len(rows))
         return out
+
+
+@lru_cache(maxsize=8)
+def _load_backend(name: str, kind: str, device: str | None):
+    """One loaded backend per (model, kind, device) and process; engines opened later share it."""
+    if kind == "onnx":
+        from search import onnx_encoder
+
+        try:
+            return onnx_encoder.load(model_spec(name))
+        except UnsupportedModel as error:
+            onnx_encoder.warn_fallback(name, str(error))
+            return SentenceTransformerEncoder(name, "cpu")
+    device = device or pick_device()
+    if device.startswith("cuda"):
+        from search.torch_encoder import TorchEncoder
+
+        try:
+            return TorchEncoder(model_spec(name), device)
+        except UnsupportedModel:
+            pass  # sentence-transformers in half precision below
+    return SentenceTransformerEncoder(name, device)
+
+
+class Encoder:
+    """A model giving L2-normalised float32 vectors, on the backend chosen (and loaded) on first use.
+
+    `backend` is "onnx"/"torch" (or a recorded name such as "onnx-int8"); None follows
+    SEARCH_BACKEND, else CUDA when present, else ONNX. `.backend` afterwards names what actually
+    runs, e.g. "onnx-int8", "torch-fp32" or "torch-fp16", so vectors of different backends never mix.
+    """
+
+    def __init__(self, name: str, device: str | None = None, backend: str | None = None) -> None:
+        self.name = canonical_model_name(name)
+        self._device = device
+        self._kind = backend.split("-", 1)[0] if backend else None
+        if self._kind is not None and self._kind not in BACKENDS:
+            raise SearchError(f"unknown embedding backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        self._impl = None
+
+    @property
+    def impl(self):
+        if self._impl is None:
+            kind = self._kind or requested_backend()
+            if kind == "onnx" and self._device and self._device.startswith("cuda"):
+                kind = "torch"  # an explicit GPU device means the torch pipeline
+            self._impl = _load_backend(self.name, kind, self._device)
+        return self._impl
+
+    @property
+    def backend(self) -> str:
+        return self.impl.backend
+
+    @property
+    def dim(self) -> int:
+        return self.impl.dim
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.impl.max_seq_length
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: "object | None" = None) -> np.ndarray:
+        """Encode texts; `progress` is an optional tqdm bar advanced by the number of texts done."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.impl.encode(texts, batch_size, progress)

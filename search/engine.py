@@ -24,7 +24,7 @@ from search import store
 from search.bm25_index import BM25Index
 from search.chunking import chunk_document
 from search.dense_index import DenseIndex
-from search.embedding import ALL_LANGUAGES, Encoder, model_plan, space_for, token_counter
+from search.embedding import ALL_LANGUAGES, LEGACY_BACKEND, Encoder, model_plan, space_for, token_counter
 from search.errors import IncompatibleIndex, LoadError, SearchError
 from search.filtering import Facets, Filters
 from search.fusion import Ranking, fuse
@@ -106,9 +106,12 @@ def file_hash(path: str) -> str:
     return digest.hexdigest()
 
 
-def _text_key(model: str, text: str) -> int:
-    """64-bit key of a (model, text) pair: 8 bytes a passage keeps reuse lookups in numpy arrays; a
-    collision among 10 million passages has odds of about 3e-6."""
+def _text_key(model: str, backend: str, text: str) -> int:
+    """64-bit key of a (model, backend, text) triple: 8 bytes a passage keeps reuse lookups in numpy
+    arrays; a collision among 10 million passages has odds of about 3e-6. The backend (and its
+    precision) is part of the key so int8 and float32 vectors never mix; the legacy backend keeps the
+    keys of indexes written before backends were recorded."""
+    model = model if backend == LEGACY_BACKEND else f"{model}\0{backend}"
     digest = hashlib.blake2b(f"{model}\0{text}".encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
@@ -174,7 +177,9 @@ class Engine:
 
     def encoder(self, space: str) -> Encoder:
         if space not in self._encoders:
-            self._encoders[space] = Encoder(self.plan[space])
+            # queries are embedded like the index was, e.g. with the ONNX export and no torch
+            backend = self.manifest["models"][space].get("backend", LEGACY_BACKEND)
+            self._encoders[space] = Encoder(self.plan[space], backend=backend)
         return self._encoders[space]
 
     @cached_property
@@ -582,17 +587,19 @@ class _PreviousVectors:
 
     def __init__(self, generation: Path, manifest: dict[str, Any]) -> None:
         self.spaces: dict[str, tuple[str, DenseIndex, np.ndarray, np.ndarray]] = {}
+        self.backends: dict[str, str] = {}
         for space, info in manifest["models"].items():
+            self.backends[space] = info.get("backend", LEGACY_BACKEND)
             prefix = generation / f"dense-{space}"
             index = DenseIndex.load(prefix, mmap=True)
             keys_path = prefix.with_suffix(".keys.npy")
-            keys = np.load(keys_path) if keys_path.is_file() else _keys_of(generation, index, info["name"])
+            keys = np.load(keys_path) if keys_path.is_file() else _keys_of(generation, index, info["name"], self.backends[space])
             order = np.argsort(keys, kind="stable")
             self.spaces[space] = (info["name"], index, keys[order], order)
 
-    def row(self, space: str, name: str, key: int) -> int:
-        """Row of the vector of this (model, text) key in the previous index, -1 if there is none."""
-        if space not in self.spaces or self.spaces[space][0] != name:
+    def row(self, space: str, name: str, backend: str, key: int) -> int:
+        """Row of the vector of this (model, backend, text) key in the previous index, -1 if there is none."""
+        if space not in self.spaces or self.spaces[space][0] != name or self.backends[space] != backend:
             return -1
         _, _, keys, order = self.spaces[space]
         at = int(np.searchsorted(keys, key))
@@ -602,14 +609,14 @@ class _PreviousVectors:
         return self.spaces[space][1].vectors_at(np.asarray(rows, dtype=np.int64))
 
 
-def _keys_of(generation: Path, index: DenseIndex, name: str) -> np.ndarray:
+def _keys_of(generation: Path, index: DenseIndex, name: str, backend: str) -> np.ndarray:
     """Text keys of an index's rows, for generations written before keys were saved."""
     passages = store.PassageStore(generation)
     rows = index.row_of(len(passages))
     keys = np.zeros(len(index), dtype=np.uint64)
     for pid, passage in enumerate(passages):
         if rows[pid] >= 0:
-            keys[rows[pid]] = _text_key(name, contextual_text(passage))
+            keys[rows[pid]] = _text_key(name, backend, contextual_text(passage))
     return keys
 
 
@@ -643,6 +650,14 @@ class _SpaceVectors:
         self.ids, self.keys = array("q"), array("Q")
         self.queue: list[tuple[str | None, int]] = []  # (text to embed, or None and the previous row to copy)
         self._dim: int | None = None
+        self._backend: str | None = None
+
+    @property
+    def backend(self) -> str:
+        """What embeds new text here, e.g. "onnx-int8" (part of every text key)."""
+        if self._backend is None:
+            self._backend = Encoder(self.name).backend
+        return self._backend
 
     @property
     def dim(self) -> int:
@@ -655,10 +670,10 @@ class _SpaceVectors:
         return self._dim
 
     def add(self, pid: int, text: str) -> None:
-        key = _text_key(self.name, text)
+        key = _text_key(self.name, self.backend, text)
         self.ids.append(pid)
         self.keys.append(key)
-        row = self.previous.row(self.space, self.name, key) if self.previous else -1
+        row = self.previous.row(self.space, self.name, self.backend, key) if self.previous else -1
         self.queue.append((None, row) if row >= 0 else (text, -1))
         if len(self.queue) >= EMBED_BATCH:
             self._flush()
@@ -691,7 +706,7 @@ class _SpaceVectors:
             np.save(self.prefix.with_suffix(".keys.npy"), np.frombuffer(self.keys, dtype=np.uint64))
             del matrix
             self.raw_path.unlink()
-        return {"name": self.name, "dim": dim}
+        return {"name": self.name, "dim": dim, "backend": self.backend}
 
 
 def _progress_bar(desc: str, total: int | None, enabled: bool):

@@ -20,7 +20,8 @@ import numpy as np
 
 from search import store
 from search.engine import MODES, BuildConfig, Builder, Engine, SearchConfig
-from search.embedding import model_plan
+from search.embedding import LEGACY_BACKEND, Encoder, model_plan
+from search.onnx_encoder import EXPORT_VERSION
 from search.errors import SearchError
 from search.schema import Document
 
@@ -108,7 +109,12 @@ def open_eval_index(collection: Collection, model: str | None = None, cache: Pat
     with open(collection.folder / "corpus.jsonl", "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    digest.update(json.dumps([asdict(config), model_plan(model), store.FORMAT_VERSION, BUILD_VERSION]).encode())
+    key: list = [asdict(config), model_plan(model), store.FORMAT_VERSION, BUILD_VERSION]
+    # the backend too, so an ONNX int8 run never reuses float32 vectors; float32 keeps its old key
+    backends = {space: Encoder(name).backend for space, name in model_plan(model).items()}
+    if set(backends.values()) != {LEGACY_BACKEND}:
+        key.append([backends, EXPORT_VERSION])  # a new ONNX recipe re-embeds
+    digest.update(json.dumps(key).encode())
     folder = store.IndexFolder(cache / f"{collection.name}-{digest.hexdigest()[:12]}")
     if not folder.exists():
         with folder.build_lock(wait=True):

@@ -1,0 +1,170 @@
+"""Embedding backends against sentence-transformers float32, and the query path without torch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search import Engine, SearchError
+from search.embedding import Encoder, batches_by_length, load_model, load_tokenizer, model_spec
+from search import onnx_encoder
+
+from conftest import write_notes
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {"m3e-small": "cmedqq", "all-MiniLM-L6-v2": "scifact"}
+SENTENCES = {
+    "m3e-small": ["序列并行沿序列维度切分输入，DeepSpeed-Ulysses 使用 all-to-all 通信交换注意力头。", "番茄炒蛋怎么做", "糖"],
+    "all-MiniLM-L6-v2": ["How do I merge keyword and vector search results?", "Steep green tea below boiling.", "tea"],
+}
+
+
+def real_texts(eval_dir: Path, name: str, count: int = 24) -> list[str]:
+    """Passages of the model's own language from ../shared/eval, long ones included."""
+    texts = list(SENTENCES[name])
+    with open(eval_dir / MODELS[name] / "corpus.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            texts.append(f"{record.get('title') or ''}\n{record['text']}".strip())
+            if len(texts) == count:
+                break
+    return texts
+
+
+def reference(name: str, texts: list[str]) -> np.ndarray:
+    return load_model(name, "cpu").encode(texts, batch_size=8, normalize_embeddings=True, convert_to_numpy=True)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_spec_matches_sentence_transformers(name):
+    spec, model = model_spec(name), load_model(name, "cpu")
+    assert spec.max_seq_length == model.max_seq_length
+    assert spec.dim == model.get_embedding_dimension() and spec.pooling == "mean"
+    long_text = "序列并行 sequence parallel, " * 200
+    texts = [long_text, "  padded  ", "番茄炒蛋"]
+    ours = [e.ids for e in load_tokenizer(spec).encode_batch(texts)]
+    theirs = model.tokenize(texts)
+    for row, ids in enumerate(ours):
+        assert ids == theirs["input_ids"][row][theirs["attention_mask"][row].bool()].tolist()
+    assert len(ours[0]) == spec.max_seq_length  # truncated like sentence-transformers, specials included
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_matches_sentence_transformers(name, eval_dir):
+    texts = real_texts(eval_dir, name)
+    encoder = Encoder(name, backend="onnx")
+    vectors = encoder.encode(texts, batch_size=5)  # several padded batches
+    assert encoder.backend == "onnx-int8" and vectors.dtype == np.float32
+    assert vectors.shape == (len(texts), encoder.dim)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    cosines = (vectors * reference(name, texts)).sum(axis=1)
+    assert cosines.min() >= 0.99, cosines
+    # dynamic quantisation scales activations per batch, so batch-mates move a vector only slightly
+    assert float(encoder.encode(texts[3:4])[0] @ vectors[3]) >= 0.99
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_torch_pipeline_on_cpu_matches_sentence_transformers(name, eval_dir):
+    from search.torch_encoder import TorchEncoder
+
+    texts = real_texts(eval_dir, name)
+    # a small token budget forces many batches through the background thread
+    encoder = TorchEncoder(model_spec(name), "cpu", tokens_per_batch=600)
+    vectors = encoder.encode(texts)
+    assert encoder.backend == "torch-fp32" and vectors.shape == (len(texts), model_spec(name).dim)
+    cosines = (vectors * reference(name, texts)).sum(axis=1)
+    assert cosines.min() >= 0.999, cosines
+
+
+def test_batches_cover_every_text_within_the_token_budget():
+    tokenizer = load_tokenizer(model_spec("all-MiniLM-L6-v2"))
+    texts = ["word " * n for n in (1, 50, 3, 120, 7, 7, 200, 2)]
+    encodings = tokenizer.encode_batch(texts)
+    seen, widths = [], []
+    for rows, ids, mask in batches_by_length(encodings, 4, 0, max_tokens=256):
+        assert ids.shape == mask.shape and ids.shape[0] == len(rows) <= 4
+        assert ids.size <= 256 or len(rows) == 1
+        for row, i in enumerate(rows):
+            assert ids[row, : mask[row].sum()].tolist() == encodings[i].ids
+        seen.extend(rows.tolist())
+        widths.append(ids.shape[1])
+    assert sorted(seen) == list(range(len(texts))) and widths == sorted(widths)
+
+
+def test_export_cache_is_reused_and_complete(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEARCH_CACHE", str(tmp_path))
+    spec = model_spec("all-MiniLM-L6-v2")
+    path = onnx_encoder.ensure_export(spec)
+    assert path.name == "model.int8.onnx" and path.parent.parent == tmp_path / "onnx"
+    assert not [p for p in path.parent.parent.iterdir() if p.name.startswith(".tmp-")]  # staging renamed away
+
+    def no_export(*_):
+        raise AssertionError("exported again although the cache holds the model")
+
+    monkeypatch.setattr(onnx_encoder, "_export", no_export)
+    assert onnx_encoder.ensure_export(spec) == path
+    assert onnx_encoder.export_dir(spec) == path.parent  # the key is stable across processes
+
+
+def test_unexportable_model_falls_back_with_one_warning(tmp_path, capfd):
+    from sentence_transformers import SentenceTransformer, models
+
+    base = model_spec("all-MiniLM-L6-v2").folder
+    transformer = models.Transformer(str(base))
+    dense = models.Dense(in_features=384, out_features=32)  # a layer the ONNX backend does not replicate
+    SentenceTransformer(modules=[transformer, models.Pooling(384, "mean"), dense]).save(str(tmp_path / "dense"))
+    capfd.readouterr()
+    encoder = Encoder(str(tmp_path / "dense"), backend="onnx")
+    vectors = encoder.encode(["one sentence", "another"])
+    assert encoder.backend == "torch-fp32" and vectors.shape == (2, 32)
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "sentence-transformers" in warnings[0]
+
+
+def test_backend_option_is_checked(monkeypatch):
+    monkeypatch.setenv("SEARCH_BACKEND", "tensorflow")
+    with pytest.raises(SearchError, match="SEARCH_BACKEND"):
+        Encoder("m3e-small").backend
+
+
+def test_switching_backend_reembeds_instead_of_mixing(tmp_path, monkeypatch):
+    notes = write_notes(tmp_path / "notes")
+    monkeypatch.setenv("SEARCH_BACKEND", "onnx")
+    first = Engine.build([notes], tmp_path / "index").build_summary
+    manifest = Engine.open(tmp_path / "index").manifest
+    assert {info["backend"] for info in manifest["models"].values()} == {"onnx-int8"}
+    monkeypatch.setenv("SEARCH_BACKEND", "torch")
+    switched = Engine.build([notes], tmp_path / "index")
+    assert switched.build_summary.passages_embedded == first.passages and switched.build_summary.passages_reused == 0
+    assert {info["backend"] for info in switched.manifest["models"].values()} == {"torch-fp32"}
+    again = Engine.build([notes], tmp_path / "index").build_summary
+    assert again.passages_reused == first.passages and again.passages_embedded == 0
+
+
+QUERY_SCRIPT = """
+import sys
+from search.cli import cli
+try:
+    cli(["query", sys.argv[1], "--index", sys.argv[2], "-k", "1"], standalone_mode=False)
+finally:
+    heavy = sorted(m for m in ("torch", "sentence_transformers", "transformers") if m in sys.modules)
+    print("HEAVY=" + ",".join(heavy))
+"""
+
+
+def test_query_in_a_fresh_process_imports_no_torch(tmp_path, monkeypatch):
+    monkeypatch.delenv("SEARCH_BACKEND", raising=False)
+    notes = write_notes(tmp_path / "notes")
+    Engine.build([notes], tmp_path / "index")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("SEARCH_BACKEND", None)
+    for query, expected in (("序列并行", "并行.md"), ("how long should I brew green tea", "cooking.md")):
+        done = subprocess.run([sys.executable, "-c", QUERY_SCRIPT, query, str(tmp_path / "index")],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert expected in done.stdout
+        assert done.stdout.strip().endswith("HEAVY="), done.stdout
