@@ -60,7 +60,12 @@ def test_sigkill_at_any_moment_leaves_an_index_that_answers(tmp_path):
     Engine.build([notes], index)
     generate_notes(notes / "later", 20)  # the interrupted builds have new work to do
 
-    delay, kills = 0.5, 0
+    # Kill at 8 points spread over one uninterrupted run, whatever this machine's speed.
+    started = time.perf_counter()
+    subprocess.run([SEARCH, "index", str(notes), "--index", str(tmp_path / "timing"), "--rebuild"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    step = (time.perf_counter() - started) / 8
+    delay, kills = step, 0
     while True:
         process = subprocess.Popen([SEARCH, "index", str(notes), "--index", str(index), "--rebuild"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -73,7 +78,7 @@ def test_sigkill_at_any_moment_leaves_an_index_that_answers(tmp_path):
             kills += 1
         engine = Engine.open(index)
         assert engine.search("序列并行", k=3), f"no answer after a kill at {delay:.1f}s"
-        delay += 0.8
+        delay += step
     assert kills >= 4
 
     Engine.build([notes], index)  # no stale lock; finishes the work
