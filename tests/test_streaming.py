@@ -59,7 +59,11 @@ def test_vectors_embedded_in_batches_equal_direct_encoding(tmp_path, monkeypatch
     for space, index in engine.dense.items():
         assert len(index) > 0
         direct = Encoder(engine.plan[space]).encode([texts[i] for i in index.ids.tolist()])
-        np.testing.assert_allclose(index.vectors(), direct, atol=2e-5)
+        # int8 ONNX scales activations per batch, so batch-mates move a vector slightly (cosine >= 0.99);
+        # each stored row must still be its own passage's vector, not a neighbour's
+        similarity = np.asarray(index.vectors()) @ direct.T
+        assert np.all(np.diag(similarity) >= 0.99)
+        assert similarity.argmax(axis=1).tolist() == list(range(len(direct)))
     assert sorted(pid for index in engine.dense.values() for pid in index.ids.tolist()) == list(range(len(texts)))
     assert set(engine.build_summary.stage_seconds) >= {"embed", "dense"}
 
