@@ -142,12 +142,7 @@ class DenseIndex:
         """Cosine of the query with the vectors at `rows` (for candidates the search did not return)."""
         if len(rows) == 0:
             return np.zeros(0, dtype=np.float32)
-        rows = np.asarray(rows, dtype=np.int64)
-        if self.exact:
-            vectors = self.index.reconstruct_batch(rows)
-        else:
-            vectors = np.asarray(self._exact[rows])  # reads only these rows of the memory map
-        return vectors @ np.asarray(query, dtype=np.float32).reshape(-1)
+        return self.vectors_at(rows) @ np.asarray(query, dtype=np.float32).reshape(-1)
 
     def row_of(self, n_passages: int) -> np.ndarray:
         """Row of each passage id in this index, -1 for passages of other spaces."""
@@ -156,12 +151,14 @@ class DenseIndex:
         return rows
 
     def vectors_at(self, rows: np.ndarray) -> np.ndarray:
-        """The stored float32 vectors at `rows` (an incremental build copies them instead of re-embedding)."""
+        """The stored float32 vectors at `rows` (scoring candidates; an incremental build copies them
+        instead of re-embedding)."""
         if len(rows) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        rows = np.asarray(rows, dtype=np.int64)
         if not self.exact:
-            return np.asarray(self._exact[np.asarray(rows, dtype=np.int64)])
-        return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+            return np.asarray(self._exact[rows])  # reads only these rows of the memory map
+        return self.index.reconstruct_batch(rows)
 
     def vectors(self) -> np.ndarray:
         """All stored vectors in row order (reused by incremental builds instead of re-embedding)."""

@@ -192,9 +192,6 @@ class Engine:
         """allowed[passage id] for `filters`, or None when they do not restrict."""
         return self.facets.mask(filters) if filters else None
 
-    def bm25_ranking(self, query: str, depth: int, allowed: np.ndarray | None = None) -> Ranking:
-        return self.bm25.top_k(tokenize(query), depth, allowed)
-
     def dense_ranking(
         self, query: str, depth: int, allowed: np.ndarray | None = None
     ) -> tuple[Ranking, dict[int, float], dict[str, np.ndarray]]:
@@ -223,13 +220,13 @@ class Engine:
         ids = np.array([pid for pid, _ in merged], dtype=np.int64)
         return (ids, np.array([score for _, score in merged])), cosines, vectors
 
-    def _score_all_candidates(self, query: str, retrieval: Retrieval, vectors: dict[str, np.ndarray]) -> None:
+    def _score_all_candidates(self, query_tokens: list[str], retrieval: Retrieval, vectors: dict[str, np.ndarray]) -> None:
         """Give every candidate of either list its BM25 score and its cosine, so fusion never has
         to treat "not retrieved" as a score of zero."""
         union = np.union1d(retrieval.bm25[0], retrieval.dense[0])
         retrieval.bm25_scores = dict(zip(retrieval.bm25[0].tolist(), retrieval.bm25[1].tolist()))
         if len(retrieval.bm25_scores) < len(union):
-            all_scores = self.bm25.scores(tokenize(query))
+            all_scores = self.bm25.scores(query_tokens)
             retrieval.bm25_scores = dict(zip(union.tolist(), all_scores[union].tolist()))
         missing = np.array([pid for pid in union.tolist() if pid not in retrieval.cosines], dtype=np.int64)
         for space, vector in vectors.items():
@@ -258,11 +255,12 @@ class Engine:
             raise SearchError("empty query: give some words to search for")
         mode = self._mode(mode)
         empty: Ranking = (np.zeros(0, dtype=np.int64), np.zeros(0))
-        bm25 = self.bm25_ranking(query, depth, allowed) if mode != "dense" else empty
+        tokens = tokenize(query) if mode != "dense" else []  # once: BM25 candidates and their full scores
+        bm25 = self.bm25.top_k(tokens, depth, allowed) if mode != "dense" else empty
         dense, cosines, vectors = self.dense_ranking(query, depth, allowed) if mode != "bm25" else (empty, {}, {})
         retrieval = Retrieval(bm25, dense, cosines)
         if mode == "hybrid":
-            self._score_all_candidates(query, retrieval, vectors)
+            self._score_all_candidates(tokens, retrieval, vectors)
         return retrieval
 
     def rank(self, retrieval: Retrieval, mode: str = "hybrid", config: SearchConfig | None = None) -> list[tuple[int, float]]:

@@ -190,12 +190,6 @@ class PassageWriter:
         self.close()
 
 
-def write_passages(generation: Path, passages: list[Passage], tokens: list[list[str]]) -> None:
-    with PassageWriter(generation) as writer:
-        for passage, own in zip(passages, tokens):
-            writer.add(passage, own)
-
-
 def iter_tokens(generation: Path) -> Iterator[list[str]]:
     """The BM25 tokens of each passage in order, streamed from disk."""
     with open(generation / "tokens.jsonl", encoding="utf-8") as handle:
