@@ -339,8 +339,17 @@ def as_unprivileged(args, cwd):
     if shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv: cannot make a file unreadable")
     prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    env = {**os.environ, "HOME": cwd, "PYTHONPATH": str(REPO)}
-    return subprocess.run(prefix + args, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    # nobody may not be able to enter the checkout (a clone in a mode-700 `mktemp -d`, as CI does), so the
+    # package is copied beside the test folder; loading needs nothing outside the standard library
+    code = Path(cwd + "-code")
+    shutil.copytree(REPO / "search", code / "search", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in (code, *code.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    env = {**os.environ, "HOME": cwd, "PYTHONPATH": str(code)}
+    try:
+        return subprocess.run(prefix + args, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        shutil.rmtree(code)
 
 
 def test_unreadable_files_and_folders_are_skipped_with_the_reason():
