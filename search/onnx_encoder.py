@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -26,11 +27,16 @@ import numpy as np
 from search.embedding import ModelSpec, UnsupportedModel, batches_by_length, load_tokenizer, pool
 
 # Bump when the export recipe changes, so cached exports are remade.
-EXPORT_VERSION = 2
+EXPORT_VERSION = 3
 # Per-channel weight scales: per-tensor int8 cost all-MiniLM-L6-v2 a mean cosine of 0.94 to its
 # float32 vectors, per-channel keeps 0.994. The FFN down-projections read GELU outputs whose long
 # tails quantise badly; keeping them in float32 lifts the worst passage from 0.989 to 0.995.
-EXPORT_SETTINGS = {"opset": 17, "weights": "int8", "per_channel": True, "fusion": "bert", "float_after_gelu": True}
+# Activations are quantised per tensor at run time, so a few outlier channels (BERT's layer norms
+# make some) squeeze every other channel into a handful of levels; SmoothQuant moves that range into
+# the per-channel weights: mean cosine to float32 on 600 SciFact passages 0.9972 -> 0.9987 for MiniLM,
+# 0.9991 -> 0.9996 on cmedqq for M3E-small, at the cost of one elementwise Mul per quantised node.
+EXPORT_SETTINGS = {"opset": 17, "weights": "int8", "per_channel": True, "fusion": "bert", "float_after_gelu": True,
+                   "smooth_alpha": 0.5}
 _GELU = {"Gelu", "BiasGelu", "FastGelu", "QuickGelu"}
 MODEL_FILE = "model.int8.onnx"
 BACKEND = "onnx-int8"
@@ -38,6 +44,22 @@ BACKEND = "onnx-int8"
 _FUSABLE = {"bert", "roberta", "xlm-roberta", "camembert", "electra"}
 # Probe sentences checked after every export: different lengths exercise the dynamic axes.
 _PROBES = ["序列并行沿序列维度切分输入。", "Knead the dough for ten minutes, then let it rise.", "番茄炒蛋", "a"]
+# Activation ranges per channel are measured on these (both languages, prose and lists, short and
+# long): the outlier channels belong to the model, not to the text, so a few hundred tokens find them.
+_CALIBRATION = [
+    "Sequence parallelism splits the input along the sequence dimension, so each device holds a slice of the activations.",
+    "The patient was given 5 mg of amlodipine daily; blood pressure fell from 160/100 to 130/85 within four weeks.",
+    "How do I merge keyword and vector results? Reciprocal rank fusion adds 1/(k + rank) from each list.",
+    "Preheat the oven to 220 °C. Knead the dough for ten minutes, then let it rise for an hour in a warm place.",
+    "In 1905 Einstein published four papers: the photoelectric effect, Brownian motion, special relativity and E = mc².",
+    "Error: ModuleNotFoundError: No module named 'torch' (pip install torch==2.13.0 --index-url https://example.org/cpu)",
+    "序列并行沿序列维度切分输入，每张卡只保存一部分激活值，从而降低显存占用。",
+    "患者男，45岁，反复上腹痛三年，饭后加重，胃镜提示十二指肠球部溃疡，请问应该吃什么药？",
+    "番茄炒蛋的做法：鸡蛋打散，番茄切块，先炒蛋再炒番茄，最后加盐和少许白糖。",
+    "北京是中华人民共和国的首都，位于华北平原北部，2008年举办了第29届夏季奥运会。",
+    "小布小布，明天早上七点叫我起床，顺便告诉我明天深圳的天气怎么样。",
+    "混合检索：先用BM25召回候选，再用向量相似度重排，最后用RRF融合两个排序。",
+]
 # int8 stays above 0.97 even on a text of unknown tokens; a broken graph (shapes baked in by
 # tracing, a wrong input) lands far lower.
 _MIN_PROBE_COSINE = 0.95
@@ -151,8 +173,9 @@ def _export(spec: ModelSpec, staging: Path) -> None:
     except Exception as error:  # noqa: BLE001 - unusual architectures fail in many ways
         raise UnsupportedModel(f"torch.onnx.export failed: {error}") from error
     source = _fuse(float_file, fused_file, model.config) or float_file
-    _quantize(source, staging / MODEL_FILE)
-    for path in (float_file, fused_file):
+    smooth_file = staging / "model.smooth.onnx"
+    _quantize(_smooth(source, smooth_file, spec) or source, staging / MODEL_FILE)
+    for path in (float_file, fused_file, smooth_file):
         path.unlink(missing_ok=True)
     _check_against_torch(spec, model, staging / MODEL_FILE)
     (staging / "export.json").write_text(json.dumps({"model": spec.name, "folder": str(spec.folder), **EXPORT_SETTINGS}, indent=1))
@@ -174,6 +197,66 @@ def _fuse(source: Path, target: Path, config) -> Path | None:
         return None
 
 
+def _after_gelu(graph) -> list[str]:
+    """MatMuls reading a GELU output: kept float32 (see EXPORT_SETTINGS)."""
+    producer = {output: node.op_type for node in graph.node for output in node.output}
+    return [node.name for node in graph.node if node.op_type == "MatMul" and producer.get(node.input[0]) in _GELU]
+
+
+def _smooth(source: Path, target: Path, spec: ModelSpec) -> Path | None:
+    """SmoothQuant (Xiao et al. 2023) for every node the quantiser will make int8: divide its input's
+    channel j by s_j = sqrt(max|x_j| / max|w_j|) in a Mul and multiply weight row j by s_j. The product
+    is unchanged in float; int8 then sees activations and weights with balanced ranges. None when the
+    graph cannot be calibrated (it is then quantised unsmoothed)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    readers = Counter(name for node in graph.node for name in node.input)
+    float_kept = set(_after_gelu(graph)) if EXPORT_SETTINGS["float_after_gelu"] else set()
+    targets = {node.name: node for node in graph.node if node.op_type in ("MatMul", "Attention") and node.name not in float_kept
+               and node.input[1] in weights and len(weights[node.input[1]].dims) == 2 and readers[node.input[1]] == 1}
+    try:
+        ranges = _activation_ranges(model, sorted({node.input[0] for node in targets.values()}), spec)
+    except Exception:  # noqa: BLE001 - an unusual graph; plain per-tensor int8 is still correct
+        return None
+    alpha = EXPORT_SETTINGS["smooth_alpha"]
+    nodes = []
+    for node in graph.node:
+        if node.name in targets:
+            weight = numpy_helper.to_array(weights[node.input[1]])
+            scale = np.maximum(ranges[node.input[0]], 1e-5) ** alpha / np.maximum(np.abs(weight).max(axis=1), 1e-5) ** (1 - alpha)
+            weights[node.input[1]].CopyFrom(numpy_helper.from_array((weight * scale[:, None]).astype(np.float32), node.input[1]))
+            inverse, scaled = f"{node.name}/smooth_inverse", f"{node.name}/smooth_input"
+            graph.initializer.append(numpy_helper.from_array((1 / scale).astype(np.float32), inverse))
+            nodes.append(helper.make_node("Mul", [node.input[0], inverse], [scaled], name=f"{node.name}/smooth"))
+            node.input[0] = scaled
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(target))
+    return target
+
+
+def _activation_ranges(model, names: list[str], spec: ModelSpec) -> dict[str, np.ndarray]:
+    """max |x| per channel of these tensors over the calibration texts (one text per run: no padding)."""
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    ranges = {name: np.zeros(1, dtype=np.float32) for name in names}
+    for encoding in load_tokenizer(spec).encode_batch(_CALIBRATION):
+        ids = np.array([encoding.ids], dtype=np.int64)
+        for name, value in zip(names, session.run(names, {"input_ids": ids, "attention_mask": np.ones_like(ids)})):
+            ranges[name] = np.maximum(ranges[name], np.abs(value).reshape(-1, value.shape[-1]).max(axis=0))
+    return ranges
+
+
 def _quantize(source: Path, target: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -182,9 +265,7 @@ def _quantize(source: Path, target: Path) -> None:
 
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser logs advice about static preprocessing
-    graph = onnx.load(str(source), load_external_data=False).graph
-    producer = {output: node.op_type for node in graph.node for output in node.output}
-    after_gelu = [node.name for node in graph.node if node.op_type == "MatMul" and producer.get(node.input[0]) in _GELU]
+    after_gelu = _after_gelu(onnx.load(str(source), load_external_data=False).graph)
     try:
         quantize_dynamic(
             str(source), str(target), weight_type=QuantType.QInt8, per_channel=EXPORT_SETTINGS["per_channel"],
