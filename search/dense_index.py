@@ -10,12 +10,16 @@ The index type follows the size of the space:
   neighbour the probed lists miss can be lost (recall@10 is measured by benchmarks/speed.py).
 
 IVF rather than HNSW: it builds in seconds at 1M vectors on two cores (HNSW takes many minutes),
-and both its lists and the float32 vectors are read memory-mapped, so a query process touches only
-the lists it probes and the rows it re-ranks (RSS stays far under 2 GB at 1M passages).
+and its lists are read memory-mapped, so a query process touches only the lists it probes. The
+float32 rows a query re-ranks are read with positional reads (RowFile), not through a memory map:
+each page fault on a mapped file maps its cached neighbours too (the kernel's fault-around, 64 KiB),
+so 30k scattered 2 KiB rows mapped 1.9 GB of a 1M-vector file into the process, where reads keep
+them in the shared page cache and out of the query process's RSS.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import faiss
@@ -60,7 +64,7 @@ class DenseIndex:
     # and costs in proportion to the allowed rows (benchmarks/filters.py).
     EXACT_FILTER_ROWS = 5_000
 
-    def __init__(self, index: faiss.Index, ids: np.ndarray, exact_vectors: np.ndarray | None = None) -> None:
+    def __init__(self, index: faiss.Index, ids: np.ndarray, exact_vectors: "np.ndarray | RowFile | None" = None) -> None:
         if index.ntotal != len(ids):
             raise ValueError(f"FAISS index has {index.ntotal} vectors but {len(ids)} ids")
         if exact_vectors is not None and len(exact_vectors) != len(ids):
@@ -156,14 +160,18 @@ class DenseIndex:
         if len(rows) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         rows = np.asarray(rows, dtype=np.int64)
+        if isinstance(self._exact, RowFile):
+            return self._exact.rows(rows)
         if not self.exact:
-            return np.asarray(self._exact[rows])  # reads only these rows of the memory map
+            return np.asarray(self._exact[rows])
         return self.index.reconstruct_batch(rows)
 
     def vectors(self) -> np.ndarray:
         """All stored vectors in row order (reused by incremental builds instead of re-embedding)."""
         if len(self) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if isinstance(self._exact, RowFile):
+            return self._exact.all()
         if not self.exact:
             return self._exact
         return self.index.reconstruct_n(0, len(self))
@@ -172,7 +180,7 @@ class DenseIndex:
         faiss.write_index(self.index, str(prefix.with_suffix(".faiss")))
         np.save(prefix.with_suffix(".ids.npy"), self.ids)
         if not self.exact:
-            np.save(prefix.with_suffix(".vectors.npy"), np.ascontiguousarray(self._exact, dtype=np.float32))
+            np.save(prefix.with_suffix(".vectors.npy"), np.ascontiguousarray(self.vectors(), dtype=np.float32))
 
     @classmethod
     def load(cls, prefix: Path, mmap: bool = True) -> "DenseIndex":
@@ -184,8 +192,51 @@ class DenseIndex:
         if vectors_path.is_file():
             index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
             index.nprobe = ivf_probes(faiss.extract_index_ivf(index).nlist)
-            return cls(index, ids, np.load(vectors_path, mmap_mode="r" if mmap else None))
+            return cls(index, ids, RowFile(vectors_path) if mmap else np.load(vectors_path))
         return cls(faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0), ids)
+
+
+class RowFile:
+    """Rows of a 2-D float32 .npy file, read on demand with positional reads (see the module docstring
+    for why not a memory map). `all()` maps the whole file, for the callers that scan every row."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        header = np.load(path, mmap_mode="r")  # numpy parses the header; no page is read here
+        shape, dtype, fortran, self.offset = header.shape, header.dtype, np.isfortran(header), header.offset
+        del header
+        if len(shape) != 2 or fortran or dtype != np.float32:
+            raise ValueError(f"{path}: expected a C-ordered 2-D float32 array, found {dtype} {shape}")
+        self.shape = shape
+        self.row_bytes = shape[1] * 4
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors at `rows` (any order, repeats allowed); runs of consecutive rows are one read."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return np.zeros((0, self.shape[1]), dtype=np.float32)
+        if rows.min() < 0 or rows.max() >= len(self):
+            raise IndexError(f"row out of range for {len(self)} vectors")
+        unique, where = np.unique(rows, return_inverse=True)
+        out = np.empty((len(unique), self.shape[1]), dtype=np.float32)
+        breaks = np.flatnonzero(np.diff(unique) != 1) + 1
+        for start, end in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(unique)].tolist()):
+            size = (end - start) * self.row_bytes
+            data = os.pread(self._fd, size, self.offset + int(unique[start]) * self.row_bytes)
+            out[start:end] = np.frombuffer(data, dtype=np.float32).reshape(end - start, -1)
+        return out[where.reshape(-1)]
+
+    def all(self) -> np.ndarray:
+        return np.load(self.path, mmap_mode="r")
 
 
 def _add_in_chunks(index: faiss.Index, vectors: np.ndarray) -> None:

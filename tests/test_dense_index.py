@@ -1,7 +1,8 @@
 import faiss
 import numpy as np
+import pytest
 
-from search.dense_index import DenseIndex
+from search.dense_index import DenseIndex, RowFile
 
 
 def unit(rows):
@@ -78,3 +79,17 @@ def test_approximate_recall_against_exact(tmp_path):
         np.testing.assert_allclose(scores, vectors[got] @ query, rtol=1e-5)
         assert np.all(np.diff(scores) <= 0)
     assert np.mean(recall) >= 0.98
+
+
+def test_row_file_reads_any_rows_in_the_order_asked(tmp_path):
+    vectors = clustered(1000, 24, seed=2)
+    np.save(tmp_path / "v.npy", vectors)
+    rows_of = RowFile(tmp_path / "v.npy")
+    assert len(rows_of) == 1000
+    # unsorted, repeated, and runs of neighbours (read as one span each)
+    rows = np.array([999, 3, 4, 5, 3, 0, 998, 500, 501, 999])
+    np.testing.assert_array_equal(rows_of.rows(rows), vectors[rows])
+    assert rows_of.rows(np.array([], dtype=np.int64)).shape == (0, 24)
+    np.testing.assert_array_equal(rows_of.all(), vectors)
+    with pytest.raises(IndexError):
+        rows_of.rows(np.array([1000]))
