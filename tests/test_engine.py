@@ -30,7 +30,7 @@ def test_build_summary_and_models(built):
     assert models["en"]["name"] == "all-MiniLM-L6-v2" and models["en"]["dim"] == 384
     assert models["zh"]["passages"] > 0 and models["en"]["passages"] > 0
     stages = summary.stage_seconds
-    assert set(stages) == {"load_chunk", "tokenize", "embed", "bm25", "dense", "write"}
+    assert set(stages) == {"load", "chunk", "tokenize", "embed", "bm25", "dense", "write"}
     assert all(t >= 0 for t in stages.values()) and sum(stages.values()) <= summary.seconds + 0.01
     assert stages["embed"] > stages["bm25"]  # loading and running two models outweighs a 3-file BM25
 
