@@ -12,11 +12,12 @@ import hashlib
 import os
 import time
 from array import array
+from concurrent.futures import ThreadPoolExecutor
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -170,9 +171,10 @@ class Engine:
 
     def encoder(self, space: str) -> Encoder:
         if space not in self._encoders:
-            # queries are embedded like the index was, e.g. with the ONNX export and no torch
+            # queries are embedded like the index was, e.g. with the ONNX export and no torch; one
+            # thread per model, since a short query gains little from more and the models run side by side
             backend = self.manifest["models"][space].get("backend", LEGACY_BACKEND)
-            self._encoders[space] = Encoder(self.plan[space], backend=backend)
+            self._encoders[space] = Encoder(self.plan[space], backend=backend, threads=1)
         return self._encoders[space]
 
     @cached_property
@@ -188,30 +190,51 @@ class Engine:
     def dense_ranking(
         self, query: str, depth: int, allowed: np.ndarray | None = None
     ) -> tuple[Ranking, dict[int, float], dict[str, np.ndarray]]:
-        """Dense candidates merged over embedding spaces, and each candidate's cosine score.
+        """Dense candidates merged over embedding spaces, and each candidate's cosine score."""
+        return self._start_dense(query, depth, allowed)()
+
+    def _start_dense(self, query: str, depth: int, allowed: np.ndarray | None) -> Callable[[], tuple[Ranking, dict[int, float], dict[str, np.ndarray]]]:
+        """Start encoding and searching every embedding space, each in its own thread (onnxruntime and
+        FAISS release the GIL, so two models take the time of one on two cores); the returned function
+        waits for them and merges their results.
 
         Cosines of different models are not comparable, so spaces merge by weighted RRF, favouring
         the space of the query's language.
         """
         language = detect_language(query)
-        rankings, weights, cosines, vectors = [], [], {}, {}
+        jobs = {}
         for space, index in self.dense.items():
             if len(index) == 0:
                 continue
             rows = None if allowed is None else np.flatnonzero(allowed[index.ids])
             if rows is not None and len(rows) == 0:
                 continue  # no allowed passage in this space: no need to encode the query for it
-            vector = vectors[space] = self.encoder(space).encode([query])[0]
-            ids, scores = index.search(vector, depth, allowed_rows=rows)
-            rankings.append((ids, scores))
-            same = space in (ALL_LANGUAGES, language)
-            weights.append(1.0 if same else self.config.cross_language_weight)
-            cosines.update(zip(ids.tolist(), scores.tolist()))
-        if len(rankings) == 1:
-            return rankings[0], cosines, vectors
-        merged = fuse(rankings, weights, "rrf", self.config.rrf_k)[:depth]
-        ids = np.array([pid for pid, _ in merged], dtype=np.int64)
-        return (ids, np.array([score for _, score in merged])), cosines, vectors
+            jobs[space] = self._space_threads.submit(self._search_space, space, query, depth, rows)
+
+        def merge() -> tuple[Ranking, dict[int, float], dict[str, np.ndarray]]:
+            rankings, weights, cosines, vectors = [], [], {}, {}
+            for space, job in jobs.items():
+                vectors[space], (ids, scores) = job.result()
+                rankings.append((ids, scores))
+                weights.append(1.0 if space in (ALL_LANGUAGES, language) else self.config.cross_language_weight)
+                cosines.update(zip(ids.tolist(), scores.tolist()))
+            if len(rankings) == 1:
+                return rankings[0], cosines, vectors
+            if not rankings:
+                return (np.zeros(0, dtype=np.int64), np.zeros(0)), cosines, vectors
+            merged = fuse(rankings, weights, "rrf", self.config.rrf_k)[:depth]
+            ids = np.array([pid for pid, _ in merged], dtype=np.int64)
+            return (ids, np.array([score for _, score in merged])), cosines, vectors
+
+        return merge
+
+    def _search_space(self, space: str, query: str, depth: int, rows: np.ndarray | None) -> tuple[np.ndarray, Ranking]:
+        vector = self.encoder(space).encode([query])[0]
+        return vector, self.dense[space].search(vector, depth, allowed_rows=rows)
+
+    @cached_property
+    def _space_threads(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max(1, len(self.dense)), thread_name_prefix="search-space")
 
     def _score_all_candidates(self, query_tokens: list[str], retrieval: Retrieval, vectors: dict[str, np.ndarray]) -> None:
         """Give every candidate of either list its BM25 score and its cosine, so fusion never has
@@ -248,9 +271,11 @@ class Engine:
             raise SearchError("empty query: give some words to search for")
         mode = self._mode(mode)
         empty: Ranking = (np.zeros(0, dtype=np.int64), np.zeros(0))
+        dense_done = self._start_dense(query, depth, allowed) if mode != "bm25" else (lambda: (empty, {}, {}))
+        # BM25 runs here while the spaces encode and search in their threads
         tokens = tokenize(query) if mode != "dense" else []  # once: BM25 candidates and their full scores
         bm25 = self.bm25.top_k(tokens, depth, allowed) if mode != "dense" else empty
-        dense, cosines, vectors = self.dense_ranking(query, depth, allowed) if mode != "bm25" else (empty, {}, {})
+        dense, cosines, vectors = dense_done()
         retrieval = Retrieval(bm25, dense, cosines)
         if mode == "hybrid":
             self._score_all_candidates(tokens, retrieval, vectors)

@@ -32,7 +32,6 @@ def test_build_summary_and_models(built):
     stages = summary.stage_seconds
     assert set(stages) == {"load", "chunk", "tokenize", "embed", "bm25", "dense", "write"}
     assert all(t >= 0 for t in stages.values()) and sum(stages.values()) <= summary.seconds + 0.01
-    assert stages["embed"] > stages["bm25"]  # loading and running two models outweighs a 3-file BM25
 
 
 def test_hybrid_hit_carries_all_fields(built):
