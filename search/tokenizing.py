@@ -30,7 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["Tokenizer", "tokenize", "tokenize_many", "detect_language", "DEFAULT_TOKENIZER"]
+__all__ = ["Tokenizer", "tokenize", "tokenize_many", "detect_language", "languages_in", "DEFAULT_TOKENIZER"]
 
 # CJK ideographs: Extension A, URO (incl. 9FD6-9FFF), compatibility ideographs, 〇, and the
 # supplementary ideographic planes (Extensions B-H, compatibility supplement).
@@ -263,6 +263,13 @@ def tokenize_many(texts: Iterable[str]) -> list[list[str]]:
     """``[tokenize(t) for t in texts]``."""
     tok = DEFAULT_TOKENIZER.tokenize
     return [tok(t) for t in texts]
+
+
+def languages_in(text: str) -> set[str]:
+    """Every language with some text in `text`: "zh" for CJK ideographs, "en" for Latin words."""
+    text = unicodedata.normalize("NFKC", text)
+    found = {"zh"} if _CJK_RUN_RE.search(text) else set()
+    return found | {"en"} if _LATIN_WORD_RE.search(text) else found
 
 
 def detect_language(text: str) -> str:

@@ -4,6 +4,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 
 from search import Engine, SearchError
@@ -106,3 +107,27 @@ def test_seeds_sequence_parallelism_first(seeds_dir, tmp_path_factory):
     assert top.path.endswith("002_42593514c2d838f2.txt")
     assert "序列并行" in top.text and "序列维度" in top.text
     assert top.line_start <= 375 <= top.line_end
+
+
+def test_query_is_embedded_only_in_the_spaces_that_read_its_languages(built):
+    engine, _, _ = built
+    assert set(engine.dense) == {"zh", "en"}
+    spaces = lambda query, depth=1: sorted(engine._spaces_to_search(query, depth, None))
+    assert spaces("序列并行") == ["zh"]
+    assert spaces("how do I merge results") == ["en"]
+    assert spaces("注意力机制 transformer") == ["en", "zh"]
+    assert spaces("2024") == ["en", "zh"]  # no language: every space
+    assert spaces("序列并行", depth=len(engine.passages)) == ["en", "zh"]  # too few Chinese passages to fill it
+    only_english = np.zeros(len(engine.passages), dtype=bool)
+    only_english[engine.dense["en"].ids] = True
+    assert sorted(engine._spaces_to_search("序列并行", 1, only_english)) == ["en"]  # a filter left no Chinese
+    retrieval = engine.retrieve("序列并行", 1, "hybrid")
+    english = {pid for pid in engine.dense["en"].ids.tolist()}
+    assert not english & set(retrieval.dense[0].tolist())
+    # a BM25 candidate from a space the query skipped is fused with the lowest cosine seen
+    outsider = min(english)
+    retrieval.bm25 = (np.append(retrieval.bm25[0], outsider), np.append(retrieval.bm25[1], 0.0))
+    retrieval.bm25_scores[outsider] = 0.0
+    assert outsider not in retrieval.cosines
+    ranked = dict(engine.rank(retrieval))
+    assert outsider in ranked and ranked[outsider] == min(ranked.values())
