@@ -239,7 +239,7 @@ def work_warm(payload: dict[str, Any]) -> dict[str, Any]:
             ids, _ = approx.search(vector, engine.config.candidates)
             times.append(time.perf_counter() - started)
             hits.append(len(set(ids[:10].tolist()) & set(index.ids[true_rows].tolist())) / 10)
-        recall[space] = {"vectors": len(vectors), "queries": len(mine), "built_index": "exact (IVF built for this test)" if index.exact else "ivf-sq8+rerank",
+        recall[space] = {"vectors": len(vectors), "queries": len(mine), "built_index": f"{approx.kind} (built for this test: the index is exact)" if index.exact else approx.kind,
                          "recall@10": round(float(np.mean(hits)), 4), "approx_search_ms": percentiles(times)}
     return {"open_seconds": round(open_seconds, 3), "latency_ms": latency, "rss_after_queries_mb": round(rss, 1), "dense_recall": recall}
 
