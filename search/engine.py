@@ -27,11 +27,11 @@ from search.dense_index import DenseIndex
 from search.embedding import ALL_LANGUAGES, LEGACY_BACKEND, Encoder, model_plan, space_for
 from search.errors import IncompatibleIndex, LoadError, SearchError
 from search.filtering import Facets, Filters
-from search.fusion import Ranking, fuse
+from search.fusion import Ranking, fuse, tie_weight
 from search.loading import LoadOptions, discover_files, iter_documents
 from search.passages import Prepared, chunk_counter, contextual_text, prepare_documents, warm_worker
 from search.schema import Document, Hit, Passage, Skipped, SourceFile
-from search.tokenizing import detect_language, languages_in, tokenize
+from search.tokenizing import detect_language, languages_in, tokenize_query
 
 MODES = ("hybrid", "bm25", "dense")
 
@@ -45,6 +45,10 @@ class SearchConfig:
     fusion: str = "zscore"  # "zscore" | "rrf" | "weighted"
     bm25_weight: float = 0.4
     dense_weight: float = 0.6
+    # zscore: BM25 keeps its whole weight when its best score leads the second by 5% or more, down
+    # to half of it on a tie (fusion.tie_weight); nDCG@10 +0.002 on cmedqq, oppo_xiaobu and scifact.
+    bm25_tie_gap: float = 0.05
+    bm25_tie_floor: float = 0.5
     rrf_k: float = 60.0
     candidates: int = 100  # depth each retriever contributes to fusion
     # how much a dense space of another language than the query counts when spaces are merged
@@ -287,7 +291,7 @@ class Engine:
         empty: Ranking = (np.zeros(0, dtype=np.int64), np.zeros(0))
         dense_done = self._start_dense(query, depth, allowed) if mode != "bm25" else (lambda: (empty, {}, {}))
         # BM25 runs here while the spaces encode and search in their threads
-        tokens = tokenize(query) if mode != "dense" else []  # once: BM25 candidates and their full scores
+        tokens = tokenize_query(query) if mode != "dense" else []  # once: BM25 candidates and their full scores
         bm25 = self.bm25.top_k(tokens, depth, allowed) if mode != "dense" else empty
         dense, cosines, vectors = dense_done()
         retrieval = Retrieval(bm25, dense, cosines)
@@ -305,6 +309,8 @@ class Engine:
         config = config or self.config
         rankings = [retrieval.bm25, retrieval.dense]
         weights = [config.bm25_weight, config.dense_weight]
+        if config.fusion == "zscore":  # the tie rule answers z-scoring's stretch (and was measured with it)
+            weights[0] *= tie_weight(retrieval.bm25[1], config.bm25_tie_gap, config.bm25_tie_floor)
         return fuse(rankings, weights, config.fusion, config.rrf_k, [retrieval.bm25_scores, _dense_column(retrieval)])
 
     def search(self, query: str, k: int = 10, mode: str = "hybrid", filters: Filters | None = None) -> list[Hit]:

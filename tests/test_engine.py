@@ -62,6 +62,25 @@ def test_modes(built):
         engine.search("   ")
 
 
+def test_hybrid_lets_dense_decide_when_bm25_best_two_nearly_tie(built):
+    import numpy as np
+
+    from search.engine import Retrieval, SearchConfig
+
+    engine = built[0]
+    # BM25 puts passage 1 first by 2%, dense puts passage 2 first by a hair
+    bm25 = (np.array([1, 2, 3, 4]), np.array([10.0, 9.8, 2.0, 1.0]))
+    dense = (np.array([2, 1, 4, 3]), np.array([0.80, 0.795, 0.5, 0.4]))
+    retrieval = Retrieval(bm25, dense, dict(zip(dense[0].tolist(), dense[1].tolist())),
+                          dict(zip(bm25[0].tolist(), bm25[1].tolist())))
+    assert [pid for pid, _ in engine.rank(retrieval)][:2] == [2, 1]  # BM25's near-tie counts half
+    whole = SearchConfig(bm25_tie_floor=1.0)
+    assert [pid for pid, _ in engine.rank(retrieval, config=whole)][:2] == [1, 2]
+    clear = Retrieval((bm25[0], np.array([10.0, 9.0, 2.0, 1.0])), dense, retrieval.cosines,
+                      dict(zip(bm25[0].tolist(), [10.0, 9.0, 2.0, 1.0])))
+    assert engine.rank(clear) == engine.rank(clear, config=whole)  # a 10% lead keeps the whole weight
+
+
 def test_english_paraphrase_found_by_english_model(built):
     engine, _, _ = built
     hits = engine.search("making a loaf at home", k=1, mode="dense")
