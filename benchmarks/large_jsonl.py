@@ -7,9 +7,9 @@ passages/s, peak RSS, index size and query latencies; first for a small file, th
 growth of memory with size is visible. Usage:
     python benchmarks/large_jsonl.py [--size 1024] [--small 100] [--json] [--workdir indexes/bench-large]
 
-Peak RSS is reported two ways: `ru_maxrss` of the index process (getrusage of that child: the largest single
-process of its tree, as RUSAGE_CHILDREN gives it) and the peak of the whole process tree's summed RSS
-(index process + tokenizer pool), sampled from /proc every 0.2 s.
+Peak RSS is reported two ways: the index process's own peak (VmHWM, see peak_memory.py) and the peak of
+the whole process tree's summed RSS (index process + chunking/tokenizing pool), sampled every 0.2 s.
+The target (1.5 GB) is checked against the tree's peak.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from peak_memory import PeakSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = ROOT.parent / "shared" / "eval"
@@ -33,27 +34,6 @@ SEARCH = str(Path(sys.executable).parent / "search")
 TARGET_RSS_BYTES = 1.5 * 2**30
 QUERIES = ["糖尿病能根治吗", "音乐推荐", "white matter diffusion imaging", "注意力机制 transformer", "蛋白质 结构 protein folding"]
 _SENTENCE_END = re.compile(r"(?<=[。！？!?])|(?<=\.)\s+")
-
-# Until the record loaders land, `search index` cannot read a .jsonl: the child streams the file through
-# Builder.run_documents instead (one Document per record, same build path otherwise).
-_FALLBACK = r"""
-import json, sys
-from search import store
-from search.engine import Builder, BuildConfig
-from search.schema import Document
-path, index, progress = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-def documents():
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            record = json.loads(line)
-            text = "\n\n".join(record[k] for k in ("instruction", "input", "output") if record.get(k))
-            yield Document(path=f"{path}#L{number}", text=text, kind="text")
-folder = store.IndexFolder(index)
-with folder.build_lock():
-    summary = Builder(folder, None, True, progress, BuildConfig(keyword_only=True)).run_documents(documents())
-print(json.dumps(summary.to_dict() | {"skipped": len(summary.skipped)}, ensure_ascii=False))
-"""
-
 
 def sentence_pool() -> tuple[list[str], list[str]]:
     """Chinese and English sentences of the eval corpora."""
@@ -97,63 +77,24 @@ def generate(path: Path, size_mb: float, seed: int = 0) -> int:
     return records
 
 
-def loaders_read_jsonl() -> bool:
-    from search import loading
-
-    return hasattr(loading, "iter_documents") and ".jsonl" in loading.SUPPORTED_SUFFIXES
-
-
-def _tree_rss(pid: int) -> int:
-    """Summed RSS of a process and its descendants, from /proc."""
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            with open(f"/proc/{current}/statm") as handle:
-                total += int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as handle:
-                    todo.extend(int(child) for child in handle.read().split())
-        except (FileNotFoundError, ProcessLookupError, ValueError):
-            continue
-    return total
-
-
 def index_file(path: Path, index: Path, progress: bool) -> dict:
     """Index `path` keyword-only in a child process; its summary, wall time and peak memory."""
-    if loaders_read_jsonl():
-        command = [SEARCH, "index", str(path), "--index", str(index), "--keyword-only", "--rebuild", "--json"]
-        if progress:
-            command.remove("--json")
-        how = "search index --keyword-only"
-    else:
-        command = [sys.executable, "-c", _FALLBACK, str(path), str(index), "1" if progress else "0"]
-        how = "Builder.run_documents (record loaders not merged yet)"
+    command = [SEARCH, "index", str(path), "--index", str(index), "--keyword-only", "--rebuild", "--json"]
+    if progress:
+        command.remove("--json")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=None, env=env, text=True)
-    peak_tree = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak_tree
-        while not done.is_set():
-            peak_tree = max(peak_tree, _tree_rss(process.pid))
-            time.sleep(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    sampler = PeakSampler(process)
     output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage (and its reaped descendants')
-    process.returncode = os.waitstatus_to_exitcode(status)
-    done.set()
-    sampler.join()
+    process.wait()
+    sampler.stop()
     wall = time.perf_counter() - started
     if process.returncode != 0:
         sys.exit(f"indexing failed with status {process.returncode}")
     summary = _summary_of(output, index)
-    return {"how": how, "wall_seconds": round(wall, 1), "summary": summary,
-            "peak_rss_bytes": usage.ru_maxrss * 1024, "peak_tree_rss_bytes": peak_tree}
+    return {"how": "search index --keyword-only", "wall_seconds": round(wall, 1), "summary": summary,
+            "peak_rss_bytes": sampler.peak_bytes, "peak_tree_rss_bytes": sampler.peak_tree_bytes}
 
 
 def _summary_of(output: str, index: Path) -> dict:
@@ -222,9 +163,9 @@ def table(results: list[dict]) -> str:
         ("passages", lambda r: f"{r['passages']:,}"),
         ("wall", lambda r: f"{r['wall_seconds']:,.0f} s"),
         *[(f"  {stage}", (lambda s: lambda r: f"{r['stage_seconds'].get(s, 0):,.0f} s")(stage))
-          for stage in ("load_chunk", "tokenize", "write", "bm25")],
+          for stage in ("load", "chunk", "tokenize", "wait_pool", "write", "bm25")],
         ("passages/s", lambda r: f"{r['passages_per_second']:,.0f}"),
-        ("peak RSS (ru_maxrss)", lambda r: mb(r["peak_rss_bytes"])),
+        ("peak RSS (index process)", lambda r: mb(r["peak_rss_bytes"])),
         ("peak RSS (process tree)", lambda r: mb(r["peak_tree_rss_bytes"])),
         ("index size", lambda r: mb(r["index_bytes"])),
         ("open index", lambda r: f"{r['open_ms']:,} ms"),

@@ -3,26 +3,42 @@
 The index type follows the size of the space:
 
 * up to ``EXACT_MAX_VECTORS`` vectors, an exact ``IndexFlatIP`` (a full scan is a few ms there);
+* up to ``GRAPH_MAX_VECTORS``, an HNSW graph over the float32 vectors (``HNSW32,Flat``): about 2 ms
+  per query at recall@10 0.99 where the IVF index below needs 3.5 ms for 0.989 (bench corpus, ~30k
+  vectors per model, real queries), and its scores are exact cosines. Its vectors are read
+  memory-mapped; only the graph (~260 B per vector) is loaded.
 * above it, an inverted-file index of 8-bit scalar-quantised codes (``IVF{nlist},SQ8``) that scans
-  only the ``nprobe`` lists nearest the query (half of them), followed by an exact re-rank of its candidates with
-  the float32 vectors kept beside it (``.vectors.npy``). The re-rank gives true cosines (fusion and
-  `scores_of` need them) and makes the quantisation error irrelevant to the final order; only a
-  neighbour the probed lists miss can be lost (recall@10 is measured by benchmarks/speed.py).
+  only the ``nprobe`` lists nearest the query (half of them), followed by an exact re-rank of its
+  candidates with the float32 vectors kept beside it (``.vectors.npy``). The re-rank gives true
+  cosines (fusion and `scores_of` need them) and makes the quantisation error irrelevant to the
+  final order; only a neighbour the probed lists miss can be lost (recall@10 is measured by
+  benchmarks/speed.py).
 
-IVF rather than HNSW: it builds in seconds at 1M vectors on two cores (HNSW takes many minutes),
-and both its lists and the float32 vectors are read memory-mapped, so a query process touches only
-the lists it probes and the rows it re-ranks (RSS stays far under 2 GB at 1M passages).
+IVF rather than HNSW at scale: it builds in seconds at 1M vectors on two cores (HNSW takes many
+minutes) and its lists are read memory-mapped, so a query process touches only the lists it probes.
+The float32 rows a query re-ranks are read with positional reads (RowFile), not through a memory map:
+each page fault on a mapped file maps its cached neighbours too (the kernel's fault-around, 64 KiB),
+so 30k scattered 2 KiB rows mapped 1.9 GB of a 1M-vector file into the process, where reads keep
+them in the shared page cache and out of the query process's RSS.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-# Above this many vectors in one space, build the approximate index (see the module docstring).
+# Above this many vectors in one space, build an approximate index (see the module docstring) ...
 EXACT_MAX_VECTORS = 20_000
+# ... a graph up to this many (its build costs ~0.4 CPU-s per 1k vectors), IVF above.
+GRAPH_MAX_VECTORS = 250_000
+HNSW_NEIGHBOURS = 32
+HNSW_BUILD_DEPTH = 80  # efConstruction
+# efSearch: recall@10 of real queries on the bench corpus, zh / en: 0.980 / 0.997 at 256, 0.990 /
+# 0.998 at 512 (queries sit farther from passages than passages from each other).
+HNSW_SEARCH_DEPTH = 512
 # An approximate search re-ranks this many times k candidates (at least RERANK_MIN) exactly.
 RERANK_FACTOR = 2
 RERANK_MIN = 50
@@ -60,7 +76,7 @@ class DenseIndex:
     # and costs in proportion to the allowed rows (benchmarks/filters.py).
     EXACT_FILTER_ROWS = 5_000
 
-    def __init__(self, index: faiss.Index, ids: np.ndarray, exact_vectors: np.ndarray | None = None) -> None:
+    def __init__(self, index: faiss.Index, ids: np.ndarray, exact_vectors: "np.ndarray | RowFile | None" = None) -> None:
         if index.ntotal != len(ids):
             raise ValueError(f"FAISS index has {index.ntotal} vectors but {len(ids)} ids")
         if exact_vectors is not None and len(exact_vectors) != len(ids):
@@ -70,14 +86,22 @@ class DenseIndex:
         self._exact = exact_vectors  # None for an exact index, whose own storage holds the vectors
 
     @classmethod
-    def build(cls, vectors: np.ndarray, ids: np.ndarray, dim: int, exact_max: int | None = None) -> "DenseIndex":
+    def build(
+        cls, vectors: np.ndarray, ids: np.ndarray, dim: int, exact_max: int | None = None, graph_max: int = GRAPH_MAX_VECTORS
+    ) -> "DenseIndex":
         """Index `vectors` (row i is passage `ids[i]`); exact up to `exact_max` vectors (default
-        EXACT_MAX_VECTORS), approximate with exact re-rank above it. `vectors` may be a memory-mapped
-        file: it is added in chunks and never copied whole."""
+        EXACT_MAX_VECTORS), an HNSW graph up to `graph_max`, IVF with exact re-rank above it.
+        `vectors` may be a memory-mapped file: it is added in chunks and never copied whole."""
         vectors = vectors.reshape(-1, dim)
         limit = EXACT_MAX_VECTORS if exact_max is None else exact_max
         if len(vectors) <= limit:
             index = faiss.IndexFlatIP(dim)
+            _add_in_chunks(index, vectors)
+            return cls(index, ids)
+        if len(vectors) <= graph_max:
+            index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = HNSW_BUILD_DEPTH
+            index.hnsw.efSearch = HNSW_SEARCH_DEPTH
             _add_in_chunks(index, vectors)
             return cls(index, ids)
         nlist = ivf_lists(len(vectors))
@@ -95,8 +119,18 @@ class DenseIndex:
 
     @property
     def exact(self) -> bool:
-        """True when `search` is exhaustive (flat index), False for the IVF index with re-rank."""
-        return self._exact is None
+        """True when `search` is exhaustive (flat index), False for the graph and the IVF index."""
+        return isinstance(self.index, faiss.IndexFlat)
+
+    @property
+    def kind(self) -> str:
+        """"flat", "hnsw" or "ivf-sq8+rerank": which of the module docstring's index types this is."""
+        return "flat" if self.exact else "ivf-sq8+rerank" if self.reranks else "hnsw"
+
+    @property
+    def reranks(self) -> bool:
+        """True for the IVF index, whose 8-bit scores are replaced by exact ones from the float32 rows."""
+        return self._exact is not None
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -115,13 +149,13 @@ class DenseIndex:
             mask = np.zeros(len(self), dtype=bool)
             mask[allowed_rows] = True
             params = _search_parameters(self.index, faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little")))
-        depth = k if self.exact else min(len(self), max(RERANK_FACTOR * k, RERANK_MIN))
+        depth = min(len(self), max(RERANK_FACTOR * k, RERANK_MIN)) if self.reranks else k
         scores, rows = self.index.search(query, depth, params=params)
         if params is not None and int((rows[0] >= 0).sum()) < k:  # an approximate index can miss allowed rows
             return self._search_rows(query, k, allowed_rows)
         keep = rows[0] >= 0
         rows, scores = rows[0][keep], scores[0][keep]
-        if not self.exact:
+        if self.reranks:
             rows, scores = self._rerank(query[0], rows, k)
         return self.ids[rows], scores
 
@@ -156,23 +190,27 @@ class DenseIndex:
         if len(rows) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         rows = np.asarray(rows, dtype=np.int64)
-        if not self.exact:
-            return np.asarray(self._exact[rows])  # reads only these rows of the memory map
+        if isinstance(self._exact, RowFile):
+            return self._exact.rows(rows)
+        if self.reranks:
+            return np.asarray(self._exact[rows])
         return self.index.reconstruct_batch(rows)
 
     def vectors(self) -> np.ndarray:
         """All stored vectors in row order (reused by incremental builds instead of re-embedding)."""
         if len(self) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        if not self.exact:
+        if isinstance(self._exact, RowFile):
+            return self._exact.all()
+        if self.reranks:
             return self._exact
         return self.index.reconstruct_n(0, len(self))
 
     def save(self, prefix: Path) -> None:
         faiss.write_index(self.index, str(prefix.with_suffix(".faiss")))
         np.save(prefix.with_suffix(".ids.npy"), self.ids)
-        if not self.exact:
-            np.save(prefix.with_suffix(".vectors.npy"), np.ascontiguousarray(self._exact, dtype=np.float32))
+        if self.reranks:
+            np.save(prefix.with_suffix(".vectors.npy"), np.ascontiguousarray(self.vectors(), dtype=np.float32))
 
     @classmethod
     def load(cls, prefix: Path, mmap: bool = True) -> "DenseIndex":
@@ -184,8 +222,55 @@ class DenseIndex:
         if vectors_path.is_file():
             index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
             index.nprobe = ivf_probes(faiss.extract_index_ivf(index).nlist)
-            return cls(index, ids, np.load(vectors_path, mmap_mode="r" if mmap else None))
-        return cls(faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0), ids)
+            return cls(index, ids, RowFile(vectors_path) if mmap else np.load(vectors_path))
+        # flat codes, alone or under a graph, via IO_FLAG_MMAP_IFC; an HNSW graph itself is read in
+        index = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0)
+        if isinstance(index, faiss.IndexHNSW):
+            index.hnsw.efSearch = HNSW_SEARCH_DEPTH
+        return cls(index, ids)
+
+
+class RowFile:
+    """Rows of a 2-D float32 .npy file, read on demand with positional reads (see the module docstring
+    for why not a memory map). `all()` maps the whole file, for the callers that scan every row."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        header = np.load(path, mmap_mode="r")  # numpy parses the header; no page is read here
+        shape, dtype, fortran, self.offset = header.shape, header.dtype, np.isfortran(header), header.offset
+        del header
+        if len(shape) != 2 or fortran or dtype != np.float32:
+            raise ValueError(f"{path}: expected a C-ordered 2-D float32 array, found {dtype} {shape}")
+        self.shape = shape
+        self.row_bytes = shape[1] * 4
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors at `rows` (any order, repeats allowed); runs of consecutive rows are one read."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return np.zeros((0, self.shape[1]), dtype=np.float32)
+        if rows.min() < 0 or rows.max() >= len(self):
+            raise IndexError(f"row out of range for {len(self)} vectors")
+        unique, where = np.unique(rows, return_inverse=True)
+        out = np.empty((len(unique), self.shape[1]), dtype=np.float32)
+        breaks = np.flatnonzero(np.diff(unique) != 1) + 1
+        for start, end in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(unique)].tolist()):
+            size = (end - start) * self.row_bytes
+            data = os.pread(self._fd, size, self.offset + int(unique[start]) * self.row_bytes)
+            out[start:end] = np.frombuffer(data, dtype=np.float32).reshape(end - start, -1)
+        return out[where.reshape(-1)]
+
+    def all(self) -> np.ndarray:
+        return np.load(self.path, mmap_mode="r")
 
 
 def _add_in_chunks(index: faiss.Index, vectors: np.ndarray) -> None:
@@ -194,8 +279,9 @@ def _add_in_chunks(index: faiss.Index, vectors: np.ndarray) -> None:
 
 
 def _search_parameters(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
-    """Search parameters carrying `selector`; IVF indexes need their own kind (with their nprobe),
-    the others (flat, HNSW) take the generic one and keep their own settings."""
+    """Search parameters carrying `selector`, with the index's own search depth (nprobe, efSearch)."""
+    if isinstance(index, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:  # not an IVF index

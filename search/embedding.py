@@ -322,13 +322,13 @@ class SentenceTransformerEncoder:
 
 
 @lru_cache(maxsize=8)
-def _load_backend(name: str, kind: str, device: str | None):
-    """One loaded backend per (model, kind, device) and process; engines opened later share it."""
+def _load_backend(name: str, kind: str, device: str | None, threads: int | None = None):
+    """One loaded backend per (model, kind, device, threads) and process; engines opened later share it."""
     if kind == "onnx":
         from search import onnx_encoder
 
         try:
-            return onnx_encoder.load(model_spec(name))
+            return onnx_encoder.load(model_spec(name), threads)
         except UnsupportedModel as error:
             onnx_encoder.warn_fallback(name, str(error))
             return SentenceTransformerEncoder(name, "cpu")
@@ -349,11 +349,14 @@ class Encoder:
     `backend` is "onnx"/"torch" (or a recorded name such as "onnx-int8"); None follows
     SEARCH_BACKEND, else CUDA when present, else ONNX. `.backend` afterwards names what actually
     runs, e.g. "onnx-int8", "torch-fp32" or "torch-fp16", so vectors of different backends never mix.
+    `threads` caps the CPU threads of one ONNX call (None: every core, for batches); a query engine
+    uses 1 per model and runs its models side by side instead.
     """
 
-    def __init__(self, name: str, device: str | None = None, backend: str | None = None) -> None:
+    def __init__(self, name: str, device: str | None = None, backend: str | None = None, threads: int | None = None) -> None:
         self.name = canonical_model_name(name)
         self._device = device
+        self._threads = threads
         self._kind = backend.split("-", 1)[0] if backend else None
         if self._kind is not None and self._kind not in BACKENDS:
             raise SearchError(f"unknown embedding backend {backend!r}: use one of {', '.join(BACKENDS)}")
@@ -365,7 +368,7 @@ class Encoder:
             kind = self._kind or requested_backend()
             if kind == "onnx" and self._device and self._device.startswith("cuda"):
                 kind = "torch"  # an explicit GPU device means the torch pipeline
-            self._impl = _load_backend(self.name, kind, self._device)
+            self._impl = _load_backend(self.name, kind, self._device, self._threads if kind == "onnx" else None)
         return self._impl
 
     @property

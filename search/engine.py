@@ -12,25 +12,26 @@ import hashlib
 import os
 import time
 from array import array
+from concurrent.futures import ThreadPoolExecutor
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from search import store
 from search.bm25_index import BM25Index
-from search.chunking import chunk_document
 from search.dense_index import DenseIndex
-from search.embedding import ALL_LANGUAGES, LEGACY_BACKEND, Encoder, model_plan, space_for, token_counter
+from search.embedding import ALL_LANGUAGES, LEGACY_BACKEND, Encoder, model_plan, space_for
 from search.errors import IncompatibleIndex, LoadError, SearchError
 from search.filtering import Facets, Filters
-from search.fusion import Ranking, fuse
+from search.fusion import Ranking, fuse, tie_weight
 from search.loading import LoadOptions, discover_files, iter_documents
+from search.passages import Prepared, chunk_counter, contextual_text, prepare_documents, warm_worker
 from search.schema import Document, Hit, Passage, Skipped, SourceFile
-from search.tokenizing import detect_language, tokenize, tokenize_many
+from search.tokenizing import detect_language, languages_in, tokenize_query
 
 MODES = ("hybrid", "bm25", "dense")
 
@@ -44,6 +45,10 @@ class SearchConfig:
     fusion: str = "zscore"  # "zscore" | "rrf" | "weighted"
     bm25_weight: float = 0.4
     dense_weight: float = 0.6
+    # zscore: BM25 keeps its whole weight when its best score leads the second by 5% or more, down
+    # to half of it on a tie (fusion.tie_weight); nDCG@10 +0.002 on cmedqq, oppo_xiaobu and scifact.
+    bm25_tie_gap: float = 0.05
+    bm25_tie_floor: float = 0.5
     rrf_k: float = 60.0
     candidates: int = 100  # depth each retriever contributes to fusion
     # how much a dense space of another language than the query counts when spaces are merged
@@ -89,13 +94,6 @@ class BuildSummary:
         data = asdict(self)
         data["skipped"] = [asdict(s) for s in self.skipped]
         return data
-
-
-def contextual_text(passage: Passage) -> str:
-    """The text both retrievers see: document title and heading path give a passage its topic."""
-    context = [passage.metadata.get("title") or "", *passage.heading_path]
-    prefix = " / ".join(dict.fromkeys(part for part in context if part))  # drop repeats, keep order
-    return f"{prefix}\n{passage.text}" if prefix else passage.text
 
 
 def file_hash(path: str) -> str:
@@ -177,9 +175,10 @@ class Engine:
 
     def encoder(self, space: str) -> Encoder:
         if space not in self._encoders:
-            # queries are embedded like the index was, e.g. with the ONNX export and no torch
+            # queries are embedded like the index was, e.g. with the ONNX export and no torch; one
+            # thread per model, since a short query gains little from more and the models run side by side
             backend = self.manifest["models"][space].get("backend", LEGACY_BACKEND)
-            self._encoders[space] = Encoder(self.plan[space], backend=backend)
+            self._encoders[space] = Encoder(self.plan[space], backend=backend, threads=1)
         return self._encoders[space]
 
     @cached_property
@@ -195,30 +194,65 @@ class Engine:
     def dense_ranking(
         self, query: str, depth: int, allowed: np.ndarray | None = None
     ) -> tuple[Ranking, dict[int, float], dict[str, np.ndarray]]:
-        """Dense candidates merged over embedding spaces, and each candidate's cosine score.
+        """Dense candidates merged over embedding spaces, and each candidate's cosine score."""
+        return self._start_dense(query, depth, allowed)()
+
+    def _start_dense(self, query: str, depth: int, allowed: np.ndarray | None) -> Callable[[], tuple[Ranking, dict[int, float], dict[str, np.ndarray]]]:
+        """Start encoding and searching every embedding space, each in its own thread (onnxruntime and
+        FAISS release the GIL, so two models take the time of one on two cores); the returned function
+        waits for them and merges their results.
 
         Cosines of different models are not comparable, so spaces merge by weighted RRF, favouring
         the space of the query's language.
         """
         language = detect_language(query)
-        rankings, weights, cosines, vectors = [], [], {}, {}
+        jobs = {}
+        for space, rows in self._spaces_to_search(query, depth, allowed).items():
+            jobs[space] = self._space_threads.submit(self._search_space, space, query, depth, rows)
+
+        def merge() -> tuple[Ranking, dict[int, float], dict[str, np.ndarray]]:
+            rankings, weights, cosines, vectors = [], [], {}, {}
+            for space, job in jobs.items():
+                vectors[space], (ids, scores) = job.result()
+                rankings.append((ids, scores))
+                weights.append(1.0 if space in (ALL_LANGUAGES, language) else self.config.cross_language_weight)
+                cosines.update(zip(ids.tolist(), scores.tolist()))
+            if len(rankings) == 1:
+                return rankings[0], cosines, vectors
+            if not rankings:
+                return (np.zeros(0, dtype=np.int64), np.zeros(0)), cosines, vectors
+            merged = fuse(rankings, weights, "rrf", self.config.rrf_k)[:depth]
+            ids = np.array([pid for pid, _ in merged], dtype=np.int64)
+            return (ids, np.array([score for _, score in merged])), cosines, vectors
+
+        return merge
+
+    def _spaces_to_search(self, query: str, depth: int, allowed: np.ndarray | None) -> dict[str, np.ndarray | None]:
+        """The spaces to embed the query in, each with its allowed rows (None: all).
+
+        Only the spaces whose model reads a language of the query (all of them when none does): a
+        model asked about text in a language it cannot read returns noise (all-MiniLM-L6-v2 scores
+        0.089 nDCG@10 on Chinese cmedqq), and skipping it halves the CPU of a one-language query.
+        The other spaces join when those hold fewer than `depth` allowed passages, so a filtered
+        query still fills its k hits.
+        """
+        rows = {}
         for space, index in self.dense.items():
-            if len(index) == 0:
-                continue
-            rows = None if allowed is None else np.flatnonzero(allowed[index.ids])
-            if rows is not None and len(rows) == 0:
-                continue  # no allowed passage in this space: no need to encode the query for it
-            vector = vectors[space] = self.encoder(space).encode([query])[0]
-            ids, scores = index.search(vector, depth, allowed_rows=rows)
-            rankings.append((ids, scores))
-            same = space in (ALL_LANGUAGES, language)
-            weights.append(1.0 if same else self.config.cross_language_weight)
-            cosines.update(zip(ids.tolist(), scores.tolist()))
-        if len(rankings) == 1:
-            return rankings[0], cosines, vectors
-        merged = fuse(rankings, weights, "rrf", self.config.rrf_k)[:depth]
-        ids = np.array([pid for pid, _ in merged], dtype=np.int64)
-        return (ids, np.array([score for _, score in merged])), cosines, vectors
+            rows[space] = None if allowed is None else np.flatnonzero(allowed[index.ids])
+        size = {space: len(self.dense[space]) if r is None else len(r) for space, r in rows.items()}
+        languages = languages_in(query)
+        readers = [space for space in rows if size[space] and (space == ALL_LANGUAGES or space in languages)]
+        if sum(size[space] for space in readers) < depth:
+            readers = [space for space in rows if size[space]]
+        return {space: rows[space] for space in readers}
+
+    def _search_space(self, space: str, query: str, depth: int, rows: np.ndarray | None) -> tuple[np.ndarray, Ranking]:
+        vector = self.encoder(space).encode([query])[0]
+        return vector, self.dense[space].search(vector, depth, allowed_rows=rows)
+
+    @cached_property
+    def _space_threads(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max(1, len(self.dense)), thread_name_prefix="search-space")
 
     def _score_all_candidates(self, query_tokens: list[str], retrieval: Retrieval, vectors: dict[str, np.ndarray]) -> None:
         """Give every candidate of either list its BM25 score and its cosine, so fusion never has
@@ -255,9 +289,11 @@ class Engine:
             raise SearchError("empty query: give some words to search for")
         mode = self._mode(mode)
         empty: Ranking = (np.zeros(0, dtype=np.int64), np.zeros(0))
-        tokens = tokenize(query) if mode != "dense" else []  # once: BM25 candidates and their full scores
+        dense_done = self._start_dense(query, depth, allowed) if mode != "bm25" else (lambda: (empty, {}, {}))
+        # BM25 runs here while the spaces encode and search in their threads
+        tokens = tokenize_query(query) if mode != "dense" else []  # once: BM25 candidates and their full scores
         bm25 = self.bm25.top_k(tokens, depth, allowed) if mode != "dense" else empty
-        dense, cosines, vectors = self.dense_ranking(query, depth, allowed) if mode != "bm25" else (empty, {}, {})
+        dense, cosines, vectors = dense_done()
         retrieval = Retrieval(bm25, dense, cosines)
         if mode == "hybrid":
             self._score_all_candidates(tokens, retrieval, vectors)
@@ -273,7 +309,9 @@ class Engine:
         config = config or self.config
         rankings = [retrieval.bm25, retrieval.dense]
         weights = [config.bm25_weight, config.dense_weight]
-        return fuse(rankings, weights, config.fusion, config.rrf_k, [retrieval.bm25_scores, retrieval.cosines])
+        if config.fusion == "zscore":  # the tie rule answers z-scoring's stretch (and was measured with it)
+            weights[0] *= tie_weight(retrieval.bm25[1], config.bm25_tie_gap, config.bm25_tie_floor)
+        return fuse(rankings, weights, config.fusion, config.rrf_k, [retrieval.bm25_scores, _dense_column(retrieval)])
 
     def search(self, query: str, k: int = 10, mode: str = "hybrid", filters: Filters | None = None) -> list[Hit]:
         """The k best passages for `query`; mode is "hybrid", "bm25" or "dense".
@@ -326,6 +364,16 @@ class Engine:
         }
 
 
+def _dense_column(retrieval: Retrieval) -> dict[int, float]:
+    """Every candidate's cosine for fusion; a passage of a space the query was not embedded in (its
+    model does not read the query's language) gets the lowest cosine seen: no evidence of meaning."""
+    candidates = set(retrieval.bm25[0].tolist()) | set(retrieval.dense[0].tolist())
+    if candidates <= retrieval.cosines.keys():
+        return retrieval.cosines
+    floor = min(retrieval.cosines.values(), default=0.0)
+    return {pid: retrieval.cosines.get(pid, floor) for pid in candidates}
+
+
 def check_compatible(manifest: dict[str, Any], model: str | None, root: Path) -> None:
     if manifest.get("format_version") != store.FORMAT_VERSION:
         raise IncompatibleIndex(
@@ -347,7 +395,7 @@ class Builder:
     """One build of an index folder; call `run(paths)` under the folder's build lock.
 
     A build streams: passages go to the new generation's files as they are produced (store.PassageWriter),
-    tokens come from a process pool in order, vectors are embedded in bounded batches into an on-disk array
+    documents are chunked and tokenised by a process pool in order (search.passages), vectors are embedded in bounded batches into an on-disk array
     per space (_SpaceVectors), and BM25 is built in segments from tokens.jsonl. What stays in memory per
     passage is a few integers, so a 1 GB file indexes in bounded memory.
     """
@@ -369,42 +417,44 @@ class Builder:
         keyword_only = config.keyword_only
         self.keyword_only = bool(old and old.get("keyword_only")) if keyword_only is None else keyword_only
         self.timer = _StageTimer()
-        self._counter = None  # the chunker's token counter, loaded on first use
 
     def run(self, paths: Sequence[str | os.PathLike]) -> BuildSummary:
         started = time.perf_counter()
         summary = BuildSummary()
         sources, summary.skipped = discover_files(paths)
-        files: dict[str, Any] = {}
-        return self._write(self._collect_passages(sources, summary, files), files, summary, started)
+        return self._write(self._collect_units(sources, summary), summary, started)
 
     def run_documents(self, documents: Iterable[Document]) -> BuildSummary:
         """Index documents that are not files of their own (records of a collection, say)."""
         started = time.perf_counter()
         summary = BuildSummary()
 
-        def passages() -> Iterator[tuple[Passage, list[str] | None]]:
+        def units() -> Iterator[Document]:
             for document in documents:
                 summary.files_added += 1
-                for passage in self._chunk(document):
-                    yield passage, None
+                yield document
 
-        return self._write(passages(), {}, summary, started)
+        return self._write(units(), summary, started)
 
-    def _write(
-        self, items: Iterable[tuple[Passage, list[str] | None]], files: dict[str, Any], summary: BuildSummary, started: float
-    ) -> BuildSummary:
+    def _write(self, units: Iterable["_Unit"], summary: BuildSummary, started: float) -> BuildSummary:
         """Stream passages into a new generation, build its indexes and switch it in.
 
-        `items` gives each passage with its BM25 tokens, or None where the passage is new; `files` is
-        complete once `items` is exhausted.
+        `units` are new documents (chunked and tokenised here), reused passages with their tokens, and
+        a _FileDone after each source file's others, which records the file and its passage range.
         """
         self.folder.remove_stale()  # leftovers of aborted builds (the live generation stays)
         generation = self.folder.new_generation()
         timer = self.timer
         vectors = None if self.keyword_only else _VectorWriter(generation, self.plan, self._previous_vectors(), summary, timer)
+        files: dict[str, Any] = {}
         with store.PassageWriter(generation) as writer, _progress_bar("indexing", None, self.progress) as bar:
-            for passage, tokens in self._tokenized(items):
+            first = 0
+            for item in self._prepared(units):
+                if isinstance(item, _FileDone):
+                    files[item.path] = {**item.entry, "first": first, "count": len(writer) - first}
+                    first = len(writer)
+                    continue
+                passage, tokens = item
                 with timer("write"):
                     pid = writer.add(passage, tokens)
                 if vectors is not None:
@@ -424,20 +474,18 @@ class Builder:
             self.folder.publish(generation)
         return summary
 
-    # files -> passages, reusing the previous generation's passages and tokens for unchanged files
-    def _collect_passages(
-        self, sources: list[SourceFile], summary: BuildSummary, files: dict[str, Any]
-    ) -> Iterator[tuple[Passage, list[str] | None]]:
+    # files -> units: new documents, or the previous generation's passages and tokens for unchanged files
+    def _collect_units(self, sources: list[SourceFile], summary: BuildSummary) -> Iterator["_Unit"]:
         old_files = self.old_manifest["files"] if self.old_manifest else {}
         old_passages = store.PassageStore(self.previous) if self.previous else None
         old_tokens = store.TokenStore(self.previous) if self.previous else None
         if self.old_manifest and self.old_manifest.get("loading", asdict(LoadOptions())) != asdict(self.config.load):
             # other load options: every file is re-read (as changed); vectors are still reused by text
             old_files = {path: {**info, "size": -1, "sha256": ""} for path, info in old_files.items()}
-        first = 0
+        recorded = set()
         for source in sources:
             old = old_files.get(source.path)
-            count = 0
+            units = 0
             try:
                 same_stat = old is not None and old["size"] == source.size and old["mtime"] == source.mtime
                 digest = old["sha256"] if same_stat else file_hash(source.path)
@@ -445,15 +493,14 @@ class Builder:
                     summary.files_unchanged += 1
                     for pid in range(old["first"], old["first"] + old["count"]):
                         yield old_passages.get(pid), old_tokens.get(pid)
-                        count += 1
+                        units += 1
                 else:
                     for document in iter_documents(source, self.config.load):
                         if isinstance(document, Skipped):  # one bad record of a collection file
                             summary.skipped.append(document)
                             continue
-                        for passage in self._chunk(document):
-                            yield passage, None
-                            count += 1
+                        yield document
+                        units += 1
                     if old is None:
                         summary.files_added += 1
                     else:
@@ -461,57 +508,67 @@ class Builder:
             except (LoadError, OSError) as error:  # OSError: hashing an unreadable file
                 reason = str(error) if isinstance(error, LoadError) else f"cannot read: {error.strerror or error}"
                 summary.skipped.append(Skipped(source.path, reason))
-                if count == 0:
+                if units == 0:
                     continue
                 digest = ""  # failed part-way: keep what was read, and read the file again next build
-            files[source.path] = {"size": source.size, "mtime": source.mtime, "sha256": digest, "first": first, "count": count}
-            first += count
-        summary.files_removed = len(set(old_files) - set(files))
+            recorded.add(source.path)
+            yield _FileDone(source.path, {"size": source.size, "mtime": source.mtime, "sha256": digest})
+        summary.files_removed = len(set(old_files) - recorded)
 
-    def _chunk(self, document: Document) -> list[Passage]:
-        if self._counter is None:
-            self._counter = self._token_counter()
-        with self.timer("load_chunk"):
-            return chunk_document(document, self._counter, self.config.max_tokens, self.config.overlap_tokens)
+    def _prepared(self, units: Iterable["_Unit"]) -> Iterator["tuple[Passage, list[str]] | _FileDone"]:
+        """`units` with every new document replaced by its passages and their tokens, in order.
 
-    def _tokenized(self, items: Iterable[tuple[Passage, list[str] | None]]) -> Iterator[tuple[Passage, list[str]]]:
-        """`items` with the tokens of new passages filled in, in order; once there is enough new text, a
-        process pool of os.cpu_count() workers tokenises batches while this process reads and writes."""
+        Chunking (which counts model tokens) and jieba cost ~3 CPU-s per MB of text; once there is
+        enough new text, a process pool of os.cpu_count() workers does both while this process reads
+        files and writes the index.
+        """
         workers = os.cpu_count() or 1
         pool, pending, fresh = None, deque(), 0
+        read = self._timed_units(units)
         try:
-            for batch in _batches(items, TOKENIZE_BATCH):
-                texts = [contextual_text(passage) for passage, tokens in batch if tokens is None]
-                fresh += len(texts)
+            for batch in _unit_batches(read):
+                documents = [unit for unit in batch if isinstance(unit, Document)]
+                fresh += sum(len(document.text) for document in documents)
                 if pool is None and workers > 1 and fresh > POOL_AFTER:
-                    pool = _tokenizer_pool(workers)
+                    pool = _preparing_pool(workers, self.plan)
                 if pool is not None:
-                    pending.append((batch, pool.submit(tokenize_many, texts)))
+                    work = pool.submit(prepare_documents, documents, self.plan, self.config.max_tokens, self.config.overlap_tokens)
                 else:
-                    with self.timer("tokenize"):
-                        pending.append((batch, tokenize_many(texts)))
+                    work = prepare_documents(documents, self.plan, self.config.max_tokens, self.config.overlap_tokens)
+                pending.append((batch, work))
                 while len(pending) > (2 * workers if pool is not None else 0):  # bounded work in flight
-                    yield from self._merge_tokens(*pending.popleft())
+                    yield from self._merge_prepared(*pending.popleft())
             while pending:
-                yield from self._merge_tokens(*pending.popleft())
+                yield from self._merge_prepared(*pending.popleft())
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
 
-    def _merge_tokens(self, batch: list[tuple[Passage, list[str] | None]], work: Any) -> Iterator[tuple[Passage, list[str]]]:
-        if not isinstance(work, list):
-            with self.timer("tokenize"):  # time spent waiting for the pool
+    def _timed_units(self, units: Iterable["_Unit"]) -> Iterator["_Unit"]:
+        """`units`, with the time spent producing them (hashing, reading, decoding, parsing) as "load"."""
+        iterator = iter(units)
+        while True:
+            with self.timer("load"):
+                unit = next(iterator, None)
+            if unit is None:
+                return
+            yield unit
+
+    def _merge_prepared(self, batch: list["_Unit"], work: Any) -> Iterator["tuple[Passage, list[str]] | _FileDone"]:
+        if not isinstance(work, Prepared):
+            with self.timer("wait_pool"):  # time this process waited for the workers
                 work = work.result()
-        fresh = iter(work)
-        for passage, tokens in batch:
-            yield passage, tokens if tokens is not None else next(fresh)
+        for stage, seconds in work.seconds.items():  # summed over workers, as for the other stages
+            self.timer.add(stage, seconds)
+        prepared = iter(work.passages)
+        for unit in batch:
+            if isinstance(unit, Document):
+                yield from next(prepared)
+            else:
+                yield unit
 
     def _token_counter(self):
-        """Count with the tokenizer of the model that will embed the text, so no passage overflows it."""
-        counters = {space: token_counter(name) for space, name in self.plan.items()}
-        if len(counters) == 1:
-            return next(iter(counters.values()))
-        return lambda text: counters[space_for(self.plan, detect_language(text))](text)
+        return chunk_counter(tuple(self.plan.items()))
 
     def _previous_vectors(self) -> "_PreviousVectors | None":
         if not self.previous or not self.old_manifest["models"]:
@@ -532,33 +589,43 @@ class Builder:
         }
 
 
-TOKENIZE_BATCH = 256  # passages per task of the tokenizer pool
-POOL_AFTER = 4096  # new passages seen before a pool pays for its start-up (~1 s: jieba's dictionary per worker)
+UNIT_BATCH = 256  # documents (or reused passages) per task of the preparing pool
+BATCH_CHARS = 1 << 20  # ... or fewer, once the batch's new text reaches this many characters
+POOL_AFTER = 1 << 20  # characters of new text before a pool pays for its start-up (~1 s per worker)
 EMBED_BATCH = 1024  # passages embedded at a time per space
 
 
-def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
+@dataclass
+class _FileDone:
+    """Marks the end of a source file's units: the writer records the file with its passage range."""
+
+    path: str
+    entry: dict[str, Any]  # size, mtime, sha256
+
+
+_Unit = Any  # Document (new) | tuple[Passage, list[str]] (reused) | _FileDone
+
+
+def _unit_batches(units: Iterable[_Unit]) -> Iterator[list[_Unit]]:
+    batch, chars = [], 0
+    for unit in units:
+        batch.append(unit)
+        if isinstance(unit, Document):
+            chars += len(unit.text)
+        if len(batch) == UNIT_BATCH or chars >= BATCH_CHARS:
             yield batch
-            batch = []
+            batch, chars = [], 0
     if batch:
         yield batch
 
 
-def _warm_tokenizer() -> None:
-    tokenize("预热")  # loads jieba's dictionary once per worker, before the first batch
-
-
-def _tokenizer_pool(workers: int):
+def _preparing_pool(workers: int, plan: dict[str, str]):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     # forkserver: workers start from a clean process, not a fork of one running torch or tokenizers threads
     context = multiprocessing.get_context("forkserver")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_warm_tokenizer)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=warm_worker, initargs=(plan,))
 
 
 class _StageTimer:
@@ -574,6 +641,9 @@ class _StageTimer:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
     def rounded(self) -> dict[str, float]:
         return {stage: round(seconds, 3) for stage, seconds in self.seconds.items()}

@@ -59,6 +59,22 @@ def zscore_fusion(candidates: Sequence[int], score_columns: Sequence[np.ndarray]
     return dict(zip(list(candidates), fused.tolist()))
 
 
+def tie_weight(scores: np.ndarray, gap: float, floor: float) -> float:
+    """How much of its weight a retriever keeps for one query, from how clearly its best candidate
+    leads: 1 when the top score beats the second by at least `gap` (relative), falling linearly to
+    `floor` when the two tie.
+
+    Z-scoring stretches every score list to the same spread, so a list whose head is a near-tie (BM25
+    on paraphrases that share the same words) would still push its arbitrary order into the fused
+    ranking as hard as a list with a clear winner. `scores` are best first; with fewer than two
+    candidates, or no positive best score, there is nothing to tie and the weight stays whole.
+    """
+    if len(scores) < 2 or scores[0] <= 0:
+        return 1.0
+    lead = float(scores[0] - scores[1]) / float(scores[0])
+    return max(floor, min(1.0, lead / gap)) if gap > 0 else 1.0
+
+
 FUSION_METHODS = {"rrf": reciprocal_rank_fusion, "weighted": weighted_score_fusion, "zscore": zscore_fusion}
 
 

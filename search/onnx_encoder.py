@@ -356,13 +356,13 @@ class OnnxEncoder:
 
     backend = BACKEND
 
-    def __init__(self, spec: ModelSpec, onnx_file: Path) -> None:
+    def __init__(self, spec: ModelSpec, onnx_file: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         self.spec = spec
         self.tokenizer = load_tokenizer(spec)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = _cores()
+        options.intra_op_num_threads = threads or _cores()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
@@ -390,8 +390,8 @@ def _cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def load(spec: ModelSpec) -> OnnxEncoder:
-    return OnnxEncoder(spec, ensure_export(spec))
+def load(spec: ModelSpec, threads: int | None = None) -> OnnxEncoder:
+    return OnnxEncoder(spec, ensure_export(spec), threads)
 
 
 def warn_fallback(name: str, reason: str) -> None:

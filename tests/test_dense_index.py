@@ -1,7 +1,8 @@
 import faiss
 import numpy as np
+import pytest
 
-from search.dense_index import DenseIndex
+from search.dense_index import DenseIndex, RowFile
 
 
 def unit(rows):
@@ -50,9 +51,9 @@ def test_index_type_follows_size(tmp_path):
     vectors = clustered(3000, 32)
     ids = np.arange(3000) * 2  # ids that are not row numbers
     small = DenseIndex.build(vectors, ids, dim=32, exact_max=3000)
-    large = DenseIndex.build(vectors, ids, dim=32, exact_max=2999)
-    assert small.exact and isinstance(small.index, faiss.IndexFlatIP)
-    assert not large.exact and faiss.extract_index_ivf(large.index).nlist > 1
+    large = DenseIndex.build(vectors, ids, dim=32, exact_max=2999, graph_max=2999)
+    assert small.exact and isinstance(small.index, faiss.IndexFlatIP) and small.kind == "flat"
+    assert not large.exact and faiss.extract_index_ivf(large.index).nlist > 1 and large.kind == "ivf-sq8+rerank"
     large.save(tmp_path / "dense-en")
     loaded = DenseIndex.load(tmp_path / "dense-en")
     assert not loaded.exact and len(loaded) == 3000
@@ -61,20 +62,38 @@ def test_index_type_follows_size(tmp_path):
     np.testing.assert_allclose(loaded.scores_of(vectors[7], rows), vectors[rows] @ vectors[7], rtol=1e-6)
 
 
-def test_approximate_recall_against_exact(tmp_path):
+@pytest.mark.parametrize("kind", ["hnsw", "ivf-sq8+rerank"])
+def test_approximate_recall_against_exact(tmp_path, kind):
     vectors = clustered(5000, 48, seed=1)
     ids = np.arange(5000)
     exact = DenseIndex.build(vectors, ids, dim=48)
-    approx = DenseIndex.build(vectors, ids, dim=48, exact_max=1000)
+    approx = DenseIndex.build(vectors, ids, dim=48, exact_max=1000, graph_max=1000 if kind != "hnsw" else 5000)
     approx.save(tmp_path / "dense-zh")
     approx = DenseIndex.load(tmp_path / "dense-zh")
+    assert approx.kind == kind and not approx.exact
+    np.testing.assert_array_equal(approx.vectors(), vectors)
+    np.testing.assert_array_equal(approx.vectors_at(np.array([4999, 3])), vectors[[4999, 3]])
     queries = unit(vectors[:200] + 0.2 * np.random.default_rng(2).normal(size=(200, 48)))
     recall = []
     for query in queries:
         truth, truth_scores = exact.search(query, 10)
         got, scores = approx.search(query, 10)
         recall.append(len(set(truth.tolist()) & set(got.tolist())) / 10)
-        # re-ranked scores are exact cosines, best first
+        # scores are exact cosines (re-ranked, or the graph's float32 vectors), best first
         np.testing.assert_allclose(scores, vectors[got] @ query, rtol=1e-5)
         assert np.all(np.diff(scores) <= 0)
     assert np.mean(recall) >= 0.98
+
+
+def test_row_file_reads_any_rows_in_the_order_asked(tmp_path):
+    vectors = clustered(1000, 24, seed=2)
+    np.save(tmp_path / "v.npy", vectors)
+    rows_of = RowFile(tmp_path / "v.npy")
+    assert len(rows_of) == 1000
+    # unsorted, repeated, and runs of neighbours (read as one span each)
+    rows = np.array([999, 3, 4, 5, 3, 0, 998, 500, 501, 999])
+    np.testing.assert_array_equal(rows_of.rows(rows), vectors[rows])
+    assert rows_of.rows(np.array([], dtype=np.int64)).shape == (0, 24)
+    np.testing.assert_array_equal(rows_of.all(), vectors)
+    with pytest.raises(IndexError):
+        rows_of.rows(np.array([1000]))

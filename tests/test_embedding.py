@@ -168,3 +168,19 @@ def test_query_in_a_fresh_process_imports_no_torch(tmp_path, monkeypatch):
         assert done.returncode == 0, done.stderr
         assert expected in done.stdout
         assert done.stdout.strip().endswith("HEAVY="), done.stdout
+
+
+def test_query_engine_runs_each_model_on_one_thread_with_the_same_vectors(tmp_path):
+    engine = Engine.build([write_notes(tmp_path / "notes")], tmp_path / "index")
+    queries = ["序列并行", "merge keyword and vector results"]
+    for space in engine.dense:
+        query_encoder = engine.encoder(space)
+        assert query_encoder.impl.session.get_session_options().intra_op_num_threads == 1
+        batch_encoder = Encoder(engine.plan[space])  # every core, as a build embeds
+        assert batch_encoder.impl is not query_encoder.impl
+        np.testing.assert_allclose(query_encoder.encode(queries), batch_encoder.encode(queries), atol=1e-5)
+    # both spaces searched side by side in threads give what each space's own search gives
+    ranking, cosines, vectors = engine.dense_ranking("序列并行", 5)
+    for space, vector in vectors.items():
+        ids, scores = engine.dense[space].search(vector, 5)
+        assert all(np.isclose(cosines[pid], score) for pid, score in zip(ids.tolist(), scores.tolist()))

@@ -4,6 +4,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 
 from search import Engine, SearchError
@@ -30,9 +31,8 @@ def test_build_summary_and_models(built):
     assert models["en"]["name"] == "all-MiniLM-L6-v2" and models["en"]["dim"] == 384
     assert models["zh"]["passages"] > 0 and models["en"]["passages"] > 0
     stages = summary.stage_seconds
-    assert set(stages) == {"load_chunk", "tokenize", "embed", "bm25", "dense", "write"}
+    assert set(stages) == {"load", "chunk", "tokenize", "embed", "bm25", "dense", "write"}
     assert all(t >= 0 for t in stages.values()) and sum(stages.values()) <= summary.seconds + 0.01
-    assert stages["embed"] > stages["bm25"]  # loading and running two models outweighs a 3-file BM25
 
 
 def test_hybrid_hit_carries_all_fields(built):
@@ -60,6 +60,25 @@ def test_modes(built):
         engine.search("x", mode="fuzzy")
     with pytest.raises(SearchError):
         engine.search("   ")
+
+
+def test_hybrid_lets_dense_decide_when_bm25_best_two_nearly_tie(built):
+    import numpy as np
+
+    from search.engine import Retrieval, SearchConfig
+
+    engine = built[0]
+    # BM25 puts passage 1 first by 2%, dense puts passage 2 first by a hair
+    bm25 = (np.array([1, 2, 3, 4]), np.array([10.0, 9.8, 2.0, 1.0]))
+    dense = (np.array([2, 1, 4, 3]), np.array([0.80, 0.795, 0.5, 0.4]))
+    retrieval = Retrieval(bm25, dense, dict(zip(dense[0].tolist(), dense[1].tolist())),
+                          dict(zip(bm25[0].tolist(), bm25[1].tolist())))
+    assert [pid for pid, _ in engine.rank(retrieval)][:2] == [2, 1]  # BM25's near-tie counts half
+    whole = SearchConfig(bm25_tie_floor=1.0)
+    assert [pid for pid, _ in engine.rank(retrieval, config=whole)][:2] == [1, 2]
+    clear = Retrieval((bm25[0], np.array([10.0, 9.0, 2.0, 1.0])), dense, retrieval.cosines,
+                      dict(zip(bm25[0].tolist(), [10.0, 9.0, 2.0, 1.0])))
+    assert engine.rank(clear) == engine.rank(clear, config=whole)  # a 10% lead keeps the whole weight
 
 
 def test_english_paraphrase_found_by_english_model(built):
@@ -107,3 +126,27 @@ def test_seeds_sequence_parallelism_first(seeds_dir, tmp_path_factory):
     assert top.path.endswith("002_42593514c2d838f2.txt")
     assert "序列并行" in top.text and "序列维度" in top.text
     assert top.line_start <= 375 <= top.line_end
+
+
+def test_query_is_embedded_only_in_the_spaces_that_read_its_languages(built):
+    engine, _, _ = built
+    assert set(engine.dense) == {"zh", "en"}
+    spaces = lambda query, depth=1: sorted(engine._spaces_to_search(query, depth, None))
+    assert spaces("序列并行") == ["zh"]
+    assert spaces("how do I merge results") == ["en"]
+    assert spaces("注意力机制 transformer") == ["en", "zh"]
+    assert spaces("2024") == ["en", "zh"]  # no language: every space
+    assert spaces("序列并行", depth=len(engine.passages)) == ["en", "zh"]  # too few Chinese passages to fill it
+    only_english = np.zeros(len(engine.passages), dtype=bool)
+    only_english[engine.dense["en"].ids] = True
+    assert sorted(engine._spaces_to_search("序列并行", 1, only_english)) == ["en"]  # a filter left no Chinese
+    retrieval = engine.retrieve("序列并行", 1, "hybrid")
+    english = {pid for pid in engine.dense["en"].ids.tolist()}
+    assert not english & set(retrieval.dense[0].tolist())
+    # a BM25 candidate from a space the query skipped is fused with the lowest cosine seen
+    outsider = min(english)
+    retrieval.bm25 = (np.append(retrieval.bm25[0], outsider), np.append(retrieval.bm25[1], 0.0))
+    retrieval.bm25_scores[outsider] = 0.0
+    assert outsider not in retrieval.cosines
+    ranked = dict(engine.rank(retrieval))
+    assert outsider in ranked and ranked[outsider] == min(ranked.values())

@@ -128,13 +128,16 @@ def brute_force(matrix, query, rows, k):
     return [int(rows[i]) for i in np.argsort(-scores, kind="stable")[:k]]
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf"])  # FAISS with an ID selector / scoring the allowed rows
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])  # FAISS with an ID selector / scoring the allowed rows
 def test_dense_search_only_among_allowed_rows(vectors, kind):
     matrix, query = vectors
     if kind == "flat":
         index = DenseIndex.build(matrix, np.arange(2000) + 7, dim=16)  # passage id = row + 7
+    elif kind == "hnsw":
+        index = DenseIndex.build(matrix, np.arange(2000) + 7, dim=16, exact_max=100)
+        assert index.kind == "hnsw"
     else:
-        index = DenseIndex.build(matrix, np.arange(2000) + 7, dim=16, exact_max=100)  # approximate: IVF-SQ8
+        index = DenseIndex.build(matrix, np.arange(2000) + 7, dim=16, exact_max=100, graph_max=100)  # approximate: IVF-SQ8
         assert not index.exact
         index.EXACT_FILTER_ROWS = 10**9
     rows = np.arange(0, 2000, 9)

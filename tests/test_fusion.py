@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from search.fusion import fuse, min_max, reciprocal_rank_fusion, weighted_score_fusion
+from search.fusion import fuse, min_max, reciprocal_rank_fusion, tie_weight, weighted_score_fusion
 
 
 def ranking(ids, scores):
@@ -41,3 +41,14 @@ def test_fuse_orders_best_first_with_stable_ties():
     assert ordered[0][1] == pytest.approx(ordered[1][1])
     with pytest.raises(ValueError):
         fuse([a], [1.0], method="nope")
+
+
+def test_tie_weight_shrinks_a_retriever_whose_best_two_nearly_tie():
+    assert tie_weight(np.array([10.0, 9.0, 1.0]), gap=0.05, floor=0.5) == 1.0  # a 10% lead: whole weight
+    assert tie_weight(np.array([10.0, 9.8]), gap=0.05, floor=0.5) == 0.5  # a 2% lead: down to the floor
+    assert tie_weight(np.array([10.0, 9.75]), gap=0.05, floor=0.0) == pytest.approx(0.5)  # linear in the lead
+    assert tie_weight(np.array([4.0, 4.0]), gap=0.05, floor=0.25) == 0.25  # an exact tie
+    # nothing to compare: one candidate, none, or no positive score
+    assert tie_weight(np.array([3.0]), 0.05, 0.5) == tie_weight(np.array([]), 0.05, 0.5) == 1.0
+    assert tie_weight(np.array([0.0, 0.0]), 0.05, 0.5) == 1.0
+    assert tie_weight(np.array([10.0, 9.99]), gap=0.0, floor=0.5) == 1.0  # gap 0 turns the rule off

@@ -32,9 +32,9 @@ def reference_passages(paths, folder):
 
 
 def test_streaming_build_equals_in_memory_build(seeds_dir, tmp_path, monkeypatch):
-    # tiny batches and an immediate process pool: many tokenizing and embedding batches are in flight
+    # tiny batches and an immediate process pool: many chunking and embedding batches are in flight
     monkeypatch.setattr(engine_module, "POOL_AFTER", 0)
-    monkeypatch.setattr(engine_module, "TOKENIZE_BATCH", 7)
+    monkeypatch.setattr(engine_module, "UNIT_BATCH", 7)
     paths = [seeds_dir, REPO_CORPUS]
     # keyword-only keeps the test fast; the vectors of a streaming build are checked below
     engine = Engine.build(paths, tmp_path / "index", build_config=BuildConfig(keyword_only=True))
@@ -48,7 +48,7 @@ def test_streaming_build_equals_in_memory_build(seeds_dir, tmp_path, monkeypatch
     for query in ("序列并行", "all-to-all 通信", "BM25 fusion", "番茄"):
         np.testing.assert_array_equal(engine.bm25.scores(tokenize(query)), in_memory.scores(tokenize(query)))
 
-    assert set(engine.build_summary.stage_seconds) >= {"load_chunk", "tokenize", "bm25", "write"}
+    assert set(engine.build_summary.stage_seconds) >= {"load", "chunk", "tokenize", "wait_pool", "bm25", "write"}
 
 
 def test_vectors_embedded_in_batches_equal_direct_encoding(tmp_path, monkeypatch):

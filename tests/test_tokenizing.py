@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from search import tokenizing
-from search.tokenizing import Tokenizer, detect_language, normalize, tokenize, tokenize_many
+from search.tokenizing import Tokenizer, detect_language, normalize, tokenize, tokenize_many, tokenize_query
 
 CJK_PUNCT = "，。！？；：、“”‘’（）【】《》—…·「」『』〈〉"
 
@@ -31,6 +31,20 @@ words = Tokenizer(cjk_unigrams=False).tokenize
 def test_default_adds_cjk_unigrams_after_the_words_of_each_run():
     assert tokenize("序列并行和GPT-4") == ["序列", "并行", "和", "序", "列", "并", "行", "和", "gpt-4", "gpt", "4"]
     assert tokenize("蛋") == ["蛋"]  # a one-character run is not repeated
+
+
+def test_query_tokens_count_a_one_character_word_once():
+    # "吗" and "和" are jieba words of one character: a passage repeats them as unigrams, a query does not
+    assert tokenize("乳腺癌会死吗") == ["乳腺", "腺癌", "乳腺癌", "会", "死", "吗", "乳", "腺", "癌", "会", "死", "吗"]
+    assert tokenize_query("乳腺癌会死吗") == ["乳腺", "腺癌", "乳腺癌", "会", "死", "吗", "乳", "腺", "癌"]
+    assert tokenize_query("序列并行和GPT-4") == ["序列", "并行", "和", "序", "列", "并", "行", "gpt-4", "gpt", "4"]
+    # only as many repeats go as jieba emitted the word alone: the "是" inside 不是/是不是 stay unigrams
+    assert tokenize_query("你是不是傻呀") == ["你", "不是", "是不是", "傻", "呀", "是", "不", "是"]
+    # every token of a query is a token of the same text as a passage, so BM25 still finds it
+    for text in ("糖尿病可以喝牛奶吗，鸡蛋呢？", "我的我的", "蛋", "ZeRO-3 切分", "how long to brew tea"):
+        assert set(tokenize_query(text)) == set(tokenize(text))
+    assert tokenize_query("how long to brew tea") == tokenize("how long to brew tea")
+    assert tokenize_query("") == []
 
 
 def test_mixed_chinese_english_sentence():
