@@ -2,8 +2,8 @@
 
 Importing sentence-transformers costs seconds and hundreds of MB, so the query path runs an ONNX
 export of the transformer with onnxruntime, tokenises with `tokenizers` and pools in numpy. The
-export (torch.onnx + ORT's BERT fusions + dynamic int8 quantisation with per-channel weight
-scales) is made once, normally by `search index`, into a cache folder keyed by the model files and
+export (torch.onnx + ORT's BERT fusions + SmoothQuant-balanced dynamic int8 quantisation with
+per-channel weight scales, and 8-bit block-quantised FFN down-projections) is made once, normally by `search index`, into a cache folder keyed by the model files and
 the export settings. Only this module's runtime half is imported at query time; `export` imports
 torch lazily.
 """
