@@ -181,15 +181,19 @@ def work_encode(payload: dict[str, Any]) -> dict[str, Any]:
 
             def encode(batch: list[str]) -> Any:
                 return model.encode(batch, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+            backend = "sentence-transformers fp32 (cpu)"
         else:
-            encode = Encoder(name).encode
+            encoder = Encoder(name)
+            encode = encoder.encode
         encode(texts[:8])  # load and warm up outside the timing
+        if not payload["baseline"]:
+            backend = encoder.backend + (" (cuda)" if encoder.backend == "torch-fp16" else " (cpu)")  # fp16 only runs on CUDA
         started = time.perf_counter()
         encode(texts)
         seconds = time.perf_counter() - started
         count = token_counter(name)
         tokens = sum(min(count(t), 512) for t in texts)
-        per_model[name] = {"passages": len(texts), "seconds": round(seconds, 2), "passages_per_s": round(len(texts) / seconds, 1), "tokens_per_s": round(tokens / seconds)}
+        per_model[name] = {"backend": backend, "passages": len(texts), "seconds": round(seconds, 2), "passages_per_s": round(len(texts) / seconds, 1), "tokens_per_s": round(tokens / seconds)}
         total_seconds += seconds
         total_tokens += tokens
     n = len(payload["texts"])
@@ -434,6 +438,8 @@ def print_table(r: dict[str, Any]) -> None:
     rows.append(("build peak RSS", f"{build['peak_rss_mb']:.0f} MB", "", ""))
     rows.append(("index size on disk", f"{build['index_bytes'] / 1e6:.1f} MB", "", ""))
     emb = r["embedding"]
+    backends = lambda run: ", ".join(sorted({m["backend"] for m in run["models"].values()}))
+    rows.append(("embedding backend", backends(emb["ours"]), backends(emb["sentence_transformers_fp32"]), ""))
     rows.append(("embedding passages/s (sample)", f"{emb['ours']['passages_per_s']}", f"{emb['sentence_transformers_fp32']['passages_per_s']} (ST fp32)", f"{emb['ratio']}x"))
     rows.append(("embedding tokens/s (sample)", f"{emb['ours']['tokens_per_s']}", f"{emb['sentence_transformers_fp32']['tokens_per_s']} (ST fp32)",
                  f"{emb['ours']['tokens_per_s'] / emb['sentence_transformers_fp32']['tokens_per_s']:.2f}x"))
