@@ -180,7 +180,8 @@ def work_encode(payload: dict[str, Any]) -> dict[str, Any]:
             model = SentenceTransformer(resolve_model(name), device="cpu")  # float32
 
             def encode(batch: list[str]) -> Any:
-                return model.encode(batch, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+                # sentence-transformers' own default batch size (32): what its users get
+                return model.encode(batch, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
             backend = "sentence-transformers fp32 (cpu)"
         else:
             encoder = Encoder(name)

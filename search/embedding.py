@@ -383,8 +383,11 @@ class Encoder:
     def max_seq_length(self) -> int:
         return self.impl.max_seq_length
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: "object | None" = None) -> np.ndarray:
-        """Encode texts; `progress` is an optional tqdm bar advanced by the number of texts done."""
+    def encode(self, texts: Sequence[str], batch_size: int | None = None, progress: "object | None" = None) -> np.ndarray:
+        """Encode texts; `batch_size` None takes the backend's own; `progress` is an optional tqdm bar
+        advanced by the number of texts done."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if batch_size is None:
+            return self.impl.encode(texts, progress=progress)
         return self.impl.encode(texts, batch_size, progress)

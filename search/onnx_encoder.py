@@ -42,6 +42,9 @@ EXPORT_SETTINGS = {"opset": 17, "weights": "int8", "per_channel": True, "fusion"
                    "smooth_alpha": 0.5, "after_gelu": "matmulnbits8-b128-acc4"}
 _BLOCK = 128
 _GELU = {"Gelu", "BiasGelu", "FastGelu", "QuickGelu"}
+# Rows per inference call. On two cores, 32 length-sorted rows encode the bench's passages 10-20%
+# faster than 64 (less padding in each batch, activations that stay in cache); 16 gains nothing more.
+CPU_BATCH = 32
 MODEL_FILE = "model.int8.onnx"
 BACKEND = "onnx-int8"
 # ORT's transformer optimizer fuses attention, GELU and layer norms for these encoder layouts.
@@ -370,7 +373,7 @@ class OnnxEncoder:
         self.dim = spec.dim
         self.max_seq_length = spec.max_seq_length
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: "object | None" = None) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = CPU_BATCH, progress: "object | None" = None) -> np.ndarray:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
