@@ -63,6 +63,9 @@ class Retrieval:
     dense: Ranking
     cosines: dict[int, float]  # cosine similarity in the passage's own model's space
     bm25_scores: dict[int, float] = field(default_factory=dict)  # BM25 score of every candidate
+    # candidates whose cosine comes from a model that does not read the query's languages (a space
+    # searched only to fill the depth): its cosines do not compare with the readers' ones
+    foreign: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -240,11 +243,10 @@ class Engine:
         for space, index in self.dense.items():
             rows[space] = None if allowed is None else np.flatnonzero(allowed[index.ids])
         size = {space: len(self.dense[space]) if r is None else len(r) for space, r in rows.items()}
-        languages = languages_in(query)
-        readers = [space for space in rows if size[space] and (space == ALL_LANGUAGES or space in languages)]
+        readers = _reading([space for space in rows if size[space]], query)
         if sum(size[space] for space in readers) < depth:
-            readers = [space for space in rows if size[space]]
-        return {space: rows[space] for space in readers}
+            readers = {space for space in rows if size[space]}
+        return {space: rows[space] for space in rows if space in readers}
 
     def _search_space(self, space: str, query: str, depth: int, rows: np.ndarray | None) -> tuple[np.ndarray, Ranking]:
         vector = self.encoder(space).encode([query])[0]
@@ -254,9 +256,9 @@ class Engine:
     def _space_threads(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max(1, len(self.dense)), thread_name_prefix="search-space")
 
-    def _score_all_candidates(self, query_tokens: list[str], retrieval: Retrieval, vectors: dict[str, np.ndarray]) -> None:
+    def _score_all_candidates(self, query: str, query_tokens: list[str], retrieval: Retrieval, vectors: dict[str, np.ndarray]) -> None:
         """Give every candidate of either list its BM25 score and its cosine, so fusion never has
-        to treat "not retrieved" as a score of zero."""
+        to treat "not retrieved" as a score of zero; mark those of spaces that do not read the query."""
         union = np.union1d(retrieval.bm25[0], retrieval.dense[0])
         retrieval.bm25_scores = dict(zip(retrieval.bm25[0].tolist(), retrieval.bm25[1].tolist()))
         if len(retrieval.bm25_scores) < len(union):
@@ -268,6 +270,9 @@ class Engine:
             inside = rows >= 0
             scores = self.dense[space].scores_of(vector, rows[inside])
             retrieval.cosines.update(zip(missing[inside].tolist(), scores.tolist()))
+        readers = _reading(list(vectors), query)
+        for space in set(vectors) - readers:  # M3E-small's cosines for an English query run higher than MiniLM's
+            retrieval.foreign.update(union[self._rows[space][union] >= 0].tolist())
 
     def fallback_notice(self, mode: str) -> str | None:
         """What to tell the user when `mode` cannot run on this index (a keyword-only one) and bm25 does."""
@@ -296,7 +301,7 @@ class Engine:
         dense, cosines, vectors = dense_done()
         retrieval = Retrieval(bm25, dense, cosines)
         if mode == "hybrid":
-            self._score_all_candidates(tokens, retrieval, vectors)
+            self._score_all_candidates(query, tokens, retrieval, vectors)
         return retrieval
 
     def rank(self, retrieval: Retrieval, mode: str = "hybrid", config: SearchConfig | None = None) -> list[tuple[int, float]]:
@@ -365,13 +370,22 @@ class Engine:
 
 
 def _dense_column(retrieval: Retrieval) -> dict[int, float]:
-    """Every candidate's cosine for fusion; a passage of a space the query was not embedded in (its
-    model does not read the query's language) gets the lowest cosine seen: no evidence of meaning."""
+    """Every candidate's cosine for fusion. A passage of a space whose model does not read the query's
+    language (skipped, or searched only to fill the depth) gets the lowest cosine of the readers'
+    passages: no evidence of meaning, and another model's cosines are on another scale."""
     candidates = set(retrieval.bm25[0].tolist()) | set(retrieval.dense[0].tolist())
-    if candidates <= retrieval.cosines.keys():
+    foreign = retrieval.foreign if len(retrieval.foreign) < len(candidates) else set()  # only foreigners: compare them
+    if not foreign and candidates <= retrieval.cosines.keys():
         return retrieval.cosines
-    floor = min(retrieval.cosines.values(), default=0.0)
-    return {pid: retrieval.cosines.get(pid, floor) for pid in candidates}
+    comparable = {pid: cosine for pid, cosine in retrieval.cosines.items() if pid not in foreign}
+    floor = min(comparable.values(), default=0.0)
+    return {pid: comparable.get(pid, floor) for pid in candidates}
+
+
+def _reading(spaces: Sequence[str], query: str) -> set[str]:
+    """The spaces whose model reads a language of the query; all of them when none does."""
+    languages = languages_in(query)
+    return {space for space in spaces if space == ALL_LANGUAGES or space in languages} or set(spaces)
 
 
 def check_compatible(manifest: dict[str, Any], model: str | None, root: Path) -> None:

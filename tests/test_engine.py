@@ -150,3 +150,23 @@ def test_query_is_embedded_only_in_the_spaces_that_read_its_languages(built):
     assert outsider not in retrieval.cosines
     ranked = dict(engine.rank(retrieval))
     assert outsider in ranked and ranked[outsider] == min(ranked.values())
+
+
+def test_a_space_searched_only_to_fill_the_depth_does_not_bring_its_cosine_scale(built):
+    from search.engine import _dense_column
+
+    engine = built[0]
+    query = "how long should I brew green tea"
+    # the tiny English space holds fewer passages than the depth, so the Chinese one joins, and
+    # M3E-small's cosines for an English query run far above MiniLM's
+    assert sorted(engine._spaces_to_search(query, 100, None)) == ["en", "zh"]
+    retrieval = engine.retrieve(query, 100, "hybrid")
+    chinese, english = set(engine.dense["zh"].ids.tolist()), set(engine.dense["en"].ids.tolist())
+    assert retrieval.foreign and retrieval.foreign <= chinese
+    column = _dense_column(retrieval)
+    floor = min(column[pid] for pid in english & column.keys())
+    assert all(column[pid] == floor for pid in retrieval.foreign)
+    hits = engine.search(query, k=3)
+    assert "tea" in hits[0].text
+    # both English passages before any Chinese one (M3E's raw cosines put 番茄炒蛋 second)
+    assert {hit.passage_id for hit in hits[:2]} == english
