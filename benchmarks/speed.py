@@ -186,9 +186,8 @@ def work_encode(payload: dict[str, Any]) -> dict[str, Any]:
         else:
             encoder = Encoder(name)
             encode = encoder.encode
+            backend = f"{encoder.backend} ({'cuda' if encoder.backend == 'torch-fp16' else 'cpu'})"  # fp16 only runs on CUDA
         encode(texts[:8])  # load and warm up outside the timing
-        if not payload["baseline"]:
-            backend = encoder.backend + (" (cuda)" if encoder.backend == "torch-fp16" else " (cpu)")  # fp16 only runs on CUDA
         started = time.perf_counter()
         encode(texts)
         seconds = time.perf_counter() - started
@@ -458,7 +457,7 @@ def print_table(r: dict[str, Any]) -> None:
         rows.append((f"dense {space} recall@10 vs exact ({rec['vectors']} vectors)", f"{rec['recall@10']}", "", f"built: {rec['built_index']}"))
     if "million" in r:
         m = r["million"]
-        rows.append((f"1M synthetic vectors: build IVF", f"{m['build_seconds']} s", "", ""))
+        rows.append(("1M synthetic vectors: build IVF", f"{m['build_seconds']} s", "", ""))
         rows.append(("1M: embed+search p50/p95", f"{m['embed_and_search_ms']['p50']}/{m['embed_and_search_ms']['p95']} ms", "", ""))
         rows.append(("1M: query process RSS", f"{m['rss_after_queries_mb']:.0f} MB", "", ""))
         rows.append(("1M: recall@10 vs exact", f"{m['recall@10']}", "", ""))

@@ -29,7 +29,7 @@ from search.errors import IncompatibleIndex, LoadError, SearchError
 from search.filtering import Facets, Filters
 from search.fusion import Ranking, fuse, tie_weight
 from search.loading import LoadOptions, discover_files, iter_documents
-from search.passages import Prepared, chunk_counter, contextual_text, prepare_documents, warm_worker
+from search.passages import Prepared, contextual_text, prepare_documents, warm_worker
 from search.schema import Document, Hit, Passage, Skipped, SourceFile
 from search.tokenizing import detect_language, languages_in, tokenize_query
 
@@ -580,9 +580,6 @@ class Builder:
                 yield from next(prepared)
             else:
                 yield unit
-
-    def _token_counter(self):
-        return chunk_counter(tuple(self.plan.items()))
 
     def _previous_vectors(self) -> "_PreviousVectors | None":
         if not self.previous or not self.old_manifest["models"]:

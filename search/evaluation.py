@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from search import store
-from search.engine import MODES, BuildConfig, Builder, Engine, SearchConfig
+from search.engine import BuildConfig, Builder, Engine, SearchConfig
 from search.embedding import LEGACY_BACKEND, Encoder, model_plan
 from search.onnx_encoder import EXPORT_VERSION
 from search.errors import SearchError

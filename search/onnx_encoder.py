@@ -3,8 +3,8 @@
 Importing sentence-transformers costs seconds and hundreds of MB, so the query path runs an ONNX
 export of the transformer with onnxruntime, tokenises with `tokenizers` and pools in numpy. The
 export (torch.onnx + ORT's BERT fusions + SmoothQuant-balanced dynamic int8 quantisation with
-per-channel weight scales, and 8-bit block-quantised FFN down-projections) is made once, normally by `search index`, into a cache folder keyed by the model files and
-the export settings. Only this module's runtime half is imported at query time; `export` imports
+per-channel weight scales, and 8-bit block-quantised FFN down-projections) is made once, normally by
+`search index`, into a cache folder keyed by the model files and the export settings. Only this module's runtime half is imported at query time; `export` imports
 torch lazily.
 """
 
@@ -205,7 +205,7 @@ def _fuse(source: Path, target: Path, config) -> Path | None:
 
 
 def _after_gelu(graph) -> list[str]:
-    """MatMuls reading a GELU output: kept float32 (see EXPORT_SETTINGS)."""
+    """MatMuls reading a GELU output: left out of per-tensor int8, block-quantised instead (see EXPORT_SETTINGS)."""
     producer = {output: node.op_type for node in graph.node for output in node.output}
     return [node.name for node in graph.node if node.op_type == "MatMul" and producer.get(node.input[0]) in _GELU]
 

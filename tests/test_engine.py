@@ -1,9 +1,5 @@
 """The library API end to end with the real bundled models on a tiny corpus."""
 
-import json
-import os
-import time
-
 import numpy as np
 import pytest
 

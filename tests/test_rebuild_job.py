@@ -8,8 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from search import Engine
 from search.store import IndexFolder
 

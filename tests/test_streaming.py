@@ -12,9 +12,10 @@ from search import Engine, engine as engine_module
 from search.bm25_index import BM25Index
 from search.chunking import chunk_document
 from search.dense_index import DenseIndex
-from search.embedding import Encoder
-from search.engine import BuildConfig, Builder, contextual_text
+from search.embedding import Encoder, model_plan
+from search.engine import BuildConfig, contextual_text
 from search.loading import load_documents
+from search.passages import chunk_counter
 from search.store import IndexFolder, read_tokens
 from search.tokenizing import tokenize
 
@@ -24,9 +25,9 @@ SEARCH = str(Path(sys.executable).parent / "search")
 REPO_CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 
 
-def reference_passages(paths, folder):
+def reference_passages(paths):
     """What a build must hold: every document chunked, in file order, all at once in memory."""
-    counter = Builder(IndexFolder(folder), None, True, False, BuildConfig())._token_counter()
+    counter = chunk_counter(tuple(model_plan().items()))  # what a build's chunker counts with
     documents, _ = load_documents(paths)
     return [p for document in documents for p in chunk_document(document, counter, 200, 40)]
 
@@ -38,7 +39,7 @@ def test_streaming_build_equals_in_memory_build(seeds_dir, tmp_path, monkeypatch
     paths = [seeds_dir, REPO_CORPUS]
     # keyword-only keeps the test fast; the vectors of a streaming build are checked below
     engine = Engine.build(paths, tmp_path / "index", build_config=BuildConfig(keyword_only=True))
-    expected = reference_passages(paths, tmp_path / "reference")
+    expected = reference_passages(paths)
     assert len(expected) > 100
     assert list(engine.passages) == expected  # passage for passage, in order
 
