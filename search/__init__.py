@@ -1,19 +1,42 @@
-"""Hybrid Chinese/English search: jieba BM25 and sentence embeddings in FAISS, fused."""
+"""Hybrid Chinese/English search: jieba BM25 and sentence embeddings in FAISS, fused.
 
-from search.errors import SearchError
-from search.schema import Hit, Passage
+The pipeline, one package a stage, imports pointing one way:
+ingest (files -> documents) -> text (passages, tokens) -> embedding (vectors) -> index (the folder,
+BM25, FAISS, the build) -> query (Engine, retrieval, fusion). The names below are the public API;
+the CLI, the watcher and the evaluation use nothing else.
+"""
 
-__all__ = ["Engine", "Filters", "Hit", "Passage", "SearchError"]
+from search.errors import FilterError, IncompatibleIndex, IndexNotFound, LoadError, QueryError, SearchError
+from search.schema import Document, Passage, Skipped
+
+__all__ = [
+    "BM25Params", "BuildConfig", "BuildSummary", "Document", "Engine", "Filters", "FilterError", "Hit",
+    "IncompatibleIndex", "IndexNotFound", "LoadError", "LoadOptions", "MODES", "Passage", "Progress", "Query", "QueryError",
+    "SearchConfig", "SearchError", "SearchResult", "Skipped", "SUPPORTED_SUFFIXES",
+]
+
+# Where each lazily imported name lives: the Engine pulls in numpy and FAISS, so `import search`
+# stays cheap for the CLI until a command needs them.
+_LAZY = {
+    "Engine": "search.query.engine",
+    "Filters": "search.query.filters",
+    "Hit": "search.query.result",
+    "SearchResult": "search.query.result",
+    "Query": "search.query.query",
+    "MODES": "search.query.query",
+    "SearchConfig": "search.query.fusion",
+    "BuildConfig": "search.index.build",
+    "BuildSummary": "search.index.report",
+    "Progress": "search.index.report",
+    "BM25Params": "search.index.bm25_scoring",
+    "LoadOptions": "search.ingest.loading",
+    "SUPPORTED_SUFFIXES": "search.ingest.loading",
+}
 
 
 def __getattr__(name: str):
-    # Engine pulls in numpy/faiss; import it lazily so `import search` stays cheap for the CLI.
-    if name == "Engine":
-        from search.engine import Engine
+    if name in _LAZY:
+        import importlib
 
-        return Engine
-    if name == "Filters":
-        from search.filtering import Filters
-
-        return Filters
-    raise AttributeError(name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'search' has no attribute {name!r}")

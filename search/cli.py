@@ -1,4 +1,8 @@
-"""Command line: a thin layer over `search.Engine` (heavy imports happen inside commands)."""
+"""Command line: a thin layer over the public API of `search` (heavy imports happen inside commands).
+
+The library reports; this module decides what a person sees: one line per error (a traceback only
+with --debug), progress bars on a terminal, control characters of notes and file names escaped.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,65 @@ from typing import Any
 
 import click
 
-from search.errors import SearchError
+from search import MODES, SearchError
 
 DEFAULT_INDEX = "indexes/default"
 SNIPPET_CHARS = 160
+# C0 and C1 control characters but newline and tab: a note or file name holding terminal escape
+# sequences (clear screen, OSC 52 clipboard writes) must not reach the terminal raw.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters shown as \\xNN escapes."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, SearchError):
+        return str(error)
+    if isinstance(error, OSError):
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror or error}{where} (check the path, its permissions and free disk space)"
+    return f"unexpected {type(error).__name__}: {error} (run with --debug for the traceback)"
 
 
 class FriendlyGroup(click.Group):
-    """Turns a SearchError into one line on stderr and exit status 1, never a traceback."""
+    """Turns every error into one line on stderr and exit status 1, never a traceback (unless --debug)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except SearchError as error:
-            raise click.ClickException(str(error)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as error:  # noqa: BLE001 - the one place that decides how errors look
+            if ctx.params.get("debug"):
+                raise
+            raise click.ClickException(printable(_one_line(error))) from None
+
+
+class _Bars:
+    """The library's progress reports as one tqdm bar per stage, on stderr, only on a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        if stage not in self.bars:
+            from tqdm import tqdm
+
+            self.bars[stage] = tqdm(total=total, desc=stage, unit="passage" if stage in ("indexing", "bm25") else "query", leave=False)
+        self.bars[stage].update(done)
+
+    def __enter__(self) -> "_Bars":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for bar in self.bars.values():
+            bar.close()
 
 
 index_option = click.option(
@@ -38,7 +87,8 @@ index_option = click.option(
 
 @click.group(cls=FriendlyGroup)
 @click.version_option(package_name="search")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error.")
+def cli(debug: bool) -> None:
     """Hybrid keyword + semantic search over Chinese and English notes."""
 
 
@@ -57,21 +107,22 @@ def index(
     text_fields: str | None, max_file_size: float,
 ) -> None:
     """Index PATHS (files or folders; default: corpus/) into the index folder."""
-    from search.engine import BuildConfig, Engine
-    from search.loading import LoadOptions
+    from search import BuildConfig, Engine, LoadOptions
 
     fields = [f.strip() for f in text_fields.split(",") if f.strip()] if text_fields is not None else None
     if fields == []:
         raise SearchError("--text-fields names no field: give field names separated by commas")
     load = LoadOptions(text_fields=fields, max_file_bytes=int(max_file_size * 2**20))
     config = BuildConfig(load=load, keyword_only=True if keyword_only else None)  # None: as the index was built
-    engine = Engine.build(paths or ("corpus",), index_dir, model=model, rebuild=rebuild, progress=not as_json, wait=wait, build_config=config)
-    _echo_summary(engine.build_summary, as_json)
+    with _Bars(not as_json) as bars:
+        engine, summary = Engine.build(paths or ("corpus",), index_dir, model=model, rebuild=rebuild, progress=bars, wait=wait, build_config=config)
+    engine.close()
+    _echo_summary(summary, as_json)
 
 
 def _echo_summary(summary: Any, as_json: bool = False) -> None:
     for skipped in summary.skipped:
-        click.echo(f"skipped {_display_path(skipped.path)}: {skipped.reason}", err=True)
+        click.echo(printable(f"skipped {_display_path(skipped.path)}: {skipped.reason}"), err=True)
     if as_json:
         data = summary.to_dict()
         data["skipped"] = len(summary.skipped)
@@ -106,7 +157,7 @@ def watch(paths: tuple[str, ...], index_dir: str, model: str | None, debounce: f
 @cli.command()
 @click.argument("text")
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Number of hits.")
-@click.option("--mode", type=click.Choice(["hybrid", "bm25", "dense"]), default="hybrid", show_default=True)
+@click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print hits as a JSON array.")
 @click.option("--path", "paths", multiple=True, metavar="GLOB", help="Only files matching GLOB ('notes/**', '*.md'; ** spans folders). Repeatable.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="Only notes with this front-matter tag or category. Repeatable.")
@@ -118,30 +169,25 @@ def query(text: str, k: int, mode: str, as_json: bool, paths: tuple[str, ...], t
     Filters apply before the k best are picked; values of one option OR together, different
     options AND together.
     """
-    if not text.strip():
-        raise SearchError("empty query: give some words to search for")
-    from search.engine import Engine
-    from search.filtering import Filters
+    from search import Engine, Filters
 
-    engine, filters = Engine.open(index_dir), Filters(list(paths), list(tags), list(types))
-    notice = engine.fallback_notice(mode)
-    if notice:
-        click.echo(notice, err=True)
-    hits = engine.search(text, k=k, mode=mode, filters=filters)
-    filtered_out = not hits and bool(filters) and not engine.allowed(filters).any()
-    if filtered_out:  # on stderr, so --json still prints a parseable (empty) array
-        click.echo(f"no passages match the filters ({engine.facets.why_empty(filters)})", err=True)
+    with Engine.open(index_dir) as engine:
+        result = engine.search(text, k=k, mode=mode, filters=Filters(list(paths), list(tags), list(types)))
+    if result.notice:
+        click.echo(result.notice, err=True)
+    if result.filtered_out:  # on stderr, so --json still prints a parseable (empty) array
+        click.echo(printable(result.filtered_out), err=True)
     if as_json:
-        click.echo(json.dumps([hit.to_dict() for hit in hits], ensure_ascii=False, indent=1))
+        click.echo(json.dumps([hit.to_dict() for hit in result.hits], ensure_ascii=False, indent=1))
         return
-    if not hits and not filtered_out:
+    if not result.hits and not result.filtered_out:
         click.echo("no hits")
-    terms = _highlight_terms(text)
-    for rank, hit in enumerate(hits, 1):
-        location = click.style(_location(hit), fg="green")
-        headings = " > ".join(hit.heading_path)
+    terms = result.query.highlight_terms
+    for rank, hit in enumerate(result.hits, 1):
+        location = click.style(printable(_display_path(hit.path) + hit.location[len(hit.path):]), fg="green")
+        headings = printable(" > ".join(hit.heading_path))
         click.echo(f"{rank:>2}. {hit.score:.4f}  {location}  {click.style(headings, fg='blue')}".rstrip())
-        click.echo(f"    {_snippet(hit.text, terms)}")
+        click.echo(f"    {_snippet(printable(hit.text), terms)}")
 
 
 @cli.command()
@@ -149,9 +195,10 @@ def query(text: str, k: int, mode: str, as_json: bool, paths: tuple[str, ...], t
 @click.option("--json", "as_json", is_flag=True)
 def stats(index_dir: str, as_json: bool) -> None:
     """Show what the index holds."""
-    from search.engine import Engine
+    from search import Engine
 
-    info = Engine.open(index_dir).stats()
+    with Engine.open(index_dir) as engine:
+        info = engine.stats()
     if as_json:
         click.echo(json.dumps(info, ensure_ascii=False, indent=1))
         return
@@ -168,7 +215,7 @@ def stats(index_dir: str, as_json: bool) -> None:
 
 @cli.command(name="eval")
 @click.argument("dataset_dir", type=click.Path())
-@click.option("--mode", "modes", multiple=True, type=click.Choice(["hybrid", "bm25", "dense"]), help="Modes to score (default: all three).")
+@click.option("--mode", "modes", multiple=True, type=click.Choice(MODES), help="Modes to score (default: all three).")
 @click.option("--model", default=None, help="Embed with this model instead of the default pair.")
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @click.option("--per-query", "per_query", type=click.Path(dir_okay=False), help="Write each query's scores to this TSV file.")
@@ -178,11 +225,12 @@ def eval_command(dataset_dir: str, modes: tuple[str, ...], model: str | None, as
     from search.evaluation import METRICS, evaluate, load_collection, open_eval_index, sweep_configs, write_per_query
 
     collection = load_collection(dataset_dir)
-    engine = open_eval_index(collection, model=model, progress=not as_json)
-    configs: dict[str, Any] = {mode: (mode, None) for mode in (modes or ("hybrid", "bm25", "dense"))}
-    if sweep:
-        configs.update(sweep_configs(engine.config))
-    result = evaluate(engine, collection, configs, progress=not as_json)
+    with _Bars(not as_json) as bars:
+        engine = open_eval_index(collection, model=model, progress=bars)
+        configs: dict[str, Any] = {mode: (mode, None) for mode in (modes or MODES)}
+        if sweep:
+            configs.update(sweep_configs(engine.config))
+        result = evaluate(engine, collection, configs, progress=bars)
     if per_query:
         write_per_query(per_query, result)
     if as_json:
@@ -197,27 +245,6 @@ def eval_command(dataset_dir: str, modes: tuple[str, ...], model: str | None, as
 def _display_path(path: str) -> str:
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
-
-
-def _location(hit: Any) -> str:
-    """Where a hit is: path:LINE for notes and record lines, path#INDEX for JSON records, path p.N for PDF pages."""
-    from search.loading import kind_of
-
-    path = _display_path(hit.path)
-    if "page" in hit.metadata:
-        return f"{path} p.{hit.metadata['page']}"
-    if "record" in hit.metadata:
-        return f"{path}#{hit.metadata['record']}"
-    if kind_of(hit.path) == "html":  # lines of the extracted text are not lines of the file
-        return path
-    return f"{path}:{hit.line_start}"
-
-
-def _highlight_terms(text: str) -> list[str]:
-    from search.tokenizing import tokenize
-
-    # longest first so a phrase wins over its sub-words
-    return sorted({t for t in tokenize(text) if len(t) > 1 or not t.isascii()}, key=len, reverse=True)
 
 
 def _snippet(text: str, terms: list[str]) -> str:

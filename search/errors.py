@@ -15,3 +15,11 @@ class IncompatibleIndex(SearchError):
 
 class LoadError(SearchError):
     """A file that cannot be read or decoded (the build skips it and reports why)."""
+
+
+class QueryError(SearchError):
+    """A query that cannot run as asked: empty, too long, an unknown mode, a bad k."""
+
+
+class FilterError(QueryError):
+    """A filter value that cannot be used (empty, not text, or a malformed glob)."""

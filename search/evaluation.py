@@ -18,12 +18,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from search import store
-from search.engine import BuildConfig, Builder, Engine, SearchConfig
-from search.embedding import LEGACY_BACKEND, Encoder, model_plan
-from search.onnx_encoder import EXPORT_VERSION
-from search.errors import SearchError
-from search.schema import Document
+from search import BuildConfig, Document, Engine, IndexNotFound, Progress, SearchConfig, SearchError
 
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 EVAL_CACHE = Path("indexes") / "eval"
@@ -102,29 +97,23 @@ def roll_up(ranked_passages: Iterable[int], document_of: Sequence[str], limit: i
 # ----- running an evaluation -------------------------------------------------------------------
 
 
-def open_eval_index(collection: Collection, model: str | None = None, cache: Path = EVAL_CACHE, progress: bool = False) -> Engine:
-    """The collection's index, built once per (corpus, model, build settings) and cached."""
-    config = BuildConfig()
+def open_eval_index(collection: Collection, model: str | None = None, cache: Path = EVAL_CACHE, progress: Progress | None = None) -> Engine:
+    """The collection's index, built once per (corpus, encoders, build settings) and cached."""
     digest = hashlib.sha256()
     with open(collection.folder / "corpus.jsonl", "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    key: list = [asdict(config), model_plan(model), store.FORMAT_VERSION, BUILD_VERSION]
-    # the backend too, so an ONNX int8 run never reuses float32 vectors; float32 keeps its old key
-    backends = {space: Encoder(name).backend for space, name in model_plan(model).items()}
-    if set(backends.values()) != {LEGACY_BACKEND}:
-        key.append([backends, EXPORT_VERSION])  # a new ONNX recipe re-embeds
-    digest.update(json.dumps(key).encode())
-    folder = store.IndexFolder(cache / f"{collection.name}-{digest.hexdigest()[:12]}")
-    if not folder.exists():
-        with folder.build_lock(wait=True):
-            if not folder.exists():
-                Builder(folder, model, rebuild=True, progress=progress, config=config).run_documents(collection.documents())
-    return Engine(folder, folder.current())
+    # the encoders' identities (backend, precision, ONNX recipe) too, so a new recipe re-embeds
+    digest.update(json.dumps([repr(BuildConfig()), Engine.encoder_identities(model), BUILD_VERSION]).encode())
+    folder = cache / f"{collection.name}-{digest.hexdigest()[:12]}"
+    try:
+        return Engine.open(folder)
+    except IndexNotFound:
+        return Engine.build_documents(collection.documents(), folder, model=model, progress=progress)[0]
 
 
 # Bump when chunking, tokenising or passage text changes, so cached eval indexes are rebuilt.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 
 @dataclass
@@ -142,18 +131,18 @@ def evaluate(
     collection: Collection,
     configs: dict[str, tuple[str, SearchConfig | None]],
     depth: int | None = None,
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """Mean metrics per named configuration; each config is (mode, fusion settings or None)."""
-    from tqdm import tqdm
-
     document_of = [passage.path for passage in engine.passages]
     depth = depth or engine.config.candidates
     modes = {mode for mode, _ in configs.values()}
     need = modes.pop() if len(modes) == 1 else "hybrid"  # retrieve only what the configs use
     per_query: dict[str, dict[str, dict[str, float]]] = {name: {} for name in configs}
-    for qid, text in tqdm(collection.queries.items(), desc=f"eval {collection.name}", disable=not progress, leave=False):
-        retrieval = engine.retrieve(text, depth, need)
+    for qid, text in collection.queries.items():
+        if progress is not None:
+            progress(f"eval {collection.name}", 1, len(collection.queries))
+        retrieval = engine.retrieve(engine.analyse(text, need), depth)
         for name, (mode, config) in configs.items():
             ranked = roll_up((pid for pid, _ in engine.rank(retrieval, mode, config)), document_of)
             per_query[name][qid] = score_run(ranked, collection.qrels[qid])

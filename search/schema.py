@@ -1,4 +1,4 @@
-"""The records that flow between stages: files -> Document -> Passage -> Hit."""
+"""The records that flow between stages: files (SourceFile) -> Document -> Passage (a query turns passages into Hits)."""
 
 from __future__ import annotations
 
@@ -40,27 +40,6 @@ class Passage:
     line_start: int = 1  # 1-based, inclusive, in the source file
     line_end: int = 1
     metadata: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class Hit:
-    """A ranked passage with the evidence each retriever gave for it (None where it did not retrieve it)."""
-
-    path: str
-    heading_path: list[str]
-    text: str
-    line_start: int
-    line_end: int
-    metadata: dict[str, Any]
-    score: float
-    bm25_rank: int | None = None
-    bm25_score: float | None = None
-    dense_rank: int | None = None
-    dense_score: float | None = None
-    passage_id: int = -1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

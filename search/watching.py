@@ -7,8 +7,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
-from search.errors import SearchError
-from search.loading import SUPPORTED_SUFFIXES
+from search import SUPPORTED_SUFFIXES, SearchError
 
 # Events that do not change content; our own reads during a build raise them, so they must not
 # trigger another build.
@@ -38,7 +37,7 @@ def watch(
     from watchdog.events import FileSystemEventHandler
     from watchdog.observers import Observer
 
-    from search.engine import Engine
+    from search import Engine
 
     index_path = Path(os.path.abspath(index_dir))
     stop = stop or threading.Event()
@@ -54,9 +53,10 @@ def watch(
 
     def build() -> None:
         try:
-            engine = Engine.build(paths, index_dir, model=model, wait=True)
+            engine, summary = Engine.build(paths, index_dir, model=model, wait=True)
+            engine.close()
             if on_build:
-                on_build(engine.build_summary)
+                on_build(summary)
         except SearchError as error:
             if on_error is None:
                 raise

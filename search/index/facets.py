@@ -1,12 +1,8 @@
-"""Query filters on path, file type and front-matter tags, applied before the top-k cut.
+"""Facets: each passage's file, type and front-matter tags, stored at build time so that a query
+filter becomes a boolean mask over passage ids without parsing a passage.
 
-A filter is evaluated once per query into a boolean mask over passage ids: each retriever only
-ranks allowed passages, so a filtered query still returns k hits whenever k passages match.
-
-Matching is decided per *facet row* (a file: path, type, tags), not per passage, and the rows are
-stored at build time (`store.write_facets`) so a query never parses passages to filter them.
-
-Semantics (`Filters`):
+Matching is decided per *facet row* (a file: path, type, tags), not per passage. Semantics (see
+`search.query.filters.Filters`):
 
 * values of one field OR together, fields AND together:
   ``Filters(paths=["notes/**", "*.txt"], tags=["机器学习"])`` = (under notes/ or a .txt) and tagged 机器学习;
@@ -21,28 +17,25 @@ Semantics (`Filters`):
 
 from __future__ import annotations
 
+import json
 import os
 import unicodedata
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 from wcmatch import glob
 
-from search.errors import SearchError
+from search.errors import FilterError
+from search.index.folder import Generation
 from search.schema import Passage
 
-__all__ = ["Filters", "Facets", "FilterError", "facet_rows", "file_type", "normalise_tag", "normalise_type"]
+__all__ = ["Facets", "facet_rows", "file_type", "normalise_tag", "normalise_type", "read_facets", "write_facets"]
 
 # suffix spellings that name the same type; the key is what users may type, the value what is stored
 TYPE_ALIASES = {"markdown": "md", "mdown": "md", "mkd": "md", "text": "txt", "htm": "html", "yml": "yaml"}
 TAG_KEYS = ("tags", "categories")
 # BRACE: `*.{md,txt}`; DOTGLOB: `*` may match a leading dot like any other character.
 _GLOB_FLAGS = glob.GLOBSTAR | glob.BRACE | glob.DOTGLOB
-
-
-class FilterError(SearchError):
-    """A filter value that cannot be used (empty, or a malformed glob)."""
 
 
 def normalise_tag(tag: str) -> str:
@@ -59,30 +52,6 @@ def normalise_type(value: str) -> str:
 def file_type(path: str) -> str:
     """A file's type: its suffix without the dot (normalised), "" when it has none."""
     return normalise_type(os.path.splitext(path)[1])
-
-
-def _as_list(value: str | Iterable[str] | None) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
-@dataclass
-class Filters:
-    """What a query may return; an empty field does not restrict. Each field takes a string or a list."""
-
-    paths: list[str] = field(default_factory=list)
-    tags: list[str] = field(default_factory=list)
-    types: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.paths, self.tags, self.types = _as_list(self.paths), _as_list(self.tags), _as_list(self.types)
-        for name, option in (("paths", "--path"), ("tags", "--tag"), ("types", "--type")):
-            if any(not str(value).strip() for value in getattr(self, name)):
-                raise FilterError(f"empty {option} filter: give a value, or leave the option out")
-
-    def __bool__(self) -> bool:
-        return bool(self.paths or self.tags or self.types)
 
 
 def _path_patterns(patterns: Sequence[str]) -> list[str]:
@@ -129,23 +98,19 @@ class Facets:
         self.tags = [{normalise_tag(tag) for tag in row["tags"]} for row in rows]
         self._path_masks: dict[tuple[str, ...], np.ndarray] = {}
 
-    @classmethod
-    def from_passages(cls, passages: Iterable[Passage]) -> "Facets":
-        return cls(*facet_rows(passages))
-
     def __len__(self) -> int:
         return len(self.passage_row)
 
-    def row_masks(self, filters: Filters) -> dict[str, np.ndarray]:
-        """For each field that is set, which facet rows it allows."""
+    def row_masks(self, paths: Sequence[str] = (), tags: Sequence[str] = (), types: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """For each field that is given, which facet rows it allows."""
         masks = {}
-        if filters.paths:
-            masks["path"] = self._path_mask(tuple(filters.paths))
-        if filters.tags:
-            wanted = {normalise_tag(tag) for tag in filters.tags}
-            masks["tag"] = np.array([not wanted.isdisjoint(tags) for tags in self.tags], dtype=bool)
-        if filters.types:
-            wanted = {normalise_type(value) for value in filters.types}
+        if paths:
+            masks["path"] = self._path_mask(tuple(paths))
+        if tags:
+            wanted = {normalise_tag(tag) for tag in tags}
+            masks["tag"] = np.array([not wanted.isdisjoint(row_tags) for row_tags in self.tags], dtype=bool)
+        if types:
+            wanted = {normalise_type(value) for value in types}
             masks["type"] = np.array([kind in wanted for kind in self.types], dtype=bool)
         return {name: mask.reshape(len(self.rows)) for name, mask in masks.items()}
 
@@ -162,18 +127,25 @@ class Facets:
             self._path_masks[patterns] = np.array([matcher.match(path) for path in self.paths], dtype=bool)
         return self._path_masks[patterns]
 
-    def mask(self, filters: Filters) -> np.ndarray:
-        """allowed[passage id]: whether the passage passes every filter field."""
+    def mask(self, paths: Sequence[str] = (), tags: Sequence[str] = (), types: Sequence[str] = ()) -> np.ndarray:
+        """allowed[passage id]: whether the passage passes every given field."""
         allowed_rows = np.ones(len(self.rows), dtype=bool)
-        for mask in self.row_masks(filters).values():
+        for mask in self.row_masks(paths, tags, types).values():
             allowed_rows &= mask
         return allowed_rows[self.passage_row] if len(self.passage_row) else np.zeros(0, dtype=bool)
 
-    def why_empty(self, filters: Filters) -> str:
-        """Which filter fields match no file on their own (for the "no passages match" message)."""
-        options = {"path": ("--path", filters.paths), "tag": ("--tag", filters.tags), "type": ("--type", filters.types)}
-        empty = [f"{options[name][0]} {' / '.join(options[name][1])}" for name, mask in self.row_masks(filters).items() if not mask.any()]
+    def why_empty(self, paths: Sequence[str] = (), tags: Sequence[str] = (), types: Sequence[str] = ()) -> str:
+        """Which fields match no file on their own (for the "no passages match" message)."""
+        options = {"path": ("--path", paths), "tag": ("--tag", tags), "type": ("--type", types)}
+        masks = self.row_masks(paths, tags, types)
+        empty = [f"{options[name][0]} {' / '.join(options[name][1])}" for name, mask in masks.items() if not mask.any()]
         return f"no file matches {', '.join(empty)}" if empty else "no file matches all of them together"
+
+    def values(self) -> dict[str, list[str]]:
+        """The tags, types and folders present, sorted (what a filter can usefully ask for)."""
+        tags = sorted({tag for row in self.rows for tag in row["tags"]}, key=normalise_tag)
+        folders = sorted({os.path.dirname(path) for path in self.paths})
+        return {"tags": list(dict.fromkeys(tags)), "types": sorted(set(self.types) - {""}), "folders": folders}
 
 
 def facet_rows(passages: Iterable[Passage]) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -192,3 +164,15 @@ def facet_rows(passages: Iterable[Passage]) -> tuple[list[dict[str, Any]], np.nd
             rows.append({"path": passage.path, "tags": list(tags)})
         passage_row.append(index[key])
     return rows, np.asarray(passage_row, dtype=np.int32)
+
+
+def write_facets(generation: Generation, passages: Iterable[Passage]) -> None:
+    """The facets of `passages` (read once, in passage-id order)."""
+    rows, passage_file = facet_rows(passages)
+    generation.facets_file.write_text(json.dumps({"files": rows}, ensure_ascii=False), encoding="utf-8")
+    np.save(generation.passage_file_map, passage_file)
+
+
+def read_facets(generation: Generation) -> Facets:
+    rows = json.loads(generation.facets_file.read_text(encoding="utf-8"))["files"]
+    return Facets(rows, np.load(generation.passage_file_map))

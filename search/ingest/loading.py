@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from search.decoding import decode_text
+from search.ingest.decoding import decode_text
 from search.errors import LoadError, SearchError
 from search.schema import Document, Skipped, SourceFile
 
@@ -160,7 +160,7 @@ def read_document(source: SourceFile, options: LoadOptions | None = None) -> Doc
     options = options or LoadOptions()
     data = _read_whole(source, options)
     if source.kind == "html":
-        from search.formats.html import html_document
+        from search.ingest.html import html_document
 
         return html_document(source, data)
     return Document(path=source.path, text=decode_text(data), kind=source.kind)
@@ -174,7 +174,7 @@ def iter_documents(source: SourceFile, options: LoadOptions | None = None) -> It
     """
     options = options or LoadOptions()
     if source.kind in RECORD_KINDS:
-        from search.formats import records
+        from search.ingest import records
 
         if source.kind == "jsonl":
             yield from records.iter_jsonl(source, options.text_fields)
@@ -183,7 +183,7 @@ def iter_documents(source: SourceFile, options: LoadOptions | None = None) -> It
         else:
             yield from records.iter_csv(source, options.text_fields, "\t" if source.kind == "tsv" else None)
     elif source.kind == "pdf":
-        from search.formats.pdf import iter_pdf
+        from search.ingest.pdf import iter_pdf
 
         try:
             _check_size(os.stat(source.path).st_size, options)

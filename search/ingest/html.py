@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from search.decoding import HEAD_BYTES, decode_text
+from search.ingest.decoding import HEAD_BYTES, decode_text
 from search.schema import Document, SourceFile
 
 __all__ = ["html_document"]

@@ -21,7 +21,7 @@ import re
 from contextlib import contextmanager
 from typing import Any, Iterator, TextIO
 
-from search.decoding import BAD_BYTES, normalize_newlines, open_text
+from search.ingest.decoding import BAD_BYTES, normalize_newlines, open_text
 from search.errors import LoadError
 from search.schema import Document, Skipped, SourceFile
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Iterator
 
-from search.decoding import normalize_newlines
+from search.ingest.decoding import normalize_newlines
 from search.errors import LoadError
 from search.schema import Document, Skipped, SourceFile
 

@@ -1,11 +1,9 @@
-"""CPU encoding with an int8 ONNX export of the model, run by onnxruntime.
+"""The int8 ONNX export recipe: torch.onnx, ORT's BERT fusions, SmoothQuant-balanced dynamic int8
+quantisation with per-channel weight scales, and 8-bit block-quantised FFN down-projections.
 
-Importing sentence-transformers costs seconds and hundreds of MB, so the query path runs an ONNX
-export of the transformer with onnxruntime, tokenises with `tokenizers` and pools in numpy. The
-export (torch.onnx + ORT's BERT fusions + SmoothQuant-balanced dynamic int8 quantisation with
-per-channel weight scales, and 8-bit block-quantised FFN down-projections) is made once, normally by
-`search index`, into a cache folder keyed by the model files and the export settings. Only this module's runtime half is imported at query time; `export` imports
-torch lazily.
+Made once, normally by `search index`, into the user's cache folder keyed by the model files and the
+export settings, and checked against torch on probe sentences; `search.embedding.onnx_runtime` runs
+the result. torch is imported only while exporting.
 """
 
 from __future__ import annotations
@@ -15,16 +13,16 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from search.embedding import ModelSpec, UnsupportedModel, batches_by_length, load_tokenizer, pool
+from search.cache import cache_root
+from search.embedding.onnx_runtime import OnnxEncoder
+from search.embedding.spec import ModelSpec, UnsupportedModel, load_tokenizer, pool
 
 # Bump when the export recipe changes, so cached exports are remade.
 EXPORT_VERSION = 4
@@ -42,11 +40,7 @@ EXPORT_SETTINGS = {"opset": 17, "weights": "int8", "per_channel": True, "fusion"
                    "smooth_alpha": 0.5, "after_gelu": "matmulnbits8-b128-acc4"}
 _BLOCK = 128
 _GELU = {"Gelu", "BiasGelu", "FastGelu", "QuickGelu"}
-# Rows per inference call. On two cores, 32 length-sorted rows encode the bench's passages 10-20%
-# faster than 64 (less padding in each batch, activations that stay in cache); 16 gains nothing more.
-CPU_BATCH = 32
 MODEL_FILE = "model.int8.onnx"
-BACKEND = "onnx-int8"
 # ORT's transformer optimizer fuses attention, GELU and layer norms for these encoder layouts.
 _FUSABLE = {"bert", "roberta", "xlm-roberta", "camembert", "electra"}
 # Probe sentences checked after every export: different lengths exercise the dynamic axes.
@@ -70,11 +64,6 @@ _CALIBRATION = [
 # int8 stays above 0.97 even on a text of unknown tokens; a broken graph (shapes baked in by
 # tracing, a wrong input) lands far lower.
 _MIN_PROBE_COSINE = 0.95
-
-
-def cache_root() -> Path:
-    base = os.environ.get("SEARCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "search")
-    return Path(base) / "onnx"
 
 
 def _fingerprint(folder: Path) -> str:
@@ -101,7 +90,7 @@ def _fingerprint(folder: Path) -> str:
 
 def export_dir(spec: ModelSpec) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.name)[-60:]
-    return cache_root() / f"{safe}-{_fingerprint(spec.folder)}"
+    return cache_root() / "onnx" / f"{safe}-{_fingerprint(spec.folder)}"
 
 
 def ensure_export(spec: ModelSpec) -> Path:
@@ -352,51 +341,3 @@ def _check_against_torch(spec: ModelSpec, model, onnx_file: Path) -> None:
     cosines = (got * want).sum(axis=1)
     if not np.all(cosines >= _MIN_PROBE_COSINE):
         raise UnsupportedModel(f"the ONNX export disagrees with torch (cosine {cosines.min():.3f})")
-
-
-class OnnxEncoder:
-    """Length-sorted, per-batch padded inference of the int8 export; L2-normalised float32 vectors."""
-
-    backend = BACKEND
-
-    def __init__(self, spec: ModelSpec, onnx_file: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        self.spec = spec
-        self.tokenizer = load_tokenizer(spec)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or _cores()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-        self.dim = spec.dim
-        self.max_seq_length = spec.max_seq_length
-
-    def encode(self, texts: Sequence[str], batch_size: int = CPU_BATCH, progress: "object | None" = None) -> np.ndarray:
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
-        encodings = self.tokenizer.encode_batch(list(texts))  # parallel in Rust
-        for rows, ids, mask in batches_by_length(encodings, batch_size, self.spec.pad_id):
-            hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-            out[rows] = pool(hidden, mask, self.spec.pooling)
-            if progress is not None:
-                progress.update(len(rows))
-        return out
-
-
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS
-        return max(1, os.cpu_count() or 1)
-
-
-def load(spec: ModelSpec, threads: int | None = None) -> OnnxEncoder:
-    return OnnxEncoder(spec, ensure_export(spec), threads)
-
-
-def warn_fallback(name: str, reason: str) -> None:
-    first_line = (reason.splitlines() or [""])[0][:200]
-    print(f"warning: model {name!r} cannot run on ONNX ({first_line}); using sentence-transformers", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Documents -> passages with their BM25 tokens: the CPU-heavy half of a build, run in pool workers.
 
-Kept apart from the engine so a worker imports only the chunker, the tokenizers and jieba (not FAISS
-or the index code).
+Kept apart from the build so a worker imports only the chunker, the tokenizers and jieba (not FAISS
+or the index code). Passages are counted with the tokenizer of the model that will embed them.
 """
 
 from __future__ import annotations
@@ -11,17 +11,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
-from search.chunking import chunk_document
-from search.embedding import space_for, token_counter
+from search.embedding.models import space_for
+from search.embedding.spec import token_counter
 from search.schema import Document, Passage
-from search.tokenizing import detect_language, tokenize, tokenize_many
+from search.text.chunking import chunk_document
+from search.text.language import detect_language
+from search.text.passages import contextual_text
+from search.text.tokenizing import tokenize, tokenize_many
 
-
-def contextual_text(passage: Passage) -> str:
-    """The text both retrievers see: document title and heading path give a passage its topic."""
-    context = [passage.metadata.get("title") or "", *passage.heading_path]
-    prefix = " / ".join(dict.fromkeys(part for part in context if part))  # drop repeats, keep order
-    return f"{prefix}\n{passage.text}" if prefix else passage.text
+__all__ = ["Prepared", "chunk_counter", "prepare_documents", "warm_worker"]
 
 
 @dataclass
@@ -59,5 +57,3 @@ def prepare_documents(documents: list[Document], plan: dict[str, str], max_token
 def warm_worker(plan: dict[str, str]) -> None:
     tokenize("预热")  # loads jieba's dictionary once per worker, before the first batch
     chunk_counter(tuple(plan.items()))("warm")
-
-

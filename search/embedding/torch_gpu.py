@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from search.embedding import ModelSpec, UnsupportedModel, batches_by_length, load_tokenizer
+from search.embedding.spec import ModelSpec, UnsupportedModel, batches_by_length, load_tokenizer
 
 # Texts tokenised and length-sorted together: large enough that sorting removes most padding,
 # small enough that the GPU starts after milliseconds.
@@ -33,7 +33,7 @@ class TorchEncoder:
         self.spec = spec
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
-        self.backend = "torch-fp16" if self.cuda else "torch-fp32"
+        self.backend = self.identity = "torch-fp16" if self.cuda else "torch-fp32"
         try:
             model = AutoModel.from_pretrained(str(spec.folder))
         except Exception as error:  # noqa: BLE001 - let sentence-transformers try
@@ -45,12 +45,13 @@ class TorchEncoder:
         self.dim = spec.dim
         self.max_seq_length = spec.max_seq_length
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: "object | None" = None) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int | None = None, progress: "object | None" = None) -> np.ndarray:
+        """Vectors of `texts`; batches hold at most `batch_size` rows (None: as many as the token budget allows)."""
         import torch
 
         out = torch.empty((len(texts), self.dim), dtype=torch.float32, device=self.device)
         with torch.inference_mode():
-            for rows, ids, mask in self._prefetched(texts):
+            for rows, ids, mask in self._prefetched(texts, batch_size):
                 ids = ids.to(self.device, non_blocking=True)
                 mask = mask.to(self.device, non_blocking=True)
                 hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -70,7 +71,7 @@ class TorchEncoder:
             vectors = (hidden * weights).float().sum(dim=1) / weights.float().sum(dim=1).clamp(min=1e-9)
         return torch.nn.functional.normalize(vectors, p=2, dim=1)
 
-    def _prefetched(self, texts: Sequence[str]) -> Iterator:
+    def _prefetched(self, texts: Sequence[str], batch_size: int | None) -> Iterator:
         """Batches produced by a background thread (bounded queue), re-raising its errors here."""
         batches: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
         done = object()
@@ -78,7 +79,7 @@ class TorchEncoder:
 
         def produce() -> None:
             try:
-                for batch in self._batches(texts):
+                for batch in self._batches(texts, batch_size):
                     while not stop.is_set():
                         try:
                             batches.put(batch, timeout=0.1)
@@ -102,13 +103,13 @@ class TorchEncoder:
             stop.set()
             worker.join()
 
-    def _batches(self, texts: Sequence[str]) -> Iterator:
+    def _batches(self, texts: Sequence[str], batch_size: int | None) -> Iterator:
         import torch
 
         for start in range(0, len(texts), CHUNK_TEXTS):
             chunk = list(texts[start : start + CHUNK_TEXTS])
             encodings = self.tokenizer.encode_batch(chunk)
-            for rows, ids, mask in batches_by_length(encodings, len(chunk), self.spec.pad_id, self.tokens_per_batch):
+            for rows, ids, mask in batches_by_length(encodings, batch_size or len(chunk), self.spec.pad_id, self.tokens_per_batch):
                 tensors = [torch.from_numpy(rows + start), torch.from_numpy(ids), torch.from_numpy(mask)]
                 if self.cuda:
                     tensors = [t.pin_memory() for t in tensors]  # lets the copies run asynchronously

@@ -10,15 +10,15 @@ cut into *segments* of consecutive passages, so a build only ever holds one segm
 
 Every stored score is therefore the one a single index over the whole corpus would hold, and a query's
 score for a passage (its column entries summed in query-token order) is bit-for-bit the same whatever the
-segmentation. The formulas are bm25s's own (``bm25s.scoring``: idf and term-frequency component per
-method); the segment matrices are assembled with scipy.sparse, because bm25s's builder takes the whole
-corpus at once and computes its statistics from it, so it cannot score one segment with global statistics.
+segmentation. The formulas are in `search.index.bm25_scoring` (bm25s's, as small functions); the segment
+matrices are assembled with scipy.sparse, because bm25s's builder takes the whole corpus at once and
+computes its statistics from it, so it cannot score one segment with global statistics.
 
 Also handled here: a 0-passage corpus, passages with no tokens, a corpus with no tokens at all; queries
 that are empty or only hold unknown tokens (zeros); repeated query tokens count once per occurrence, as in
 rank-bm25; ``top_k`` with an optional boolean ``allowed`` mask applied before the cut, deterministic ties
-(lower passage id first); save/load memory-mapped. Indexes saved by the earlier bm25s-backed version
-(format 1) load as one segment. Scores are float64, so they agree with rank-bm25 to ~1e-12.
+(lower passage id first); save/load memory-mapped. Scores are float64, so they agree with rank-bm25 to
+~1e-12.
 """
 
 from __future__ import annotations
@@ -31,24 +31,17 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["BM25Index"]
+from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params, idf, term_frequency_component
+
+__all__ = ["BM25Index", "BM25Params"]
 
 _META_NAME = "bm25_index.json"
 _FORMAT = 2
-_METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
-# Methods whose score adds a non-occurrence term for every passage, so a positive score does not mean a match.
-_NONOCCURRENCE_METHODS = ("bm25l", "bm25+")
 # A segment ends at this many passages or query-independent postings (tokens), whichever comes first:
 # scoring one holds ~40 bytes per token, so 8M tokens keep a build's BM25 stage near 300 MB.
 SEGMENT_PASSAGES = 200_000
 SEGMENT_TOKENS = 8_000_000
 _CHUNK_TOKENS = 1_000_000  # tokens counted per vectorised step inside a segment
-
-
-def _scoring():
-    from bm25s import scoring
-
-    return scoring
 
 
 @dataclass
@@ -119,19 +112,15 @@ class _Segment:
 class _SegmentScorer:
     """Turns consecutive passages' tokens into segments scored with the global statistics."""
 
-    def __init__(self, stats: _Stats, params: dict[str, Any]) -> None:
-        scoring = _scoring()
-        method = params["method"]
+    def __init__(self, stats: _Stats, params: BM25Params) -> None:
         self.stats = stats
         self.params = params
-        self.tfc = scoring._select_tfc_scorer(method)
-        idf_of = scoring._select_idf_scorer(method)
         n = stats.n_passages
-        self.idf = np.fromiter((idf_of(int(d), N=n) for d in stats.df), dtype=np.float64, count=len(stats.df))
+        self.idf = np.fromiter((idf(params, int(d), n) for d in stats.df), dtype=np.float64, count=len(stats.df))
         self.nonoccurrence = None
-        if method in _NONOCCURRENCE_METHODS:
+        if params.method in NONOCCURRENCE_METHODS:
             avg = stats.avg_length
-            zero = self.tfc(tf_array=0, l_d=avg, l_avg=avg, k1=params["k1"], b=params["b"], delta=params["delta"])
+            zero = term_frequency_component(params, 0, avg, avg)
             self.nonoccurrence = self.idf * zero  # idf(df) * tfc(0) per term, as bm25s's non-occurrence array
 
     def segments(self, corpus: Iterable[Sequence[str]], max_passages: int, max_tokens: int) -> Iterator[_Segment]:
@@ -177,9 +166,7 @@ class _SegmentScorer:
         pairs, tf = np.unique(passage * n_vocab + terms, return_counts=True)
         del passage
         row, col = pairs // n_vocab, pairs % n_vocab
-        p = self.params
-        tfc = self.tfc(tf_array=tf.astype(np.float64), l_d=lengths[row].astype(np.float64), l_avg=self.stats.avg_length,
-                       k1=p["k1"], b=p["b"], delta=p["delta"])
+        tfc = term_frequency_component(self.params, tf.astype(np.float64), lengths[row].astype(np.float64), self.stats.avg_length)
         scores = self.idf[col] * tfc
         if self.nonoccurrence is not None:
             scores -= self.nonoccurrence[col]  # added back for every passage at query time, as in bm25s
@@ -189,14 +176,12 @@ class _SegmentScorer:
 class BM25Index:
     """BM25 scores for every passage of a fixed corpus; passage ids are positions in the build order."""
 
-    DEFAULT_PARAMS = {"method": "lucene", "k1": 0.9, "b": 0.4}
-
     def __init__(
         self,
         vocab: dict[str, int],
         segments: list[_Segment],
         n_passages: int,
-        params: dict[str, Any],
+        params: BM25Params,
         nonoccurrence: np.ndarray | None = None,
         folder: Path | None = None,
     ) -> None:
@@ -204,31 +189,21 @@ class BM25Index:
         self._vocab = vocab
         self._segments = segments
         self.n_passages = int(n_passages)
-        self.params = dict(params)
+        self.params = params
         self._nonoccurrence = nonoccurrence
         self._folder = folder  # where the arrays live when they are memory-mapped from disk
-        self._needs_match_mask = self.params.get("method") in _NONOCCURRENCE_METHODS
+        self._needs_match_mask = params.method in NONOCCURRENCE_METHODS
 
     # ------------------------------------------------------------------ build
-    @staticmethod
-    def _params(method: str, k1: float, b: float, delta: float) -> dict[str, Any]:
-        if method not in _METHODS:
-            raise ValueError(f"unknown BM25 method {method!r}; choose from {', '.join(_METHODS)}")
-        return {"method": method, "k1": float(k1), "b": float(b), "delta": float(delta)}
-
     @classmethod
     def build(
         cls,
         corpus_tokens: Sequence[Sequence[str]],
-        method: str = "lucene",
-        k1: float = 0.9,
-        b: float = 0.4,
-        delta: float = 0.5,
+        params: BM25Params = BM25Params(),
         segment_passages: int = SEGMENT_PASSAGES,
         segment_tokens: int = SEGMENT_TOKENS,
     ) -> "BM25Index":
-        """Index ``corpus_tokens[i]`` (the tokens of passage i) in memory. ``delta`` only matters for bm25l / bm25+."""
-        params = cls._params(method, k1, b, delta)
+        """Index ``corpus_tokens[i]`` (the tokens of passage i) in memory."""
         stats = _Stats.gather(corpus_tokens)
         if not stats.vocab:  # no passages, or no passage with a token: nothing can ever match
             return cls({}, [], stats.n_passages, params)
@@ -241,10 +216,7 @@ class BM25Index:
         cls,
         corpus: Callable[[], Iterable[Sequence[str]]],
         folder: str | Path,
-        method: str = "lucene",
-        k1: float = 0.9,
-        b: float = 0.4,
-        delta: float = 0.5,
+        params: BM25Params = BM25Params(),
         segment_passages: int = SEGMENT_PASSAGES,
         segment_tokens: int = SEGMENT_TOKENS,
         on_passages: Callable[[int], None] | None = None,
@@ -254,7 +226,6 @@ class BM25Index:
         result is returned memory-mapped. ``on_passages(n)`` reports progress of the second pass."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        params = cls._params(method, k1, b, delta)
         stats = _Stats.gather(corpus())
         if not stats.vocab:
             index = cls({}, [], stats.n_passages, params)
@@ -341,13 +312,13 @@ class BM25Index:
 
     # ------------------------------------------------------------------ persistence
     @staticmethod
-    def _write_meta(folder: Path, vocab: dict[str, int], sizes: list[int], n: int, params: dict[str, Any],
+    def _write_meta(folder: Path, vocab: dict[str, int], sizes: list[int], n: int, params: BM25Params,
                     nonoccurrence: np.ndarray | None) -> None:
         if nonoccurrence is not None:
             np.save(folder / "nonoccurrence.npy", nonoccurrence)
         with open(folder / "vocab.json", "w", encoding="utf-8") as handle:
             json.dump(list(vocab), handle, ensure_ascii=False)  # dicts keep insertion order = term id order
-        meta = {"format": _FORMAT, "n_passages": n, "params": params, "segments": sizes, "empty": not vocab}
+        meta = {"format": _FORMAT, "n_passages": n, "params": params.to_dict(), "segments": sizes, "empty": not vocab}
         tmp = folder / (_META_NAME + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
         tmp.replace(folder / _META_NAME)  # written last: its presence means the index is complete
@@ -372,12 +343,11 @@ class BM25Index:
             raise FileNotFoundError(f"no BM25 index in {folder} (missing {_META_NAME})")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         n = int(meta["n_passages"])
-        if meta.get("format") == 1:
-            return cls._load_bm25s(folder, meta, mmap)
         if meta.get("format") != _FORMAT:
             raise ValueError(f"BM25 index in {folder} has format {meta.get('format')!r}, expected {_FORMAT}; rebuild it")
+        params = BM25Params(**meta["params"])
         if meta["empty"]:
-            return cls({}, [], n, meta["params"], folder=folder)
+            return cls({}, [], n, params, folder=folder)
         with open(folder / "vocab.json", encoding="utf-8") as handle:
             vocab = {token: term for term, token in enumerate(json.load(handle))}
         segments, start = [], 0
@@ -387,20 +357,7 @@ class BM25Index:
         if start != n:
             raise ValueError(f"BM25 index in {folder} is inconsistent: segments hold {start} != {n} passages")
         nonoccurrence = np.load(folder / "nonoccurrence.npy") if (folder / "nonoccurrence.npy").is_file() else None
-        return cls(vocab, segments, n, meta["params"], nonoccurrence, folder=folder)
-
-    @classmethod
-    def _load_bm25s(cls, folder: Path, meta: dict[str, Any], mmap: bool) -> "BM25Index":
-        """An index saved by the bm25s-backed version: bm25s's CSC arrays are one segment of ours."""
-        n = int(meta["n_passages"])
-        if meta["empty"]:
-            return cls({}, [], n, meta["params"], folder=folder)
-        mode = "r" if mmap else None
-        arrays = [np.load(folder / f"{name}.csc.index.npy", mmap_mode=mode) for name in ("data", "indices", "indptr")]
-        vocab = json.loads((folder / "vocab.index.json").read_text(encoding="utf-8"))
-        nonocc_path = folder / "nonoccurrence_array.index.npy"
-        nonoccurrence = np.load(nonocc_path) if nonocc_path.is_file() else None
-        return cls(vocab, [_Segment(0, n, *arrays)], n, meta["params"], nonoccurrence, folder=folder)
+        return cls(vocab, segments, n, params, nonoccurrence, folder=folder)
 
     # ------------------------------------------------------------------ misc
     @property

@@ -1,0 +1,285 @@
+"""One build of an index folder: files -> passages and tokens -> vectors, BM25 and facets -> a new
+generation, switched in atomically.
+
+Builds are incremental: unchanged files keep their passages and tokens, and any passage whose text
+and encoder are unchanged keeps its vector (search.index.vectors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+from search.embedding.models import model_plan
+from search.errors import LoadError
+from search.index.bm25 import BM25Index, BM25Params
+from search.index.facets import write_facets
+from search.index.folder import FORMAT_VERSION, IndexFolder, check_compatible
+from search.index.passage_store import PassageStore, PassageWriter, TokenStore, iter_tokens
+from search.index.preparing import Prepared, prepare_documents, warm_worker
+from search.index.report import BuildSummary, Progress, StageTimer
+from search.index.vectors import PreviousVectors, VectorWriter
+from search.ingest.loading import LoadOptions, discover_files, iter_documents
+from search.schema import Document, Skipped, SourceFile
+
+__all__ = ["BuildConfig", "Builder", "file_hash"]
+
+
+@dataclass
+class BuildConfig:
+    max_tokens: int = 200
+    overlap_tokens: int = 40
+    bm25: BM25Params = field(default_factory=BM25Params)
+    load: LoadOptions = field(default_factory=LoadOptions)
+    # BM25 only, no embeddings (embedding 1 GB of text on a laptop CPU takes about a day).
+    # None: as the existing index was built (a new index embeds).
+    keyword_only: bool | None = None
+
+
+def file_hash(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Builder:
+    """One build of an index folder; call `run(paths)` under the folder's build lock.
+
+    A build streams: passages go to the new generation's files as they are produced (PassageWriter),
+    documents are chunked and tokenised by a process pool in order (search.passages), vectors are embedded in bounded batches into an on-disk array
+    per space (search.index.vectors), and BM25 is built in segments from tokens.jsonl. What stays in memory per
+    passage is a few integers, so a 1 GB file indexes in bounded memory.
+    """
+
+    def __init__(self, folder: IndexFolder, model: str | None, rebuild: bool, config: BuildConfig, progress: Progress | None = None) -> None:
+        self.folder = folder
+        self.progress = progress
+        self.config = config
+        self.previous = None if rebuild or not folder.exists() else folder.current()
+        old = self.previous.read_manifest() if self.previous else None
+        if old is not None:
+            check_compatible(old, model, folder.root)
+        if old is not None and old["models"]:
+            self.plan = {space: info["name"] for space, info in old["models"].items()}
+        else:
+            self.plan = model_plan(model)
+        self.old_manifest = old
+        # None keeps what the index was built with; a new index embeds unless told otherwise
+        keyword_only = config.keyword_only
+        self.keyword_only = bool(old and old.get("keyword_only")) if keyword_only is None else keyword_only
+        self.timer = StageTimer()
+
+    def _report(self, stage: str, done: int, total: int | None) -> None:
+        if self.progress is not None:
+            self.progress(stage, done, total)
+
+    def run(self, paths: Sequence[str | os.PathLike]) -> BuildSummary:
+        started = time.perf_counter()
+        summary = BuildSummary()
+        sources, summary.skipped = discover_files(paths)
+        return self._write(self._collect_units(sources, summary), summary, started)
+
+    def run_documents(self, documents: Iterable[Document]) -> BuildSummary:
+        """Index documents that are not files of their own (records of a collection, say)."""
+        started = time.perf_counter()
+        summary = BuildSummary()
+
+        def units() -> Iterator[Document]:
+            for document in documents:
+                summary.files_added += 1
+                yield document
+
+        return self._write(units(), summary, started)
+
+    def _write(self, units: Iterable["_Unit"], summary: BuildSummary, started: float) -> BuildSummary:
+        """Stream passages into a new generation, build its indexes and switch it in.
+
+        `units` are new documents (chunked and tokenised here), reused passages with their tokens, and
+        a _FileDone after each source file's others, which records the file and its passage range.
+        """
+        self.folder.remove_stale()  # leftovers of aborted builds (the live generation stays)
+        generation = self.folder.new_generation()
+        timer = self.timer
+        vectors = None if self.keyword_only else VectorWriter(generation, self.plan, self._previous_vectors(), summary, timer)
+        files: dict[str, Any] = {}
+        with PassageWriter(generation) as writer:
+            first = 0
+            for item in self._prepared(units):
+                if isinstance(item, _FileDone):
+                    files[item.path] = {**item.entry, "first": first, "count": len(writer) - first}
+                    first = len(writer)
+                    continue
+                passage, tokens = item
+                with timer("write"):
+                    pid = writer.add(passage, tokens)
+                if vectors is not None:
+                    vectors.add(pid, passage)
+                self._report("indexing", 1, None)
+            summary.passages = len(writer)
+        with timer("write"):
+            write_facets(generation, PassageStore(generation))
+        models = vectors.finish() if vectors is not None else {}
+        with timer("bm25"):
+            BM25Index.build_streaming(lambda: iter_tokens(generation), generation.bm25_folder, self.config.bm25,
+                                      on_passages=lambda done: self._report("bm25", done, summary.passages))
+        with timer("write"):
+            summary.seconds = round(time.perf_counter() - started, 3)
+            summary.stage_seconds = timer.rounded()
+            generation.write_manifest(self._manifest(files, models, summary))
+            self.folder.publish(generation)
+        return summary
+
+    # files -> units: new documents, or the previous generation's passages and tokens for unchanged files
+    def _collect_units(self, sources: list[SourceFile], summary: BuildSummary) -> Iterator["_Unit"]:
+        old_files = self.old_manifest["files"] if self.old_manifest else {}
+        old_passages = PassageStore(self.previous) if self.previous else None
+        old_tokens = TokenStore(self.previous) if self.previous else None
+        if self.old_manifest and self.old_manifest["loading"] != asdict(self.config.load):
+            # other load options: every file is re-read (as changed); vectors are still reused by text
+            old_files = {path: {**info, "size": -1, "sha256": ""} for path, info in old_files.items()}
+        recorded = set()
+        for source in sources:
+            old = old_files.get(source.path)
+            units = 0
+            try:
+                same_stat = old is not None and old["size"] == source.size and old["mtime"] == source.mtime
+                digest = old["sha256"] if same_stat else file_hash(source.path)
+                if old is not None and old["sha256"] == digest:
+                    summary.files_unchanged += 1
+                    for pid in range(old["first"], old["first"] + old["count"]):
+                        yield old_passages.get(pid), old_tokens.get(pid)
+                        units += 1
+                else:
+                    for document in iter_documents(source, self.config.load):
+                        if isinstance(document, Skipped):  # one bad record of a collection file
+                            summary.skipped.append(document)
+                            continue
+                        yield document
+                        units += 1
+                    if old is None:
+                        summary.files_added += 1
+                    else:
+                        summary.files_changed += 1
+            except (LoadError, OSError) as error:  # OSError: hashing an unreadable file
+                reason = str(error) if isinstance(error, LoadError) else f"cannot read: {error.strerror or error}"
+                summary.skipped.append(Skipped(source.path, reason))
+                if units == 0:
+                    continue
+                digest = ""  # failed part-way: keep what was read, and read the file again next build
+            recorded.add(source.path)
+            yield _FileDone(source.path, {"size": source.size, "mtime": source.mtime, "sha256": digest})
+        summary.files_removed = len(set(old_files) - recorded)
+
+    def _prepared(self, units: Iterable["_Unit"]) -> Iterator["tuple[Passage, list[str]] | _FileDone"]:
+        """`units` with every new document replaced by its passages and their tokens, in order.
+
+        Chunking (which counts model tokens) and jieba cost ~3 CPU-s per MB of text; once there is
+        enough new text, a process pool of os.cpu_count() workers does both while this process reads
+        files and writes the index.
+        """
+        workers = os.cpu_count() or 1
+        pool, pending, fresh = None, deque(), 0
+        read = self._timed_units(units)
+        try:
+            for batch in _unit_batches(read):
+                documents = [unit for unit in batch if isinstance(unit, Document)]
+                fresh += sum(len(document.text) for document in documents)
+                if pool is None and workers > 1 and fresh > POOL_AFTER:
+                    pool = _preparing_pool(workers, self.plan)
+                if pool is not None:
+                    work = pool.submit(prepare_documents, documents, self.plan, self.config.max_tokens, self.config.overlap_tokens)
+                else:
+                    work = prepare_documents(documents, self.plan, self.config.max_tokens, self.config.overlap_tokens)
+                pending.append((batch, work))
+                while len(pending) > (2 * workers if pool is not None else 0):  # bounded work in flight
+                    yield from self._merge_prepared(*pending.popleft())
+            while pending:
+                yield from self._merge_prepared(*pending.popleft())
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
+    def _timed_units(self, units: Iterable["_Unit"]) -> Iterator["_Unit"]:
+        """`units`, with the time spent producing them (hashing, reading, decoding, parsing) as "load"."""
+        iterator = iter(units)
+        while True:
+            with self.timer("load"):
+                unit = next(iterator, None)
+            if unit is None:
+                return
+            yield unit
+
+    def _merge_prepared(self, batch: list["_Unit"], work: Any) -> Iterator["tuple[Passage, list[str]] | _FileDone"]:
+        if not isinstance(work, Prepared):
+            with self.timer("wait_pool"):  # time this process waited for the workers
+                work = work.result()
+        for stage, seconds in work.seconds.items():  # summed over workers, as for the other stages
+            self.timer.add(stage, seconds)
+        prepared = iter(work.passages)
+        for unit in batch:
+            if isinstance(unit, Document):
+                yield from next(prepared)
+            else:
+                yield unit
+
+    def _previous_vectors(self) -> PreviousVectors | None:
+        if not self.previous or not self.old_manifest["models"]:
+            return None
+        return PreviousVectors(self.previous, self.old_manifest)
+
+    def _manifest(self, files: dict[str, Any], models: dict[str, dict], summary: BuildSummary) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "models": models,
+            "keyword_only": self.keyword_only,
+            "bm25": self.config.bm25.to_dict(),
+            "chunking": {"max_tokens": self.config.max_tokens, "overlap_tokens": self.config.overlap_tokens},
+            "loading": asdict(self.config.load),
+            "files": files,
+            "passages": summary.passages,
+        }
+
+
+UNIT_BATCH = 256  # documents (or reused passages) per task of the preparing pool
+BATCH_CHARS = 1 << 20  # ... or fewer, once the batch's new text reaches this many characters
+POOL_AFTER = 1 << 20  # characters of new text before a pool pays for its start-up (~1 s per worker)
+
+
+@dataclass
+class _FileDone:
+    """Marks the end of a source file's units: the writer records the file with its passage range."""
+
+    path: str
+    entry: dict[str, Any]  # size, mtime, sha256
+
+
+_Unit = Any  # Document (new) | tuple[Passage, list[str]] (reused) | _FileDone
+
+
+def _unit_batches(units: Iterable[_Unit]) -> Iterator[list[_Unit]]:
+    batch, chars = [], 0
+    for unit in units:
+        batch.append(unit)
+        if isinstance(unit, Document):
+            chars += len(unit.text)
+        if len(batch) == UNIT_BATCH or chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _preparing_pool(workers: int, plan: dict[str, str]):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # forkserver: workers start from a clean process, not a fork of one running torch or tokenizers threads
+    context = multiprocessing.get_context("forkserver")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=warm_worker, initargs=(plan,))

@@ -1,0 +1,201 @@
+"""The on-disk index folder: immutable generations switched in atomically, and a build lock.
+
+Layout (every name is spelled by `IndexFolder` and `Generation` alone)::
+
+    INDEX_DIR/
+      CURRENT              name of the live generation (replaced atomically)
+      .lock                flock'ed by the one build allowed at a time
+      gen-<stamp>/         one complete, never-modified index state
+        manifest.json      format version, models, files, counts
+        passages.jsonl     one passage per line; passages.offsets.npy seeks to line i
+        tokens.jsonl       BM25 tokens per passage (lets a rebuild skip re-tokenising); tokens.offsets.npy
+        bm25/              BM25 score matrices (segments), vocabulary
+        dense-<space>.faiss / .ids.npy / .keys.npy   vectors, their passage ids, their text keys
+        facets.json        per-file path and tags for filters; passage_file.npy maps passage -> file
+
+A build writes a new generation beside the live one and only then points CURRENT at it, so a
+crash at any moment leaves the previous generation live and readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from search.embedding.models import model_plan
+from search.errors import IncompatibleIndex, IndexNotFound, SearchError
+
+__all__ = ["FORMAT_VERSION", "Generation", "IndexFolder", "check_compatible", "write_atomic"]
+
+# 2: every model records its backend and identity, facets and text keys are always written
+FORMAT_VERSION = 2
+CURRENT = "CURRENT"
+LOCK = ".lock"
+GEN_PREFIX = "gen-"
+
+
+class Generation:
+    """One immutable index state: a folder, and the names of the files in it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.name = self.path.name
+        self.manifest_file = self.path / "manifest.json"
+        self.passages_file = self.path / "passages.jsonl"
+        self.passage_offsets_file = self.path / "passages.offsets.npy"
+        self.tokens_file = self.path / "tokens.jsonl"
+        self.token_offsets_file = self.path / "tokens.offsets.npy"
+        self.bm25_folder = self.path / "bm25"
+        self.facets_file = self.path / "facets.json"
+        self.passage_file_map = self.path / "passage_file.npy"
+
+    def dense_prefix(self, space: str) -> Path:
+        """Where a space's FAISS index lives (`search.index.dense.DenseIndex` adds its suffixes)."""
+        return self.path / f"dense-{space}"
+
+    def dense_keys_file(self, space: str) -> Path:
+        return self.path / f"dense-{space}.keys.npy"
+
+    def dense_staging_file(self, space: str) -> Path:
+        """The raw float32 vectors of a space while a build appends them (deleted once indexed)."""
+        return self.path / f"dense-{space}.vectors.tmp"
+
+    def read_manifest(self) -> dict[str, Any]:
+        return json.loads(self.manifest_file.read_text(encoding="utf-8"))
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        self.manifest_file.write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+
+    def files(self) -> list[Path]:
+        return sorted(path for path in self.path.rglob("*") if path.is_file())
+
+    def size_bytes(self) -> int:
+        return sum(path.stat().st_size for path in self.files())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so readers see either the old or the new content, never a torn one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class IndexFolder:
+    """One index folder on disk with its generations."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def current(self) -> Generation:
+        """The live generation; raises IndexNotFound with what to run when there is none."""
+        name = self.live_name()
+        if name is None:
+            raise IndexNotFound(f"no index at {self.root}: build one with `search index PATHS --index {self.root}`")
+        generation = Generation(self.root / name)
+        if not generation.manifest_file.is_file():
+            raise IndexNotFound(f"index at {self.root} is damaged (missing {name}): run `search index --rebuild`")
+        return generation
+
+    def exists(self) -> bool:
+        return (self.root / CURRENT).is_file()
+
+    def new_generation(self) -> Generation:
+        self.root.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**9:09d}-{os.getpid()}"
+        generation = Generation(self.root / f"{GEN_PREFIX}{stamp}")
+        generation.path.mkdir()
+        return generation
+
+    def publish(self, generation: Generation) -> None:
+        """Make `generation` live, then drop all but it and its predecessor.
+
+        The predecessor stays so a query that read CURRENT just before the switch can finish.
+        """
+        for path in generation.files():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(generation.path)
+        previous = self.live_name()
+        write_atomic(self.root / CURRENT, generation.name.encode())
+        self.remove_stale(keep={generation.name, previous})
+
+    def live_name(self) -> str | None:
+        """The name CURRENT gives, or None when there is none (or it names no generation of ours)."""
+        try:
+            name = (self.root / CURRENT).read_bytes().decode("utf-8", "replace").strip()
+        except FileNotFoundError:
+            return None
+        return name if name.startswith(GEN_PREFIX) and "/" not in name else None
+
+    def remove_stale(self, keep: Iterable[str | None] = ()) -> None:
+        """Delete generations other than the live one and `keep` (leftovers of aborted builds)."""
+        keep_names = set(keep) | {self.live_name()}
+        for path in self.root.glob(f"{GEN_PREFIX}*"):
+            if path.name not in keep_names:
+                shutil.rmtree(path, ignore_errors=True)
+        for tmp in self.root.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def build_lock(self, wait: bool = False) -> Iterator[None]:
+        """Hold the folder's build lock. flock is released by the kernel when the process dies,
+        so a `kill -9` never leaves a stale lock behind."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:  # O_NOFOLLOW: a planted symlink must not make us create or lock a file elsewhere
+            fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise SearchError(f"{self.root / LOCK} is a symbolic link: remove it, then build again") from None
+            raise
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except OSError as error:
+                if error.errno in (errno.EAGAIN, errno.EACCES):
+                    raise SearchError(
+                        f"another build is running on {self.root}; wait for it to finish (or pass --wait)"
+                    ) from None
+                raise
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def check_compatible(manifest: dict[str, Any], model: str | None, root: Path) -> None:
+    """Refuse an index of another format version, or one built with other models than `model`."""
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise IncompatibleIndex(
+            f"index at {root} has format version {manifest.get('format_version')}, this version reads "
+            f"{FORMAT_VERSION}: run `search index --rebuild --index {root}`"
+        )
+    if model is None or manifest.get("keyword_only"):
+        return  # a keyword-only index has no vectors a model would have to match
+    built = sorted({info["name"] for info in manifest["models"].values()})
+    wanted = sorted(set(model_plan(model).values()))
+    if built != wanted:
+        raise IncompatibleIndex(
+            f"index at {root} was built with model {', '.join(built)}, not {', '.join(wanted)}: "
+            f"use the same --model, or run `search index --rebuild --model {model}`"
+        )

@@ -1,0 +1,132 @@
+"""A generation's passages and their BM25 tokens: JSON lines written as a build streams, read back by id."""
+
+from __future__ import annotations
+
+import json
+import os
+from array import array
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from search.index.folder import Generation
+from search.schema import Passage
+
+__all__ = ["PassageStore", "PassageWriter", "TokenStore", "iter_tokens", "read_tokens"]
+
+
+class PassageWriter:
+    """Writes a generation's passages and their BM25 tokens as they are produced, so a build never holds
+    them all; `close()` saves the offsets that give random access to both files."""
+
+    def __init__(self, generation: Generation) -> None:
+        self.generation = generation
+        self._passages = open(generation.passages_file, "wb")
+        self._tokens = open(generation.tokens_file, "wb")
+        # 8 bytes per passage and file, the only per-passage state a build keeps in memory here
+        self._offsets, self._token_offsets = array("q"), array("q")
+        self._end = self._token_end = 0
+
+    def add(self, passage: Passage, tokens: list[str]) -> int:
+        """Append one passage and its tokens; returns its passage id."""
+        return self.add_raw(json.dumps(passage.to_dict(), ensure_ascii=False).encode("utf-8") + b"\n", tokens)
+
+    def add_raw(self, passage_line: bytes, tokens: list[str]) -> int:
+        """Append a passage already serialised as a JSONL line (copied from an earlier generation)."""
+        token_line = json.dumps(tokens, ensure_ascii=False).encode("utf-8") + b"\n"
+        self._offsets.append(self._end)
+        self._token_offsets.append(self._token_end)
+        self._passages.write(passage_line)
+        self._tokens.write(token_line)
+        self._end += len(passage_line)
+        self._token_end += len(token_line)
+        return len(self._offsets) - 1
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def close(self) -> None:
+        self._passages.close()
+        self._tokens.close()
+        np.save(self.generation.passage_offsets_file, np.frombuffer(self._offsets, dtype=np.int64))
+        np.save(self.generation.token_offsets_file, np.frombuffer(self._token_offsets, dtype=np.int64))
+
+    def __enter__(self) -> "PassageWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def iter_tokens(generation: Generation) -> Iterator[list[str]]:
+    """The BM25 tokens of each passage in order, streamed from disk."""
+    with open(generation.tokens_file, encoding="utf-8") as handle:
+        for line in handle:
+            yield json.loads(line)
+
+
+def read_tokens(generation: Generation) -> list[list[str]]:
+    return list(iter_tokens(generation))
+
+
+class _Lines:
+    """Line i of a JSON-lines file, found through its saved offsets and read with pread (no shared file
+    position, so threads read concurrently). The file stays open, so a long-lived reader keeps working
+    after a later build deletes its generation."""
+
+    def __init__(self, path: Path, offsets_file: Path) -> None:
+        self.path = path
+        self.offsets = np.load(offsets_file, mmap_mode="r")
+        self._handle = open(path, "rb")
+        self._end = os.fstat(self._handle.fileno()).st_size
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def raw(self, i: int) -> bytes:
+        start = int(self.offsets[i])
+        end = int(self.offsets[i + 1]) if i + 1 < len(self.offsets) else self._end
+        return os.pread(self._handle.fileno(), end - start, start)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class TokenStore:
+    """Random access to the BM25 tokens of a generation's passages (an incremental build reuses them)."""
+
+    def __init__(self, generation: Generation) -> None:
+        self._lines = _Lines(generation.tokens_file, generation.token_offsets_file)
+
+    def get(self, passage_id: int) -> list[str]:
+        return json.loads(self._lines.raw(passage_id))
+
+
+class PassageStore:
+    """Random access to the passages of a generation without loading them all."""
+
+    def __init__(self, generation: Generation) -> None:
+        self.path = generation.passages_file
+        self._lines = _Lines(generation.passages_file, generation.passage_offsets_file)
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def get_raw(self, passage_id: int) -> bytes:
+        """The passage's JSONL line, newline included."""
+        return self._lines.raw(passage_id)
+
+    def get(self, passage_id: int) -> Passage:
+        return Passage(**json.loads(self.get_raw(passage_id)))
+
+    def get_many(self, passage_ids: Iterable[int]) -> list[Passage]:
+        return [self.get(passage_id) for passage_id in passage_ids]
+
+    def __iter__(self) -> Iterator[Passage]:
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                yield Passage(**json.loads(line))
+
+    def close(self) -> None:
+        self._lines.close()

@@ -1,0 +1,1 @@
+"""An opened index answering queries: `Engine`, the `Query` it analyses once, retrieval, fusion, filters."""

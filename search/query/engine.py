@@ -1,0 +1,212 @@
+"""`Engine`: an opened index generation answering queries, and the door to building one.
+
+    with Engine.open("indexes/notes") as engine:
+        result = engine.search("序列并行", k=5)
+        for hit in result.hits:
+            print(hit.location, hit.score)
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from search.embedding.encoder import Encoder
+from search.embedding.models import model_plan
+from search.errors import QueryError, SearchError
+from search.index.bm25 import BM25Index
+from search.index.build import BuildConfig, Builder
+from search.index.dense import DenseIndex
+from search.index.facets import Facets, read_facets
+from search.index.folder import Generation, IndexFolder, check_compatible
+from search.index.passage_store import PassageStore
+from search.index.report import BuildSummary, Progress
+from search.query.filters import Filters
+from search.query.fusion import Hybrid, SearchConfig
+from search.query.query import Query
+from search.query.result import Hit, SearchResult
+from search.query.retrieval import Retrieval, Retriever
+from search.schema import Document
+
+__all__ = ["Engine"]
+
+MAX_K = 1000  # hits one search returns at most
+
+
+class Engine:
+    """An opened index: `Engine.open(folder).search("序列并行")`. Safe to share between threads;
+    `close()` (or a `with` block) ends its threads."""
+
+    def __init__(self, folder: IndexFolder, generation: Generation, config: SearchConfig | None = None) -> None:
+        # Use Engine.open(), which checks the index first.
+        self.folder = folder
+        self.generation = generation
+        self.manifest = generation.read_manifest()
+        self.config = config or SearchConfig()
+        self.passages = PassageStore(generation)
+        self.keyword_only = bool(self.manifest["keyword_only"])  # built without embeddings
+        self.plan: dict[str, str] = {space: info["name"] for space, info in self.manifest["models"].items()}
+        self.dense = {space: DenseIndex.load(generation.dense_prefix(space)) for space in self.plan}
+        # queries are embedded like the index was (e.g. int8 ONNX, no torch); one thread per model,
+        # since a short query gains little from more and the models run side by side
+        encoders = {space: Encoder(info["name"], backend=info["backend"], threads=1) for space, info in self.manifest["models"].items()}
+        self.policy = Hybrid(self.config)
+        self.retriever = Retriever(BM25Index.load(generation.bm25_folder), self.dense, encoders, len(self.passages), self.policy)
+
+    # ----- opening and building -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, index_dir: str | os.PathLike, model: str | None = None, config: SearchConfig | None = None) -> "Engine":
+        """The live generation of `index_dir`; refuses an index of another format or other models."""
+        folder = IndexFolder(index_dir)
+        for attempt in range(3):
+            generation = folder.current()
+            try:
+                check_compatible(generation.read_manifest(), model, folder.root)
+                return cls(folder, generation, config)
+            except FileNotFoundError:
+                # a concurrent build switched generations and removed this one while we opened it
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def build(
+        cls,
+        paths: Sequence[str | os.PathLike],
+        index_dir: str | os.PathLike,
+        model: str | None = None,
+        rebuild: bool = False,
+        progress: Progress | None = None,
+        build_config: BuildConfig | None = None,
+        wait: bool = False,
+    ) -> tuple["Engine", BuildSummary]:
+        """Index `paths` into `index_dir` (incrementally unless `rebuild`); the opened result and what changed."""
+        missing = [str(p) for p in paths if not os.path.exists(p)]
+        if missing:  # checked before the index folder is created or locked
+            raise SearchError(f"no such file or folder: {missing[0]}")
+        folder = IndexFolder(index_dir)
+        with folder.build_lock(wait=wait):
+            summary = Builder(folder, model, rebuild, build_config or BuildConfig(), progress).run(paths)
+        return cls.open(index_dir), summary
+
+    @classmethod
+    def build_documents(
+        cls,
+        documents: Iterable[Document],
+        index_dir: str | os.PathLike,
+        model: str | None = None,
+        progress: Progress | None = None,
+        build_config: BuildConfig | None = None,
+    ) -> tuple["Engine", BuildSummary]:
+        """A new index of documents that are not files of their own (records of a test collection, say)."""
+        folder = IndexFolder(index_dir)
+        with folder.build_lock(wait=True):
+            summary = Builder(folder, model, True, build_config or BuildConfig(), progress).run_documents(documents)
+        return cls.open(index_dir), summary
+
+    @staticmethod
+    def encoder_identities(model: str | None = None) -> dict[str, str]:
+        """What would embed each space of a new index with `model` (None: the default pair), e.g.
+        {"zh": "onnx-int8:m3e-small-<hash>"}: loads the encoders."""
+        return {space: Encoder(name).identity for space, name in model_plan(model).items()}
+
+    def close(self) -> None:
+        self.retriever.close()
+        self.passages.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def is_stale(self) -> bool:
+        """Whether a newer generation has been published since this engine opened (reopen to see it)."""
+        return self.folder.live_name() != self.generation.name
+
+    # ----- querying -------------------------------------------------------------------------
+
+    def analyse(self, text: str, mode: str = "hybrid") -> Query:
+        return Query.analyse(text, mode, self.keyword_only, str(self.folder.root))
+
+    @cached_property
+    def facets(self) -> Facets:
+        """Path, type and tags per file (for filters)."""
+        return read_facets(self.generation)
+
+    def retrieve(self, query: Query, depth: int | None = None, filters: Filters | None = None) -> Retrieval:
+        """Each retriever's candidates for `query`, `depth` deep (the configured candidates by default)."""
+        allowed = self._allowed(filters)
+        return self.retriever.retrieve(query, depth or self.config.candidates, allowed)
+
+    def rank(self, retrieval: Retrieval, mode: str = "hybrid", config: SearchConfig | None = None) -> list[tuple[int, float]]:
+        """(passage id, score) best first, for one mode; `config` overrides the engine's fusion settings."""
+        policy = self.policy if config is None else Hybrid(config)
+        return policy.rank(retrieval, "bm25" if self.keyword_only else mode)
+
+    def search(self, query: str | Query, k: int = 10, mode: str = "hybrid", filters: Filters | None = None) -> SearchResult:
+        """The k best passages for `query`; mode is "hybrid", "bm25" or "dense".
+
+        `filters` (paths, tags, types) restrict the passages before the top-k cut, so k hits come
+        back whenever k allowed passages match.
+        """
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise QueryError(f"k must be a whole number from 1 to {MAX_K}, not {k!r}")
+        if filters is not None and not isinstance(filters, Filters):
+            raise QueryError(f"filters must be search.Filters(paths=..., tags=..., types=...), not {type(filters).__name__}")
+        query = query if isinstance(query, Query) else self.analyse(query, mode)
+        allowed = self._allowed(filters)
+        if allowed is not None and not allowed.any():
+            return SearchResult(query, [], filtered_out=f"no passages match the filters ({filters.why_empty(self.facets)})")
+        retrieval = self.retriever.retrieve(query, max(k, self.config.candidates), allowed)
+        if len(self.passages) == 0:
+            return SearchResult(query)
+        return SearchResult(query, self._hits(self.policy.rank(retrieval, query.mode)[:k], retrieval))
+
+    def _allowed(self, filters: Filters | None) -> np.ndarray | None:
+        """allowed[passage id] for `filters`, or None when they do not restrict."""
+        return filters.mask(self.facets) if filters else None
+
+    def _hits(self, ranked: list[tuple[int, float]], retrieval: Retrieval) -> list[Hit]:
+        bm25_at = {pid: rank for rank, pid in enumerate(retrieval.bm25[0].tolist(), 1)}
+        dense_at = {pid: rank for rank, pid in enumerate(retrieval.dense[0].tolist(), 1)}
+        return [
+            Hit(
+                path=passage.path, heading_path=passage.heading_path, text=passage.text,
+                line_start=passage.line_start, line_end=passage.line_end, metadata=passage.metadata,
+                score=float(score), bm25_rank=bm25_at.get(pid), bm25_score=retrieval.bm25_scores.get(pid),
+                dense_rank=dense_at.get(pid), dense_score=retrieval.cosines.get(pid), passage_id=pid,
+            )
+            for (pid, score), passage in zip(ranked, self.passages.get_many(pid for pid, _ in ranked))
+        ]
+
+    # ----- what the index holds ---------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "index": str(self.folder.root),
+            "generation": self.generation.name,
+            "format_version": self.manifest["format_version"],
+            "files": len(self.manifest["files"]),
+            "passages": len(self.passages),
+            "models": {space: {**info, "passages": len(self.dense[space])} for space, info in self.manifest["models"].items()},
+            "keyword_only": self.keyword_only,
+            "bm25": self.manifest["bm25"],
+            "size_bytes": self.generation.size_bytes(),
+            "built_at": self.manifest["built_at"],
+        }
+
+    def files(self) -> list[str]:
+        """The paths of the files the index holds, as indexed (absolute)."""
+        return sorted(self.manifest["files"])
+
+    def holds(self, path: str | os.PathLike) -> bool:
+        return os.fspath(path) in self.manifest["files"]
+
+    def facet_values(self) -> dict[str, list[str]]:
+        """The tags, types and folders a filter can ask for."""
+        return self.facets.values()

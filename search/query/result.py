@@ -1,0 +1,69 @@
+"""What a search returns: ranked `Hit`s, and a `SearchResult` that says what happened."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from search.ingest.loading import kind_of
+from search.query.query import Query
+
+__all__ = ["Hit", "SearchResult"]
+
+
+@dataclass
+class Hit:
+    """A ranked passage with the evidence each retriever gave for it (None where it did not retrieve it)."""
+
+    path: str
+    heading_path: list[str]
+    text: str
+    line_start: int
+    line_end: int
+    metadata: dict[str, Any]
+    score: float
+    bm25_rank: int | None = None
+    bm25_score: float | None = None
+    dense_rank: int | None = None
+    dense_score: float | None = None
+    passage_id: int = -1
+
+    @property
+    def location(self) -> str:
+        """Where the passage is: path:LINE for notes and record lines, path#INDEX for JSON records,
+        path p.N for PDF pages, the path alone for web pages (lines of extracted text are not the file's)."""
+        if "page" in self.metadata:
+            return f"{self.path} p.{self.metadata['page']}"
+        if "record" in self.metadata:
+            return f"{self.path}#{self.metadata['record']}"
+        if kind_of(self.path) == "html":
+            return self.path
+        return f"{self.path}:{self.line_start}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "location": self.location}
+
+
+@dataclass
+class SearchResult:
+    query: Query
+    hits: list[Hit] = field(default_factory=list)
+    filtered_out: str | None = None  # why no passage passed the filters, when none did
+
+    @property
+    def mode(self) -> str:
+        """The mode that ran (bm25 on a keyword-only index, whatever was asked)."""
+        return self.query.mode
+
+    @property
+    def notice(self) -> str | None:
+        return self.query.notice
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query.text,
+            "mode": self.mode,
+            "notice": self.notice,
+            "filtered_out": self.filtered_out,
+            "hits": [hit.to_dict() for hit in self.hits],
+        }

@@ -1,0 +1,14 @@
+"""What the retrievers see of a passage."""
+
+from __future__ import annotations
+
+from search.schema import Passage
+
+__all__ = ["contextual_text"]
+
+
+def contextual_text(passage: Passage) -> str:
+    """The text both retrievers see: document title and heading path give a passage its topic."""
+    context = [passage.metadata.get("title") or "", *passage.heading_path]
+    prefix = " / ".join(dict.fromkeys(part for part in context if part))  # drop repeats, keep order
+    return f"{prefix}\n{passage.text}" if prefix else passage.text
