@@ -1,7 +1,7 @@
 """The MCP server (official `mcp` SDK): tools `search`, `get` and `status` over the same
 SearchService as the HTTP API, served on stdio (`search mcp`) or streamable HTTP at /mcp."""
 
-from __future__ import annotations
+# no `from __future__ import annotations`: the SDK evaluates the tools' annotations, which use closures
 
 from typing import Annotated, Any, Literal
 

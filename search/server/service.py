@@ -14,13 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from search import SearchError
+from search import MODES, SearchError
 from search.server.documents import DocumentError, Limits, check_readable, read_window
 from search.server.engines import EngineHolder, IndexUnavailable, Slot
 
 log = logging.getLogger("search.server")
-
-MODES = ("hybrid", "bm25", "dense")
 
 
 @dataclass
