@@ -1,8 +1,8 @@
 """Reading a window of lines of an indexed file for the page and the MCP `get` tool.
 
 Only files the index holds are read, and only when the file's real location (symlinks resolved)
-is still inside a folder the index holds files in: a note replaced by a symlink to ~/.ssh/id_rsa
-after it was indexed is refused. Reads are bounded in lines, characters per line and bytes scanned.
+is inside the indexed tree: a note that is (or became, after indexing) a symlink to ~/.ssh/id_rsa,
+or a file reached through a symlinked folder leading elsewhere, is refused. Reads are bounded in lines, characters per line and bytes scanned.
 """
 
 from __future__ import annotations
@@ -58,25 +58,28 @@ class Window:
         }
 
 
-def inside_tree(path: str, held_folders: set[str]) -> bool:
-    """True when `path`, symlinks resolved, lies in a folder (or below one) that directly holds an
-    indexed file, resolved the same way."""
+def tree_roots(files: list[str]) -> list[str]:
+    """The top folders of the indexed files (as indexed, not resolved): /notes for /notes/a.md and
+    /notes/sub/b.md; two roots for two separate trees."""
+    roots: list[str] = []
+    for folder in sorted({os.path.dirname(path) for path in files}, key=len):
+        if not any(folder == root or folder.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+            roots.append(folder)
+    return roots
+
+
+def held_folders(files: list[str]) -> list[str]:
+    """The tree roots with symlinks resolved: where a served file must really be."""
+    return sorted({os.path.realpath(root) for root in tree_roots(files)})
+
+
+def inside_tree(path: str, folders: list[str]) -> bool:
+    """True when `path`, symlinks resolved, lies under one of `folders` (resolved roots)."""
     real = os.path.realpath(path)
-    folder = os.path.dirname(real)
-    while True:
-        if folder in held_folders:
-            return True
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            return False
-        folder = parent
+    return any(real.startswith(folder.rstrip(os.sep) + os.sep) for folder in folders)
 
 
-def held_folders(files: list[str]) -> set[str]:
-    return {os.path.dirname(os.path.realpath(path)) for path in files}
-
-
-def check_readable(path: str, holds: bool, folders: set[str]) -> None:
+def check_readable(path: str, holds: bool, folders: list[str]) -> None:
     """Raise DocumentError(404) unless the index holds exactly `path` and it stays in the tree."""
     if not path or not os.path.isabs(path) or "\x00" in path:
         raise DocumentError(404, f"not a file of this index: {path!r} (give the absolute path a hit names)")

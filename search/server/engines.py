@@ -37,7 +37,7 @@ class Slot:
     closed: bool = False
     _stats: dict | None = None
     _files: list[str] | None = None
-    _folders: set[str] | None = None
+    _folders: list[str] | None = None
     _facets: dict | None = None
 
     def stats(self) -> dict:
@@ -55,7 +55,7 @@ class Slot:
             self._files = list(self.engine.files())
         return self._files
 
-    def folders(self) -> set[str]:
+    def folders(self) -> list[str]:
         if self._folders is None:
             from search.server.documents import held_folders
 

@@ -105,10 +105,14 @@ class Guard:
         origin = origin.strip()
         if origin in self.cors_origins or "*" in self.cors_origins:
             return True
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        try:
+            parts = urlsplit(origin)
+            port = parts.port
+        except ValueError:  # a port that is not a number
+            return False
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.username:
             return False  # "null" (sandboxed frames, file:// pages) and anything odd
-        netloc = parts.netloc if parts.port else f"{parts.netloc}:{443 if parts.scheme == 'https' else 80}"
+        netloc = parts.netloc if port else f"{parts.netloc}:{443 if parts.scheme == 'https' else 80}"
         return self.host_allowed(netloc)
 
     def token_ok(self, authorization: str | None) -> bool:

@@ -160,7 +160,7 @@ class SearchService:
         if not 0 <= context <= limits.max_context_lines:
             raise ServiceError(400, f"context={context}: give 0 to {limits.max_context_lines} lines")
         if end - line + 1 > limits.document.max_lines:
-            raise ServiceError(400, f"lines {line}-{end} are more than {limits.document.max_lines}: ask for a shorter range")
+            raise ServiceError(400, f"lines {line}-{end} are {end - line + 1} lines: ask for at most {limits.document.max_lines} at a time")
         self._check_path(slot, path)
         start, stop = max(1, line - context), end + context
         stop = min(stop, start + limits.document.max_lines - 1)
