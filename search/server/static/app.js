@@ -31,6 +31,7 @@
     timer: 0,
     passages: null,
     openIndex: -1,
+    root: "", // paths are shown relative to the folder above the indexed folders
   };
 
   // ----- talking to the server -------------------------------------------------------------
@@ -112,6 +113,7 @@
   }
 
   function renderChips(facets) {
+    state.root = displayRoot(facets.folders || []);
     chipsBox.textContent = "";
     const groups = [
       ["tag", "标签 Tags", facets.tags || [], (v) => "#" + v],
@@ -156,8 +158,26 @@
   }
 
   function shortFolder(folder) {
-    const parts = folder.replace(/\/+$/, "").split("/");
-    return parts.length > 2 ? "…/" + parts.slice(-2).join("/") : folder;
+    return relative(folder) || folder;
+  }
+
+  // The folder that holds every indexed folder, less one level, so that a path shows as
+  // notes/a.md rather than /home/me/notes/a.md (the full path is in the tooltip).
+  function displayRoot(folders) {
+    if (!folders.length) return "";
+    let common = folders[0].split("/");
+    for (const folder of folders.slice(1)) {
+      const parts = folder.split("/");
+      let i = 0;
+      while (i < common.length && i < parts.length && common[i] === parts[i]) i++;
+      common = common.slice(0, i);
+    }
+    const root = common.slice(0, -1).join("/");
+    return root ? root + "/" : "";
+  }
+
+  function relative(path) {
+    return state.root && path.startsWith(state.root) ? path.slice(state.root.length) : path;
   }
 
   // ----- searching --------------------------------------------------------------------------
@@ -240,9 +260,19 @@
   // ----- rendering hits ---------------------------------------------------------------------
 
   function termPattern(terms) {
-    const usable = terms.filter((t) => t && t.trim()).sort((a, b) => b.length - a.length);
+    // A single Chinese character that is part of a longer term (列 of 序列) is a recall aid of the
+    // keyword index, not a word the reader typed: marking it would light up 列 and 行 everywhere.
+    const words = terms.filter((t) => t && t.trim());
+    const usable = words
+      .filter((t) => t.length > 1 || /^[\x00-\x7f]$/.test(t) || !words.some((w) => w.length > 1 && w.includes(t)))
+      .sort((a, b) => b.length - a.length);
     if (!usable.length) return null;
-    const escaped = usable.map((t) => t.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+    // Latin words match whole words only ("do" must not light up "document"), also when they touch
+    // Chinese characters ("用BM25检索"); Chinese has no spaces between words: its terms match anywhere.
+    const escaped = usable.map((t) => {
+      const text = t.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+      return /^[\x00-\x7f]+$/.test(t) ? "(?<![\\p{Script=Latin}\\p{N}_])" + text + "(?![\\p{Script=Latin}\\p{N}_])" : text;
+    });
     return new RegExp(escaped.join("|"), "giu");
   }
 
@@ -335,9 +365,7 @@
   }
 
   function displayLocation(hit) {
-    const location = hit.location || `${hit.path}:${hit.line_start}`;
-    const parts = location.split("/");
-    return parts.length > 3 ? "…/" + parts.slice(-2).join("/") : location;
+    return relative(hit.location || `${hit.path}:${hit.line_start}`);
   }
 
   function select(i) {
@@ -365,7 +393,8 @@
     state.openIndex = i;
     doc.hidden = false;
     document.body.classList.add("doc-open");
-    $("doc-location").textContent = hit.location || hit.path;
+    $("doc-location").textContent = displayLocation(hit);
+    $("doc-location").title = hit.location || hit.path;
     $("doc-heading").textContent = (hit.heading_path || []).join(" › ");
     docBody.textContent = "";
     docNote.hidden = true;
@@ -376,7 +405,7 @@
       block.className = "line focus passage";
       appendMarked(block, hit.text, pattern);
       docBody.appendChild(block);
-      doc.focus();
+      doc.focus({ preventScroll: true });
       return;
     }
     const wanted = i;
@@ -397,7 +426,7 @@
       appendMarked(block, hit.text, pattern);
       docBody.appendChild(block);
     }
-    doc.focus();
+    doc.focus({ preventScroll: true });
   }
 
   function note(text) {
@@ -428,7 +457,8 @@
       docBody.appendChild(line);
     });
     if (data.truncated) note("部分行过长已截断 · Some long lines are cut short");
-    if (firstFocus) firstFocus.scrollIntoView({ block: "center" });
+    // scroll the document pane only (scrollIntoView would scroll the page away from the search box)
+    if (firstFocus) docBody.scrollTop = Math.max(0, firstFocus.offsetTop - docBody.clientHeight / 3);
   }
 
   function closeDoc() {
@@ -516,6 +546,7 @@
     for (const kind of ["path", "tag", "type"]) for (const value of query.getAll(kind)) state.filters[kind].add(value);
     if (query.get("q")) input.value = query.get("q");
     loadIndexInfo().then(() => {
+      document.body.dataset.ready = "1"; // index facts and chips are in place
       if (input.value.trim()) runSearch();
     });
   }
