@@ -256,3 +256,17 @@ def test_screenshot_for_the_readme(browser, site):
     browser.execute_script("document.activeElement.blur()")
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(target)
+
+
+def test_a_server_with_a_token_asks_for_it_and_takes_it_from_the_address(browser, site):
+    index = site.config.index_dir
+    server = RunningServer(ServerConfig(index_dir=index, port=free_port(), token="s3cret", mcp=False))
+    with server:
+        _open(browser, server.url)
+        _wait(browser, lambda d: d.find_element("id", "token-box").is_displayed())
+        browser.execute_script("sessionStorage.clear()")
+        _open(browser, server.url + "/#token=s3cret")
+        assert "token" not in browser.current_url  # taken out of the address at once
+        _type_query(browser, "序列并行")
+        assert SEQUENCE_NOTE in _hits(browser)[0].find_element("css selector", ".location").text
+        browser.execute_script("sessionStorage.clear()")

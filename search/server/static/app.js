@@ -531,12 +531,22 @@
 
   // ----- start ------------------------------------------------------------------------------
 
-  function start() {
+  // /#token=SECRET: the token of a server started with --token (the fragment never reaches the server)
+  function takeTokenFromAddress() {
     const hash = new URLSearchParams(location.hash.slice(1));
-    if (hash.get("token")) {
-      sessionStorage.setItem("search-token", hash.get("token"));
-      history.replaceState(null, "", location.pathname + location.search);
-    }
+    if (!hash.get("token")) return false;
+    sessionStorage.setItem("search-token", hash.get("token"));
+    history.replaceState(null, "", location.pathname + location.search);
+    tokenBox.hidden = true;
+    return true;
+  }
+
+  window.addEventListener("hashchange", () => {
+    if (takeTokenFromAddress()) loadIndexInfo().then(runSearch);
+  });
+
+  function start() {
+    takeTokenFromAddress();
     const query = new URLSearchParams(location.search);
     if (query.get("mode")) {
       state.mode = query.get("mode");
