@@ -66,6 +66,14 @@ def test_english_query_modes_and_filters(client):
     assert nothing["hits"] == [] and "no-such-tag" in nothing["filtered_out"]
 
 
+def test_repeated_queries_are_answered_from_the_cache_of_their_generation(client):
+    first = client.get("/api/search", params={"q": "数据并行 all-reduce", "k": 4}).json()
+    again = client.get("/api/search", params={"q": "数据并行 all-reduce", "k": 4}).json()
+    assert again["cached"] and again["hits"] == first["hits"] and again["generation"] == first["generation"]
+    other = client.get("/api/search", params={"q": "数据并行 all-reduce", "k": 4, "mode": "bm25"}).json()
+    assert not other["cached"]
+
+
 def test_stats_facets_health_and_openapi(client, corpus_index):
     notes, _index = corpus_index
     stats = client.get("/api/stats").json()
@@ -112,7 +120,7 @@ def test_server_follows_new_generations_without_failing_requests(tmp_path):
             (notes / "muffin.md").write_text("# 蓝莓松饼\n\n蓝莓松饼要用冷黄油，面糊不要搅拌过度。\n", encoding="utf-8")
             subprocess.run(search_cli("index", str(notes), "--index", str(index)), check=True, capture_output=True, env=ENV, timeout=180)
             after = client.get("/api/search", params={"q": "蓝莓松饼", "mode": "bm25"}).json()
-            assert after["generation"] != before["generation"]
+            assert after["generation"] != before["generation"] and not after["cached"]
             assert after["hits"][0]["path"].endswith("muffin.md")
             # the old engine still answers its request: it is closed only when that request ends
             assert old_slot.engine.search("序列并行", k=1).hits

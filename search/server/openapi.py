@@ -111,6 +111,7 @@ def openapi_document(limits: Any) -> dict[str, Any]:
                         "generation": {"type": "string"},
                         "passages": {"type": "integer"},
                         "took_ms": {"type": "number"},
+                        "cached": {"type": "boolean", "description": "Answered from the recent results of the same generation."},
                         "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
                     },
                 },

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -30,6 +31,7 @@ class ServerLimits:
     max_inflight: int = 32  # requests running or queued for the engine; more get 429
     worker_threads: int = 4  # engine calls running at once (the rest wait their turn)
     max_response_bytes: int = 2 * 2**20
+    cached_results: int = 256  # recent answers kept per generation (typing, mode switches and reloads repeat queries)
     max_context_lines: int = 100
     default_context_lines: int = 8
     document: Limits = field(default_factory=Limits)
@@ -59,6 +61,8 @@ class SearchService:
         self._count_lock = threading.Lock()
         self._inflight = 0
         self._limiter = None  # an anyio.CapacityLimiter, made inside the event loop
+        self._cache: OrderedDict[tuple, dict] = OrderedDict()
+        self._cache_lock = threading.Lock()
         self.started = time.time()
 
     # ----- running on the engine --------------------------------------------------------------
@@ -125,19 +129,32 @@ class SearchService:
         from search import Filters
 
         started = time.perf_counter()
+        # the generation is part of the key: a new one never answers from an old one's results
+        key = (slot.generation, text, k, mode, tuple(paths), tuple(tags), tuple(types))
+        with self._cache_lock:
+            data = self._cache.get(key)
+            if data is not None:
+                self._cache.move_to_end(key)
+        if data is not None:
+            return {**data, "cached": True, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
         filters = Filters(paths=list(paths), tags=list(tags), types=list(types)) if (paths or tags or types) else None
         result = slot.engine.search(text, k=k, mode=mode, filters=filters)
-        stats = slot.stats()
         data = result.to_dict()
         data.update(
             requested_mode=mode,
             k=k,
             highlight_terms=list(result.query.highlight_terms),
             generation=slot.generation,
-            passages=stats.get("passages"),
+            passages=slot.stats().get("passages"),
+            cached=False,
             took_ms=round((time.perf_counter() - started) * 1000, 2),
         )
         self.check_size(data, "hits", "ask for fewer hits (a smaller k)")
+        if self.limits.cached_results > 0:
+            with self._cache_lock:
+                self._cache[key] = data
+                while len(self._cache) > self.limits.cached_results:
+                    self._cache.popitem(last=False)
         return data
 
     def stats(self, slot: Slot) -> dict:
