@@ -20,7 +20,7 @@ import yaml
 
 from search.schema import Document
 
-__all__ = ["Block", "Section", "document_sections", "parse_front_matter"]
+__all__ = ["FENCE_CLOSE", "Block", "Section", "document_sections", "is_table_sep", "parse_front_matter"]
 
 # ----- front matter ---------------------------------------------------------------------------
 
@@ -188,7 +188,7 @@ def _clean_inline(line: str) -> str:
 # ----- markdown structure ----------------------------------------------------------------------
 
 _FENCE_OPEN = re.compile(r"^\s*(?:(`{3,})[^`]*|(~{3,}).*)$")
-_FENCE_CLOSE = re.compile(r"^\s*(`{3,}|~{3,})\s*$")
+FENCE_CLOSE = re.compile(r"^\s*(`{3,}|~{3,})\s*$")
 _LIQUID_OPEN = re.compile(r"^\s*\{%-?\s*highlight\s+([\w+#.-]+)?[^%]*-?%\}\s*$")
 _LIQUID_CLOSE = re.compile(r"^\s*\{%-?\s*endhighlight\s*-?%\}\s*$")
 _ATX = re.compile(r"^\s{0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
@@ -212,7 +212,7 @@ class Section:
     blocks: list[Block] = field(default_factory=list)
 
 
-def _is_table_sep(line: str) -> bool:
+def is_table_sep(line: str) -> bool:
     return "|" in line and _TABLE_SEP.match(line) is not None
 
 
@@ -222,7 +222,7 @@ def _fence_end(lines: list[str], i: int) -> int | None:
     if opening:
         fence = opening.group(1) or opening.group(2)
         for j in range(i + 1, len(lines)):
-            closing = _FENCE_CLOSE.match(lines[j])
+            closing = FENCE_CLOSE.match(lines[j])
             if closing and closing.group(1)[0] == fence[0] and len(closing.group(1)) >= len(fence):
                 return j + 1
         return len(lines)
@@ -325,7 +325,7 @@ class _MarkdownReader:
         open_kind = self.block.kind if self.block else None
         if line.lstrip().startswith("|") or (open_kind == "table" and "|" in line):
             return "table"
-        if "|" in line and _is_table_sep(following):  # a table written without outer pipes
+        if "|" in line and is_table_sep(following):  # a table written without outer pipes
             return "table"
         if _LIST_ITEM.match(line) or open_kind == "list":  # items, and their continuation lines
             return "list"
@@ -335,7 +335,7 @@ class _MarkdownReader:
     def _clean(kind: str, line: str) -> str:
         if kind == "table":
             row = _clean_inline(line).strip()
-            return re.sub(r"-{3,}", "---", row) if _is_table_sep(row) else row
+            return re.sub(r"-{3,}", "---", row) if is_table_sep(row) else row
         text = _clean_inline(_QUOTE.sub("", line))
         return text if kind == "list" else text.strip()  # list indentation shows nesting
 
