@@ -64,7 +64,7 @@ def test_hybrid_lets_dense_decide_when_bm25_best_two_nearly_tie(built):
     import numpy as np
 
     from search import SearchConfig
-    from search.query.retrieval import Retrieval
+    from search.query.candidates import Retrieval
 
     engine = built[0]
     # BM25 puts passage 1 first by 2%, dense puts passage 2 first by a hair

@@ -107,11 +107,6 @@ _SPANS = re.compile(
 _VISIBLE_ATTR = re.compile(r"""\b(?:caption|alt|title)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
 
 _CODE_SPAN = re.compile(r"(``[^\n]+?``|`[^`\n]+`)")
-_IMAGE = re.compile(r"!\[([^\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)")
-_LINK = re.compile(r"\[([^\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)")
-_REF_LINK = re.compile(r"\[([^\]]+)\]\[[^\]]*\]")
-_AUTOLINK = re.compile(r"<((?:https?|ftp)://[^\s<>]+|mailto:[^\s<>]+)>", re.I)
-_IMG_TAG = re.compile(r"<img\b[^>]*>", re.I)
 _INLINE_TAGS = "a abbr b big cite code del dfn em font i ins kbd mark q s samp small span strike strong sub sup time tt u var"
 _BLOCK_TAGS = (
     "audio blockquote body br button caption center col colgroup dd details div dl dt embed figcaption figure "
@@ -124,9 +119,6 @@ _HTML_TAG = re.compile(
     r"</?(%s)%s\s*/?>" % ("|".join((_INLINE_TAGS + " " + _BLOCK_TAGS).split()), _ATTRIBUTES), re.I | re.A
 )
 _BLOCK_TAG_NAMES = frozenset(_BLOCK_TAGS.split())
-_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)")
-_EMPHASIS = re.compile(r"(?<![\w*\\])\*(?=[^\s*])([^*\n]+?)(?<=[^\s*])\*(?![\w*])")
-_STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
 _SPACES = re.compile(r"(?<=\S)[ \t]{2,}")
 _QUOTE = re.compile(r"^\s{0,3}(?:>[ \t]?)+")
 # `[id]: url "title"` lines define link targets; the destination must look like a URL or path so
@@ -158,17 +150,24 @@ def _img_alt(match: re.Match) -> str:
     return (alt.group(1) or alt.group(2) or "") if alt else ""
 
 
+# Inline markup -> its visible text, in this order (images before links: `![alt](src)` holds `[alt](src)`).
+_INLINE_STEPS = (
+    (re.compile(r"!\[([^\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)"), r"\1"),  # image: its alt text
+    (re.compile(r"\[([^\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)"), r"\1"),  # link: its text
+    (re.compile(r"\[([^\]]+)\]\[[^\]]*\]"), r"\1"),  # reference link
+    (re.compile(r"<((?:https?|ftp)://[^\s<>]+|mailto:[^\s<>]+)>", re.I), r"\1"),  # autolink
+    (re.compile(r"<img\b[^>]*>", re.I), _img_alt),
+    (_HTML_TAG, _tag_text),
+    (re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)"), lambda m: m.group(1) or m.group(2)),  # strong
+    (re.compile(r"(?<![\w*\\])\*(?=[^\s*])([^*\n]+?)(?<=[^\s*])\*(?![\w*])"), r"\1"),  # emphasis
+    (re.compile(r"~~(?=\S)(.+?)(?<=\S)~~"), r"\1"),  # strikethrough
+)
+
+
 def _clean_prose(text: str) -> str:
     """Inline markdown and HTML outside code spans -> the text a reader sees."""
-    text = _IMAGE.sub(r"\1", text)
-    text = _LINK.sub(r"\1", text)
-    text = _REF_LINK.sub(r"\1", text)
-    text = _AUTOLINK.sub(r"\1", text)
-    text = _IMG_TAG.sub(_img_alt, text)
-    text = _HTML_TAG.sub(_tag_text, text)
-    text = _STRONG.sub(lambda m: m.group(1) or m.group(2), text)
-    text = _EMPHASIS.sub(r"\1", text)
-    text = _STRIKE.sub(r"\1", text)
+    for pattern, replacement in _INLINE_STEPS:
+        text = pattern.sub(replacement, text)
     if "&" in text:
         text = html.unescape(text).replace("\xa0", " ")
     return _SPACES.sub(" ", text)
@@ -187,10 +186,13 @@ def _clean_inline(line: str) -> str:
 
 # ----- markdown structure ----------------------------------------------------------------------
 
+# code: ``` or ~~~ fences, and Liquid's {% highlight %} blocks
 _FENCE_OPEN = re.compile(r"^\s*(?:(`{3,})[^`]*|(~{3,}).*)$")
 FENCE_CLOSE = re.compile(r"^\s*(`{3,}|~{3,})\s*$")
 _LIQUID_OPEN = re.compile(r"^\s*\{%-?\s*highlight\s+([\w+#.-]+)?[^%]*-?%\}\s*$")
 _LIQUID_CLOSE = re.compile(r"^\s*\{%-?\s*endhighlight\s*-?%\}\s*$")
+
+# headings (ATX `## x`, setext underlines), rules, list items and table separator rows
 _ATX = re.compile(r"^\s{0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _SETEXT = re.compile(r"^\s{0,3}(=+|-+)[ \t]*$")
 _HR = re.compile(r"^\s{0,3}(?:(?:-[ \t]*){3,}|(?:\*[ \t]*){3,}|(?:_[ \t]*){3,})$")
