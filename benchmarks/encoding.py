@@ -27,16 +27,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-from search.chunking import chunk_document  # noqa: E402
-from search.embedding import Encoder, SentenceTransformerEncoder, gpu_present, load_tokenizer, model_spec, token_counter  # noqa: E402
-from search.engine import BuildConfig, contextual_text  # noqa: E402
+from search.text.chunking import chunk_document  # noqa: E402
+from search.embedding.encoder import Encoder, SentenceTransformerEncoder, gpu_present
+from search.embedding.spec import load_tokenizer, model_spec, token_counter  # noqa: E402
+from search import BuildConfig
+from search.text.passages import contextual_text  # noqa: E402
 from search.evaluation import load_collection  # noqa: E402
 
 EVAL = ROOT.parent / "shared" / "eval"
 SETS = {"m3e-small": "cmedqq", "all-MiniLM-L6-v2": "scifact"}
 COLD = """
 import time; started = time.perf_counter()
-from search.embedding import Encoder
+from search.embedding.encoder import Encoder
 encoder = Encoder({name!r}, backend={backend!r}); encoder.encode(["query text 查询"])
 print(time.perf_counter() - started)
 """
@@ -96,7 +98,7 @@ def main() -> None:
         compare(name, texts, args.rounds, SentenceTransformerEncoder(name, "cpu"), Encoder(name, backend="onnx"),
                 ("sentence-transformers float32 cpu", "onnx int8 cpu"))
         if cuda:
-            from search.torch_encoder import TorchEncoder
+            from search.embedding.torch_gpu import TorchEncoder
 
             compare(name, texts * 20, args.rounds, SentenceTransformerEncoder(name, "cuda"), TorchEncoder(model_spec(name), "cuda"),
                     ("sentence-transformers float16 cuda", "tokenise-ahead pipeline fp16 cuda"))

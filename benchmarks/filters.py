@@ -17,8 +17,9 @@ import time
 
 import numpy as np
 
-from search.dense_index import DenseIndex
-from search.filtering import Facets, Filters
+from search.index.dense import DenseIndex
+from search import Filters
+from search.index.facets import Facets
 from search.schema import Passage
 
 

@@ -44,13 +44,13 @@ def main() -> None:
         index = Path(tmp) / "index"
         Engine.build([notes], index)  # warm-up: loads models, so both timings below exclude that
         started = time.perf_counter()
-        full = Engine.build([notes], index, rebuild=True).build_summary
+        full = Engine.build([notes], index, rebuild=True)[1]
         full_seconds = time.perf_counter() - started
 
         note = notes / "generated" / "note-0042.md"
         note.write_text(note.read_text(encoding="utf-8").replace("记录了实验设置和结论", "补充了新的对照实验"), encoding="utf-8")
         started = time.perf_counter()
-        edit = Engine.build([notes], index).build_summary
+        edit = Engine.build([notes], index)[1]
         edit_seconds = time.perf_counter() - started
     result = {
         "files": full.files_added,

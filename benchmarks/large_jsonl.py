@@ -102,9 +102,9 @@ def _summary_of(output: str, index: Path) -> dict:
         if line.startswith("{"):
             return json.loads(line)
     # the human-readable line: take the numbers from the manifest instead
-    from search import store
+    from search.index.folder import IndexFolder
 
-    manifest = store.read_manifest(store.IndexFolder(index).current())
+    manifest = IndexFolder(index).current().read_manifest()
     return {"passages": manifest["passages"], "stage_seconds": {}, "seconds": None}
 
 
@@ -137,10 +137,9 @@ def measure(workdir: Path, size_mb: float, progress: bool) -> dict:
     run = index_file(path, index, progress)
     summary = run.pop("summary")
     passages = summary["passages"]
-    from search import store
+    from search.index.folder import IndexFolder
 
-    generation = store.IndexFolder(index).current()
-    size = sum(p.stat().st_size for p in generation.rglob("*") if p.is_file())
+    size = IndexFolder(index).current().size_bytes()
     result = {
         "file_bytes": path.stat().st_size,
         "records": records,

@@ -57,7 +57,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def sentence_pools() -> tuple[list[str], list[str]]:
     """Chinese and English sentences of the shared collections and seed notes."""
-    from search.tokenizing import detect_language
+    from search.text.language import detect_language
 
     zh, en = [], []
     for name in ZH_SETS:
@@ -163,8 +163,10 @@ def self_rss_mb() -> float:
 
 def work_encode(payload: dict[str, Any]) -> dict[str, Any]:
     """Throughput of our Encoder, or of plain sentence-transformers float32 (the baseline)."""
-    from search.embedding import Encoder, model_plan, resolve_model, space_for, token_counter
-    from search.tokenizing import detect_language
+    from search.embedding.encoder import Encoder
+    from search.embedding.models import model_plan, resolve_model, space_for
+    from search.embedding.spec import token_counter
+    from search.text.language import detect_language
 
     plan = model_plan()
     groups: dict[str, list[str]] = {}
@@ -205,9 +207,9 @@ def work_warm(payload: dict[str, Any]) -> dict[str, Any]:
     import faiss
 
     from search import Engine
-    from search.dense_index import DenseIndex
-    from search.embedding import space_for
-    from search.tokenizing import detect_language
+    from search.index.dense import DenseIndex
+    from search.embedding.models import space_for
+    from search.text.language import detect_language
 
     started = time.perf_counter()
     engine = Engine.open(payload["index"])
@@ -235,7 +237,7 @@ def work_warm(payload: dict[str, Any]) -> dict[str, Any]:
         approx = index if not index.exact else DenseIndex.build(vectors, index.ids, index.dim, exact_max=0)
         exact = faiss.IndexFlatIP(index.dim)
         exact.add(vectors)
-        query_vectors = engine.encoder(space).encode(mine)
+        query_vectors = engine.retriever.encoders[space].encode(mine)
         _, truth = exact.search(query_vectors, 10)
         hits, times = [], []
         for vector, true_rows in zip(query_vectors, truth):
@@ -252,13 +254,15 @@ def work_bm25(payload: dict[str, Any]) -> dict[str, Any]:
     """Our BM25 top-k against rank-bm25's BM25Okapi on the same tokens."""
     from rank_bm25 import BM25Okapi
 
-    from search.bm25_index import BM25Index
-    from search.tokenizing import tokenize
+    from search.index.bm25 import BM25Index
+    from search.text.tokenizing import tokenize
 
-    generation = Path(payload["generation"])
-    with open(generation / "tokens.jsonl", encoding="utf-8") as handle:
-        tokens = [json.loads(line) for line in handle]
-    ours = BM25Index.load(generation / "bm25")
+    from search.index.folder import Generation
+    from search.index.passage_store import read_tokens
+
+    generation = Generation(Path(payload["generation"]))
+    tokens = read_tokens(generation)
+    ours = BM25Index.load(generation.bm25_folder)
     queries = [tokenize(q) for q in payload["queries"]]
     started = time.perf_counter()
     okapi = BM25Okapi(tokens, k1=ours.params["k1"], b=ours.params["b"])
@@ -280,8 +284,8 @@ def work_bm25(payload: dict[str, Any]) -> dict[str, Any]:
 
 def work_million(payload: dict[str, Any]) -> dict[str, Any]:
     """A query process over the 1M-vector dense index: encode each query, search, then recall@10."""
-    from search.dense_index import DenseIndex
-    from search.embedding import Encoder
+    from search.index.dense import DenseIndex
+    from search.embedding.encoder import Encoder
 
     started = time.perf_counter()
     index = DenseIndex.load(Path(payload["prefix"]))
@@ -321,7 +325,7 @@ WORKERS = {"encode": work_encode, "warm": work_warm, "bm25": work_bm25, "million
 
 def synthesise_million(source: np.ndarray, ids_count: int, prefix: Path, seed: int) -> dict[str, Any]:
     """1M unit vectors mixing two random real vectors plus noise, indexed and saved like a build's."""
-    from search.dense_index import DenseIndex
+    from search.index.dense import DenseIndex
 
     rng = np.random.default_rng(seed)
     dim = source.shape[1]
@@ -383,9 +387,11 @@ def main() -> None:
     result["corpus"] = {"passages_requested": passages, "notes": generate_corpus(corpus, passages, args.seed)}
     seconds, rss, stdout = run_measured([sys.executable, "-m", "search.cli", "index", str(corpus), "--index", str(index), "--rebuild", "--json"])
     summary = json.loads(stdout.strip().splitlines()[-1])
-    generation = index / (index / "CURRENT").read_text().strip()
+    from search.index.folder import IndexFolder
+
+    generation = IndexFolder(index).current()
     result["build"] = {"passages": summary["passages"], "wall_seconds": round(seconds, 1), "stage_seconds": summary.get("stage_seconds"),
-                       "peak_rss_mb": round(rss, 1), "index_bytes": sum(p.stat().st_size for p in generation.rglob("*") if p.is_file())}
+                       "peak_rss_mb": round(rss, 1), "index_bytes": generation.size_bytes()}
     embed_seconds = (summary.get("stage_seconds") or {}).get("embed")
     if embed_seconds:
         result["build"]["embed_passages_per_s"] = round(summary["passages_embedded"] / embed_seconds, 1)
@@ -398,16 +404,16 @@ def main() -> None:
                 for q in queries[: args.cold_runs]]
         result["cold_cli"][mode] = {"runs": len(runs), "median_seconds": round(statistics.median(r[0] for r in runs), 3),
                                     "peak_rss_mb": round(max(r[1] for r in runs), 1)}
-    result["bm25"] = worker("bm25", {"generation": str(generation), "queries": queries, "okapi_queries": args.okapi_queries})
+    result["bm25"] = worker("bm25", {"generation": str(generation.path), "queries": queries, "okapi_queries": args.okapi_queries})
     result["bm25"]["ratio_p50"] = round(result["bm25"]["rank_bm25_ms"]["p50"] / max(result["bm25"]["ours_ms"]["p50"], 1e-3), 1)
 
     # the query process at 1M vectors
     if args.million:
-        from search.dense_index import DenseIndex
+        from search.index.dense import DenseIndex
 
-        spaces = json.loads((generation / "manifest.json").read_text(encoding="utf-8"))["models"]
-        space = max(spaces, key=lambda s: len(DenseIndex.load(generation / f"dense-{s}")))
-        real = np.ascontiguousarray(DenseIndex.load(generation / f"dense-{space}").vectors(), dtype=np.float32)
+        spaces = generation.read_manifest()["models"]
+        space = max(spaces, key=lambda s: len(DenseIndex.load(generation.dense_prefix(s))))
+        real = np.ascontiguousarray(DenseIndex.load(generation.dense_prefix(space)).vectors(), dtype=np.float32)
         prefix = args.work / "million" / f"dense-{space}"
         prefix.parent.mkdir(parents=True, exist_ok=True)
         million = synthesise_million(real, args.million, prefix, args.seed)

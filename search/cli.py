@@ -7,6 +7,7 @@ with --debug), progress bars on a terminal, control characters of notes and file
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
@@ -35,6 +36,13 @@ def _one_line(error: BaseException) -> str:
         where = f": {error.filename}" if error.filename else ""
         return f"{error.strerror or error}{where} (check the path, its permissions and free disk space)"
     return f"unexpected {type(error).__name__}: {error} (run with --debug for the traceback)"
+
+
+class _LowerLevel(logging.Formatter):
+    """`warning: ...` rather than `WARNING: ...`, like the CLI's other messages."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace(record.levelname, record.levelname.lower(), 1)
 
 
 class FriendlyGroup(click.Group):
@@ -90,6 +98,12 @@ index_option = click.option(
 @click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error.")
 def cli(debug: bool) -> None:
     """Hybrid keyword + semantic search over Chinese and English notes."""
+    handler = logging.StreamHandler()  # the library logs its warnings; a person sees them as one line each
+    handler.setFormatter(_LowerLevel("%(levelname)s: %(message)s"))
+    library = logging.getLogger("search")
+    if not library.handlers:
+        library.addHandler(handler)
+        library.setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 @cli.command()

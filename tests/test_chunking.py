@@ -3,9 +3,10 @@ import time
 
 import pytest
 
-from search.chunking import chunk_document, parse_front_matter
-from search.embedding import token_counter
-from search.loading import load_documents
+from search.ingest.markdown import parse_front_matter
+from search.text.chunking import chunk_document
+from search.embedding.spec import token_counter
+from search.ingest.loading import load_documents
 from search.schema import Document
 
 SEQUENCE_PARALLEL = "序列并行是一种对于序列维度进行切分的并行策略"

@@ -68,12 +68,13 @@ def test_env_var_selects_index_and_stats(indexed):
     "args, message",
     [
         (["query", "x", "--index", "/nonexistent/idx"], "no index at /nonexistent/idx"),
-        (["query", "  ", "--index", "/nonexistent/idx"], "empty query"),
+        (["query", "  ", "--index", "{index}"], "empty query"),
+        (["query", "x" * 3000, "--index", "{index}"], "too long"),
         (["index", "/nonexistent/notes", "--index", "/tmp/never"], "no such file or folder"),
     ],
 )
-def test_errors_are_one_line_without_traceback(args, message):
-    result = CliRunner().invoke(cli, args)
+def test_errors_are_one_line_without_traceback(indexed, args, message):
+    result = CliRunner().invoke(cli, [arg.format(index=indexed[1]) for arg in args])
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

@@ -2,7 +2,7 @@ import faiss
 import numpy as np
 import pytest
 
-from search.dense_index import DenseIndex, RowFile
+from search.index.dense import DenseIndex, RowFile
 
 
 def unit(rows):

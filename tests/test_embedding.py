@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from search import Engine, SearchError
-from search.embedding import Encoder, batches_by_length, load_model, load_tokenizer, model_spec
-from search import onnx_encoder
+from search.embedding import onnx_export
+from search.embedding.encoder import Encoder, load_model
+from search.embedding.spec import batches_by_length, load_tokenizer, model_spec
 
 from conftest import write_notes
 
@@ -69,7 +70,7 @@ def test_onnx_matches_sentence_transformers(name, eval_dir):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_torch_pipeline_on_cpu_matches_sentence_transformers(name, eval_dir):
-    from search.torch_encoder import TorchEncoder
+    from search.embedding.torch_gpu import TorchEncoder
 
     texts = real_texts(eval_dir, name)
     # a small token budget forces many batches through the background thread
@@ -98,30 +99,31 @@ def test_batches_cover_every_text_within_the_token_budget():
 def test_export_cache_is_reused_and_complete(tmp_path, monkeypatch):
     monkeypatch.setenv("SEARCH_CACHE", str(tmp_path))
     spec = model_spec("all-MiniLM-L6-v2")
-    path = onnx_encoder.ensure_export(spec)
+    path = onnx_export.ensure_export(spec)
     assert path.name == "model.int8.onnx" and path.parent.parent == tmp_path / "onnx"
     assert not [p for p in path.parent.parent.iterdir() if p.name.startswith(".tmp-")]  # staging renamed away
 
     def no_export(*_):
         raise AssertionError("exported again although the cache holds the model")
 
-    monkeypatch.setattr(onnx_encoder, "_export", no_export)
-    assert onnx_encoder.ensure_export(spec) == path
-    assert onnx_encoder.export_dir(spec) == path.parent  # the key is stable across processes
+    monkeypatch.setattr(onnx_export, "_export", no_export)
+    assert onnx_export.ensure_export(spec) == path
+    assert onnx_export.export_dir(spec) == path.parent  # the key is stable across processes
 
 
-def test_unexportable_model_falls_back_with_one_warning(tmp_path, capfd):
+def test_unexportable_model_falls_back_with_one_warning(tmp_path, caplog):
     from sentence_transformers import SentenceTransformer, models
 
     base = model_spec("all-MiniLM-L6-v2").folder
     transformer = models.Transformer(str(base))
     dense = models.Dense(in_features=384, out_features=32)  # a layer the ONNX backend does not replicate
     SentenceTransformer(modules=[transformer, models.Pooling(384, "mean"), dense]).save(str(tmp_path / "dense"))
-    capfd.readouterr()
-    encoder = Encoder(str(tmp_path / "dense"), backend="onnx")
-    vectors = encoder.encode(["one sentence", "another"])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="search"):
+        encoder = Encoder(str(tmp_path / "dense"), backend="onnx")
+        vectors = encoder.encode(["one sentence", "another"])
     assert encoder.backend == "torch-fp32" and vectors.shape == (2, 32)
-    warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning:")]
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert len(warnings) == 1 and "sentence-transformers" in warnings[0]
 
 
@@ -134,14 +136,14 @@ def test_backend_option_is_checked(monkeypatch):
 def test_switching_backend_reembeds_instead_of_mixing(tmp_path, monkeypatch):
     notes = write_notes(tmp_path / "notes")
     monkeypatch.setenv("SEARCH_BACKEND", "onnx")
-    first = Engine.build([notes], tmp_path / "index").build_summary
+    first = Engine.build([notes], tmp_path / "index")[1]
     manifest = Engine.open(tmp_path / "index").manifest
     assert {info["backend"] for info in manifest["models"].values()} == {"onnx-int8"}
     monkeypatch.setenv("SEARCH_BACKEND", "torch")
-    switched = Engine.build([notes], tmp_path / "index")
-    assert switched.build_summary.passages_embedded == first.passages and switched.build_summary.passages_reused == 0
+    switched, switched_summary = Engine.build([notes], tmp_path / "index")
+    assert switched_summary.passages_embedded == first.passages and switched_summary.passages_reused == 0
     assert {info["backend"] for info in switched.manifest["models"].values()} == {"torch-fp32"}
-    again = Engine.build([notes], tmp_path / "index").build_summary
+    again = Engine.build([notes], tmp_path / "index")[1]
     assert again.passages_reused == first.passages and again.passages_embedded == 0
 
 
@@ -171,16 +173,18 @@ def test_query_in_a_fresh_process_imports_no_torch(tmp_path, monkeypatch):
 
 
 def test_query_engine_runs_each_model_on_one_thread_with_the_same_vectors(tmp_path):
-    engine = Engine.build([write_notes(tmp_path / "notes")], tmp_path / "index")
+    engine, engine_summary = Engine.build([write_notes(tmp_path / "notes")], tmp_path / "index")
     queries = ["序列并行", "merge keyword and vector results"]
     for space in engine.dense:
-        query_encoder = engine.encoder(space)
+        query_encoder = engine.retriever.encoders[space]
         assert query_encoder.impl.session.get_session_options().intra_op_num_threads == 1
         batch_encoder = Encoder(engine.plan[space])  # every core, as a build embeds
         assert batch_encoder.impl is not query_encoder.impl
         np.testing.assert_allclose(query_encoder.encode(queries), batch_encoder.encode(queries), atol=1e-5)
     # both spaces searched side by side in threads give what each space's own search gives
-    ranking, cosines, vectors = engine.dense_ranking("序列并行", 5)
-    for space, vector in vectors.items():
+    query = engine.analyse("序列并行", "dense")
+    cosines = engine.retrieve(query, 5).cosines
+    for space in engine.retriever._spaces_to_search(query, 5, None):
+        vector = Encoder(engine.plan[space]).encode([query.text])[0]
         ids, scores = engine.dense[space].search(vector, 5)
-        assert all(np.isclose(cosines[pid], score) for pid, score in zip(ids.tolist(), scores.tolist()))
+        assert all(np.isclose(cosines[pid], score, atol=1e-5) for pid, score in zip(ids.tolist(), scores.tolist()))

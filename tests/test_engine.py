@@ -1,5 +1,7 @@
 """The library API end to end with the real bundled models on a tiny corpus."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -13,13 +15,13 @@ from conftest import write_notes
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine")
     notes = write_notes(root / "notes")
-    engine = Engine.build([notes], root / "index")
-    return engine, notes, root
+    engine, summary = Engine.build([notes], root / "index")
+    yield engine, notes, root, summary
+    engine.close()
 
 
 def test_build_summary_and_models(built):
-    engine, _, _ = built
-    summary = engine.build_summary
+    engine, _, _, summary = built
     assert summary.files_added == 3 and summary.files_changed == 0
     assert summary.passages == summary.passages_embedded > 0
     models = engine.stats()["models"]
@@ -32,7 +34,7 @@ def test_build_summary_and_models(built):
 
 
 def test_hybrid_hit_carries_all_fields(built):
-    engine, notes, _ = built
+    engine, notes, _, _ = built
     hits = engine.search("序列并行", k=3)
     top = hits[0]
     assert top.path == str(notes / "并行.md")
@@ -46,7 +48,7 @@ def test_hybrid_hit_carries_all_fields(built):
 
 
 def test_modes(built):
-    engine, notes, _ = built
+    engine, notes, _, _ = built
     bm25 = engine.search("zero-3", k=5, mode="bm25")
     assert bm25 and "ZeRO-3" in bm25[0].text and all(h.dense_rank is None for h in bm25)
     dense = engine.search("how long should I brew green tea", k=2, mode="dense")
@@ -61,30 +63,31 @@ def test_modes(built):
 def test_hybrid_lets_dense_decide_when_bm25_best_two_nearly_tie(built):
     import numpy as np
 
-    from search.engine import Retrieval, SearchConfig
+    from search import SearchConfig
+    from search.query.candidates import Retrieval
 
     engine = built[0]
     # BM25 puts passage 1 first by 2%, dense puts passage 2 first by a hair
     bm25 = (np.array([1, 2, 3, 4]), np.array([10.0, 9.8, 2.0, 1.0]))
     dense = (np.array([2, 1, 4, 3]), np.array([0.80, 0.795, 0.5, 0.4]))
-    retrieval = Retrieval(bm25, dense, dict(zip(dense[0].tolist(), dense[1].tolist())),
-                          dict(zip(bm25[0].tolist(), bm25[1].tolist())))
+    retrieval = Retrieval(bm25, dense, cosines=dict(zip(dense[0].tolist(), dense[1].tolist())),
+                          bm25_scores=dict(zip(bm25[0].tolist(), bm25[1].tolist())))
     assert [pid for pid, _ in engine.rank(retrieval)][:2] == [2, 1]  # BM25's near-tie counts half
     whole = SearchConfig(bm25_tie_floor=1.0)
     assert [pid for pid, _ in engine.rank(retrieval, config=whole)][:2] == [1, 2]
-    clear = Retrieval((bm25[0], np.array([10.0, 9.0, 2.0, 1.0])), dense, retrieval.cosines,
-                      dict(zip(bm25[0].tolist(), [10.0, 9.0, 2.0, 1.0])))
+    clear = Retrieval((bm25[0], np.array([10.0, 9.0, 2.0, 1.0])), dense, cosines=retrieval.cosines,
+                      bm25_scores=dict(zip(bm25[0].tolist(), [10.0, 9.0, 2.0, 1.0])))
     assert engine.rank(clear) == engine.rank(clear, config=whole)  # a 10% lead keeps the whole weight
 
 
 def test_english_paraphrase_found_by_english_model(built):
-    engine, _, _ = built
+    engine, _, _, _ = built
     hits = engine.search("making a loaf at home", k=1, mode="dense")
     assert "dough" in hits[0].text
 
 
 def test_open_with_other_model_is_refused(built):
-    _, _, root = built
+    _, _, root, _ = built
     with pytest.raises(IncompatibleIndex, match="m3e-small.*some-other/model|some-other/model"):
         Engine.open(root / "index", model="some-other/model")
     with pytest.raises(IndexNotFound, match="search index"):
@@ -92,11 +95,11 @@ def test_open_with_other_model_is_refused(built):
 
 
 def test_incremental_build_reuses_unchanged_work(built, tmp_path):
-    _, _, root = built
+    _, _, root, _ = built
     notes = write_notes(tmp_path / "notes")
     index = tmp_path / "index"
-    first = Engine.build([notes], index).build_summary
-    again = Engine.build([notes], index).build_summary
+    first = Engine.build([notes], index)[1]
+    again = Engine.build([notes], index)[1]
     assert again.files_unchanged == 3 and again.passages_embedded == 0
     assert again.passages_reused == first.passages
 
@@ -104,20 +107,20 @@ def test_incremental_build_reuses_unchanged_work(built, tmp_path):
     path.write_text(path.read_text().replace("two minutes", "three minutes"), encoding="utf-8")
     (notes / "菜谱.txt").unlink()
     (notes / "new.md").write_text("# Coffee\n\nGrind the beans just before brewing.\n", encoding="utf-8")
-    changed = Engine.build([notes], index)
-    s = changed.build_summary
+    changed, changed_summary = Engine.build([notes], index)
+    s = changed_summary
     assert (s.files_added, s.files_changed, s.files_removed, s.files_unchanged) == (1, 1, 1, 1)
     assert s.passages_embedded == 2  # the edited tea paragraph and the new note
     assert changed.search("three minutes", k=1, mode="bm25")[0].path == str(path)
     assert not any("番茄" in h.text for h in changed.search("番茄炒蛋", k=5))
 
-    rebuilt = Engine.build([notes], index, rebuild=True).build_summary
+    rebuilt = Engine.build([notes], index, rebuild=True)[1]
     assert rebuilt.passages_embedded == rebuilt.passages and rebuilt.files_added == 3
 
 
 def test_seeds_sequence_parallelism_first(seeds_dir, tmp_path_factory):
     index = tmp_path_factory.mktemp("seeds") / "index"
-    engine = Engine.build([seeds_dir], index)
+    engine, engine_summary = Engine.build([seeds_dir], index)
     top = engine.search("序列并行", k=5)[0]
     assert top.path.endswith("002_42593514c2d838f2.txt")
     assert "序列并行" in top.text and "序列维度" in top.text
@@ -125,9 +128,9 @@ def test_seeds_sequence_parallelism_first(seeds_dir, tmp_path_factory):
 
 
 def test_query_is_embedded_only_in_the_spaces_that_read_its_languages(built):
-    engine, _, _ = built
+    engine, _, _, _ = built
     assert set(engine.dense) == {"zh", "en"}
-    spaces = lambda query, depth=1: sorted(engine._spaces_to_search(query, depth, None))
+    spaces = lambda query, depth=1: sorted(engine.retriever._spaces_to_search(engine.analyse(query), depth, None))
     assert spaces("序列并行") == ["zh"]
     assert spaces("how do I merge results") == ["en"]
     assert spaces("注意力机制 transformer") == ["en", "zh"]
@@ -135,31 +138,31 @@ def test_query_is_embedded_only_in_the_spaces_that_read_its_languages(built):
     assert spaces("序列并行", depth=len(engine.passages)) == ["en", "zh"]  # too few Chinese passages to fill it
     only_english = np.zeros(len(engine.passages), dtype=bool)
     only_english[engine.dense["en"].ids] = True
-    assert sorted(engine._spaces_to_search("序列并行", 1, only_english)) == ["en"]  # a filter left no Chinese
-    retrieval = engine.retrieve("序列并行", 1, "hybrid")
+    assert sorted(engine.retriever._spaces_to_search(engine.analyse("序列并行"), 1, only_english)) == ["en"]  # a filter left no Chinese
+    retrieval = engine.retrieve(engine.analyse("序列并行"), 1)
     english = {pid for pid in engine.dense["en"].ids.tolist()}
     assert not english & set(retrieval.dense[0].tolist())
     # a BM25 candidate from a space the query skipped is fused with the lowest cosine seen
     outsider = min(english)
-    retrieval.bm25 = (np.append(retrieval.bm25[0], outsider), np.append(retrieval.bm25[1], 0.0))
-    retrieval.bm25_scores[outsider] = 0.0
+    retrieval = dataclasses.replace(retrieval, bm25=(np.append(retrieval.bm25[0], outsider), np.append(retrieval.bm25[1], 0.0)),
+                                    bm25_scores={**retrieval.bm25_scores, outsider: 0.0})
     assert outsider not in retrieval.cosines
     ranked = dict(engine.rank(retrieval))
     assert outsider in ranked and ranked[outsider] == min(ranked.values())
 
 
 def test_a_space_searched_only_to_fill_the_depth_does_not_bring_its_cosine_scale(built):
-    from search.engine import _dense_column
+    from search.query.fusion import Hybrid
 
     engine = built[0]
     query = "how long should I brew green tea"
     # the tiny English space holds fewer passages than the depth, so the Chinese one joins, and
     # M3E-small's cosines for an English query run far above MiniLM's
-    assert sorted(engine._spaces_to_search(query, 100, None)) == ["en", "zh"]
-    retrieval = engine.retrieve(query, 100, "hybrid")
+    assert sorted(engine.retriever._spaces_to_search(engine.analyse(query), 100, None)) == ["en", "zh"]
+    retrieval = engine.retrieve(engine.analyse(query), 100)
     chinese, english = set(engine.dense["zh"].ids.tolist()), set(engine.dense["en"].ids.tolist())
     assert retrieval.foreign and retrieval.foreign <= chinese
-    column = _dense_column(retrieval)
+    column = Hybrid.dense_column(retrieval)
     floor = min(column[pid] for pid in english & column.keys())
     assert all(column[pid] == floor for pid in retrieval.foreign)
     hits = engine.search(query, k=3)

@@ -10,9 +10,10 @@ from click.testing import CliRunner
 
 from search import Engine
 from search.cli import cli
-from search.dense_index import DenseIndex
-from search.engine import SearchConfig
-from search.filtering import Facets, FilterError, Filters, file_type, normalise_tag
+from search.index.dense import DenseIndex
+from search import SearchConfig
+from search import FilterError, Filters
+from search.index.facets import Facets, facet_rows, file_type, normalise_tag
 from search.schema import Passage
 
 # ----- matching semantics (no models) --------------------------------------------------------
@@ -29,12 +30,12 @@ PATHS = [
 
 def facets(tags=None):
     tags = tags or {}
-    return Facets.from_passages(Passage(path=p, text="x", metadata=tags.get(p, {})) for p in PATHS)
+    return Facets(*facet_rows(Passage(path=p, text="x", metadata=tags.get(p, {})) for p in PATHS))
 
 
 def matching(filters, table=None):
     table = table or facets()
-    return [p.replace("/home/u/kb/", "") for p, ok in zip(PATHS, table.mask(filters)) if ok]
+    return [p.replace("/home/u/kb/", "") for p, ok in zip(PATHS, filters.mask(table)) if ok]
 
 
 @pytest.mark.parametrize(
@@ -62,9 +63,9 @@ def test_relative_dot_pattern_is_anchored_at_the_working_folder(tmp_path, monkey
     (folder / "notes").mkdir(parents=True)
     monkeypatch.chdir(folder)
     inside, outside = str(folder / "notes" / "a.md"), str(tmp_path / "notes" / "a.md")
-    table = Facets.from_passages([Passage(path=inside, text="x"), Passage(path=outside, text="x")])
-    assert table.mask(Filters(paths=["./notes/*.md"])).tolist() == [True, False]
-    assert table.mask(Filters(paths=["notes/*.md"])).tolist() == [True, True]
+    table = Facets(*facet_rows([Passage(path=inside, text="x"), Passage(path=outside, text="x")]))
+    assert Filters(paths=["./notes/*.md"]).mask(table).tolist() == [True, False]
+    assert Filters(paths=["notes/*.md"]).mask(table).tolist() == [True, True]
 
 
 def test_types_from_suffix_with_aliases():
@@ -92,8 +93,8 @@ def test_fields_and_together_values_or_together():
     table = facets({PATHS[0]: {"tags": ["x"]}, PATHS[3]: {"tags": ["x"]}})
     assert matching(Filters(paths=["notes/**", "other/**"], tags=["x"]), table) == ["notes/a/b.md", "other/notes.txt"]
     assert matching(Filters(paths=["notes/**"], tags=["x"], types=["txt"]), table) == []
-    assert "--type txt" not in table.why_empty(Filters(paths=["notes/**"], types=["txt"]))
-    assert table.why_empty(Filters(tags=["nope"], types=["md"])) == "no file matches --tag nope"
+    assert "--type txt" not in Filters(paths=["notes/**"], types=["txt"]).why_empty(table)
+    assert Filters(tags=["nope"], types=["md"]).why_empty(table) == "no file matches --tag nope"
 
 
 def test_filter_values_are_checked():
@@ -105,7 +106,7 @@ def test_filter_values_are_checked():
 def test_facets_rows_are_per_file():
     passages = [Passage(path="/a.md", text=str(i), metadata={"tags": ["t"]}) for i in range(3)]
     passages.append(Passage(path="/b.md", text="b"))
-    table = Facets.from_passages(passages)
+    table = Facets(*facet_rows(passages))
     assert len(table.rows) == 2 and table.passage_row.tolist() == [0, 0, 0, 1]
 
 
@@ -232,7 +233,7 @@ def test_filtered_ranking_equals_unfiltered_ranking_restricted(kb, mode):
     """Filtering before the cut ranks allowed passages exactly as a full ranking would."""
     _, engine = kb
     everything = engine.search("梯度下降的步长", k=len(engine.passages), mode=mode)
-    allowed = engine.allowed(Filters(tags=["机器学习"]))
+    allowed = Filters(tags=["机器学习"]).mask(engine.facets)
     expected = [h.passage_id for h in everything if allowed[h.passage_id]][:K]
     got = engine.search("梯度下降的步长", k=K, mode=mode, filters=Filters(tags=["机器学习"]))
     assert [h.passage_id for h in got] == expected
@@ -242,22 +243,7 @@ def test_filter_to_one_language_space_and_to_nothing(kb):
     _, engine = kb
     hits = engine.search("gradient descent", k=5, filters=Filters(types=["txt"]))
     assert [hit.path.endswith("notes.txt") for hit in hits] == [True]
-    assert engine.search("梯度下降", k=5, filters=Filters(tags=["没有这个标签"])) == []
-
-
-def test_index_without_facets_derives_them(kb, tmp_path):
-    root, engine = kb
-    copy = tmp_path / "old-index"
-    shutil.copytree(root / "index", copy)
-    generation = copy / (copy / "CURRENT").read_text().strip()
-    (generation / "facets.json").unlink()
-    (generation / "passage_file.npy").unlink()
-    old = Engine.open(copy, config=SearchConfig(candidates=K))
-    filters = Filters(tags=["机器学习"], paths=["notes/**"])
-    assert np.array_equal(old.allowed(filters), engine.allowed(filters))
-    assert [h.passage_id for h in old.search("梯度下降", k=K, mode="bm25", filters=filters)] == [
-        h.passage_id for h in engine.search("梯度下降", k=K, mode="bm25", filters=filters)
-    ]
+    assert len(engine.search("梯度下降", k=5, filters=Filters(tags=["没有这个标签"]))) == 0
 
 
 def test_cli_filters(kb):

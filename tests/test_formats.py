@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from search.chunking import chunk_document
-from search.decoding import decode_text
+from search.text.chunking import chunk_document
+from search.ingest.decoding import decode_text
 from search.errors import LoadError
-from search.formats import records
-from search.loading import LoadOptions, discover_files, iter_documents
+from search.ingest import records
+from search.ingest.loading import LoadOptions, discover_files, iter_documents
 from search.schema import Document, Skipped
 
 REPO = Path(__file__).resolve().parents[1]
@@ -364,7 +364,7 @@ def test_unreadable_files_and_folders_are_skipped_with_the_reason():
         (folder / "closed" / "inside.md").write_text("x", encoding="utf-8")
         (folder / "closed").chmod(0)
         script = (
-            "import sys; from search.loading import load_documents\n"
+            "import sys; from search.ingest.loading import load_documents\n"
             "docs, skipped = load_documents([sys.argv[1]])\n"
             "print([d.path for d in docs]); [print(s.path, '|', s.reason) for s in skipped]"
         )
@@ -384,7 +384,7 @@ def test_unreadable_files_and_folders_are_skipped_with_the_reason():
 
 
 def test_a_messy_folder_builds_and_its_records_pages_and_encodings_are_found(tmp_path):
-    from search.engine import Engine
+    from search import Engine
 
     data = tmp_path / "data"
     data.mkdir()
@@ -408,8 +408,8 @@ def test_a_messy_folder_builds_and_its_records_pages_and_encodings_are_found(tmp
     (data / "loop.md").symlink_to(data / "loop.md")
     (data / "dangling.md").symlink_to(data / "nowhere.md")
 
-    engine = Engine.build([data], tmp_path / "index")
-    summary = engine.build_summary
+    engine, engine_summary = Engine.build([data], tmp_path / "index")
+    summary = engine_summary
     reasons = {os.path.relpath(s.path, data): s.reason for s in summary.skipped}
     assert reasons == {
         "alpaca.jsonl:3": reasons["alpaca.jsonl:3"],

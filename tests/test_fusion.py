@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from search.fusion import fuse, min_max, reciprocal_rank_fusion, tie_weight, weighted_score_fusion
+from search.query.fusion import fuse, min_max, reciprocal_rank_fusion, tie_weight, weighted_score_fusion
 
 
 def ranking(ids, scores):

@@ -3,7 +3,7 @@ import os
 import pytest
 
 from search.errors import LoadError, SearchError
-from search.loading import SUPPORTED_SUFFIXES, discover_files, load_documents, read_document
+from search.ingest.loading import SUPPORTED_SUFFIXES, discover_files, load_documents, read_document
 from search.schema import SourceFile
 
 

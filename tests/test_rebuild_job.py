@@ -8,8 +8,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from search import Engine
-from search.store import IndexFolder
+from search.index.folder import IndexFolder
 
 from conftest import write_notes
 
@@ -38,13 +40,13 @@ def test_editing_one_paragraph_reembeds_about_one_passage(seeds_dir, tmp_path):
     shutil.copytree(seeds_dir, notes / "seeds", ignore=shutil.ignore_patterns("README.md"))
     generate_notes(notes / "generated", 200)
     index = tmp_path / "index"
-    full = Engine.build([notes], index).build_summary
+    full = Engine.build([notes], index)[1]
     assert full.passages_embedded == full.passages > 600
 
     note = notes / "generated" / "note-042.md"
     note.write_text(note.read_text(encoding="utf-8").replace("记录了实验设置和结论", "补充了新的对照实验"), encoding="utf-8")
-    edited = Engine.build([notes], index)
-    summary = edited.build_summary
+    edited, edited_summary = Engine.build([notes], index)
+    summary = edited_summary
     assert (summary.files_changed, summary.files_unchanged) == (1, full.files_added - 1)
     assert 1 <= summary.passages_embedded <= 3
     assert summary.passages_reused == summary.passages - summary.passages_embedded
@@ -122,14 +124,17 @@ def test_second_build_exits_with_a_clear_message(tmp_path):
     assert subprocess.run([SEARCH, "index", str(notes), "--index", str(index)], capture_output=True).returncode == 0
 
 
-def test_incompatible_format_is_refused_with_rebuild_hint(tmp_path):
+@pytest.mark.parametrize("version", [1, 999])  # 1: written before format 2 dropped the pre-feature fallbacks
+def test_incompatible_format_is_refused_with_rebuild_hint(tmp_path, version):
     notes = write_notes(tmp_path / "notes")
     index = tmp_path / "index"
-    engine = Engine.build([notes], index)
-    manifest = engine.generation / "manifest.json"
-    manifest.write_text(manifest.read_text().replace('"format_version": 1', '"format_version": 999'))
-    done = subprocess.run([SEARCH, "query", "x", "--index", str(index)], capture_output=True, text=True)
-    assert done.returncode == 1 and "search index --rebuild" in done.stderr
+    engine, _ = Engine.build([notes], index)
+    manifest = engine.generation.manifest_file
+    manifest.write_text(manifest.read_text().replace('"format_version": 2', f'"format_version": {version}'))
+    for command in (["query", "x"], ["index", str(notes)]):
+        done = subprocess.run([SEARCH, *command, "--index", str(index)], capture_output=True, text=True)
+        assert done.returncode == 1 and "search index --rebuild" in done.stderr and "Traceback" not in done.stderr
+    assert subprocess.run([SEARCH, "index", str(notes), "--index", str(index), "--rebuild"], capture_output=True).returncode == 0
 
 
 def test_watch_follows_file_changes(tmp_path):

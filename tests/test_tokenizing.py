@@ -5,8 +5,10 @@ import sys
 
 import pytest
 
-from search import tokenizing
-from search.tokenizing import Tokenizer, detect_language, normalize, tokenize, tokenize_many, tokenize_query
+from search.text import language, tokenizing
+from search.text import jieba_dictionary
+from search.text.language import detect_language
+from search.text.tokenizing import Tokenizer, normalize, tokenize, tokenize_many, tokenize_query
 
 CJK_PUNCT = "，。！？；：、“”‘’（）【】《》—…·「」『』〈〉"
 
@@ -110,10 +112,10 @@ def test_tokenize_many_and_options():
 
 def test_jieba_is_lazy_quiet_and_private():
     code = (
-        "import jieba, search.tokenizing as t\n"
-        "assert t._jieba_tokenizer is None\n"
+        "import jieba, search.text.tokenizing as t, search.text.jieba_dictionary as d\n"
+        "assert d._jieba_tokenizer is None\n"
         "assert t.tokenize('序列并行') == ['序列', '并行', '序', '列', '并', '行']\n"
-        "assert t._jieba_tokenizer is not None and t._jieba_tokenizer is not jieba.dt\n"
+        "assert d._jieba_tokenizer is not None and d._jieba_tokenizer is not jieba.dt\n"
         "assert not jieba.dt.initialized\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -150,12 +152,12 @@ def _real_texts(eval_dir, seeds_dir, per_file=150):
 
 
 def test_compact_dictionary_segments_exactly_like_jieba(eval_dir, seeds_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(tokenizing, "_dictionary_cache", lambda: tmp_path / "dictionary")
-    full = tokenizing._new_jieba(compact=False)  # loads jieba's table and writes the compact copy
-    compact = tokenizing._new_jieba(compact=True)
-    assert isinstance(compact.FREQ, tokenizing.CompactDictionary) and isinstance(full.FREQ, dict)
+    monkeypatch.setattr(jieba_dictionary, "_dictionary_cache", lambda: tmp_path / "dictionary")
+    full = jieba_dictionary._new_jieba(compact=False)  # loads jieba's table and writes the compact copy
+    compact = jieba_dictionary._new_jieba(compact=True)
+    assert isinstance(compact.FREQ, jieba_dictionary.CompactDictionary) and isinstance(full.FREQ, dict)
     assert compact.total == full.total
-    runs = {run for text in _real_texts(eval_dir, seeds_dir) for run in tokenizing._CJK_RUN_RE.findall(normalize(text))}
+    runs = {run for text in _real_texts(eval_dir, seeds_dir) for run in language._CJK_RUN_RE.findall(normalize(text))}
     assert len(runs) > 1000 and sum(map(len, runs)) > 50_000
     for run in runs:
         assert list(compact.cut_for_search(run)) == list(full.cut_for_search(run)), run
@@ -166,15 +168,15 @@ def test_compact_dictionary_segments_exactly_like_jieba(eval_dir, seeds_dir, tmp
 
 
 def test_long_runs_switch_to_the_in_memory_dictionary(monkeypatch):
-    monkeypatch.setattr(tokenizing, "_jieba_tokenizer", None)
-    monkeypatch.setattr(tokenizing, "_jieba_cuts", 0)
-    monkeypatch.setattr(tokenizing, "FULL_DICTIONARY_AFTER", 3)
-    tokenizing._new_jieba(compact=False)  # make sure the compact copy exists
-    monkeypatch.setattr(tokenizing, "_jieba_cuts", 0)
+    monkeypatch.setattr(jieba_dictionary, "_jieba_tokenizer", None)
+    monkeypatch.setattr(jieba_dictionary, "_jieba_cuts", 0)
+    monkeypatch.setattr(jieba_dictionary, "FULL_DICTIONARY_AFTER", 3)
+    jieba_dictionary._new_jieba(compact=False)  # make sure the compact copy exists
+    monkeypatch.setattr(jieba_dictionary, "_jieba_cuts", 0)
     tok = Tokenizer()
     first = tok.tokenize("序列并行")
-    assert isinstance(tokenizing._jieba_tokenizer.FREQ, tokenizing.CompactDictionary)
+    assert isinstance(jieba_dictionary._jieba_tokenizer.FREQ, jieba_dictionary.CompactDictionary)
     for text in ["数据并行", "张量并行", "流水线并行"]:
         tok.tokenize(text)
-    assert isinstance(tokenizing._jieba_tokenizer.FREQ, dict)
+    assert isinstance(jieba_dictionary._jieba_tokenizer.FREQ, dict)
     assert Tokenizer().tokenize("序列并行") == first

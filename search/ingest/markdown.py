@@ -20,7 +20,7 @@ import yaml
 
 from search.schema import Document
 
-__all__ = ["Block", "Section", "document_sections", "parse_front_matter"]
+__all__ = ["FENCE_CLOSE", "Block", "Section", "document_sections", "is_table_sep", "parse_front_matter"]
 
 # ----- front matter ---------------------------------------------------------------------------
 
@@ -107,11 +107,6 @@ _SPANS = re.compile(
 _VISIBLE_ATTR = re.compile(r"""\b(?:caption|alt|title)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
 
 _CODE_SPAN = re.compile(r"(``[^\n]+?``|`[^`\n]+`)")
-_IMAGE = re.compile(r"!\[([^\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)")
-_LINK = re.compile(r"\[([^\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)")
-_REF_LINK = re.compile(r"\[([^\]]+)\]\[[^\]]*\]")
-_AUTOLINK = re.compile(r"<((?:https?|ftp)://[^\s<>]+|mailto:[^\s<>]+)>", re.I)
-_IMG_TAG = re.compile(r"<img\b[^>]*>", re.I)
 _INLINE_TAGS = "a abbr b big cite code del dfn em font i ins kbd mark q s samp small span strike strong sub sup time tt u var"
 _BLOCK_TAGS = (
     "audio blockquote body br button caption center col colgroup dd details div dl dt embed figcaption figure "
@@ -124,9 +119,6 @@ _HTML_TAG = re.compile(
     r"</?(%s)%s\s*/?>" % ("|".join((_INLINE_TAGS + " " + _BLOCK_TAGS).split()), _ATTRIBUTES), re.I | re.A
 )
 _BLOCK_TAG_NAMES = frozenset(_BLOCK_TAGS.split())
-_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)")
-_EMPHASIS = re.compile(r"(?<![\w*\\])\*(?=[^\s*])([^*\n]+?)(?<=[^\s*])\*(?![\w*])")
-_STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
 _SPACES = re.compile(r"(?<=\S)[ \t]{2,}")
 _QUOTE = re.compile(r"^\s{0,3}(?:>[ \t]?)+")
 # `[id]: url "title"` lines define link targets; the destination must look like a URL or path so
@@ -158,17 +150,24 @@ def _img_alt(match: re.Match) -> str:
     return (alt.group(1) or alt.group(2) or "") if alt else ""
 
 
+# Inline markup -> its visible text, in this order (images before links: `![alt](src)` holds `[alt](src)`).
+_INLINE_STEPS = (
+    (re.compile(r"!\[([^\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)"), r"\1"),  # image: its alt text
+    (re.compile(r"\[([^\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)"), r"\1"),  # link: its text
+    (re.compile(r"\[([^\]]+)\]\[[^\]]*\]"), r"\1"),  # reference link
+    (re.compile(r"<((?:https?|ftp)://[^\s<>]+|mailto:[^\s<>]+)>", re.I), r"\1"),  # autolink
+    (re.compile(r"<img\b[^>]*>", re.I), _img_alt),
+    (_HTML_TAG, _tag_text),
+    (re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)"), lambda m: m.group(1) or m.group(2)),  # strong
+    (re.compile(r"(?<![\w*\\])\*(?=[^\s*])([^*\n]+?)(?<=[^\s*])\*(?![\w*])"), r"\1"),  # emphasis
+    (re.compile(r"~~(?=\S)(.+?)(?<=\S)~~"), r"\1"),  # strikethrough
+)
+
+
 def _clean_prose(text: str) -> str:
     """Inline markdown and HTML outside code spans -> the text a reader sees."""
-    text = _IMAGE.sub(r"\1", text)
-    text = _LINK.sub(r"\1", text)
-    text = _REF_LINK.sub(r"\1", text)
-    text = _AUTOLINK.sub(r"\1", text)
-    text = _IMG_TAG.sub(_img_alt, text)
-    text = _HTML_TAG.sub(_tag_text, text)
-    text = _STRONG.sub(lambda m: m.group(1) or m.group(2), text)
-    text = _EMPHASIS.sub(r"\1", text)
-    text = _STRIKE.sub(r"\1", text)
+    for pattern, replacement in _INLINE_STEPS:
+        text = pattern.sub(replacement, text)
     if "&" in text:
         text = html.unescape(text).replace("\xa0", " ")
     return _SPACES.sub(" ", text)
@@ -187,10 +186,13 @@ def _clean_inline(line: str) -> str:
 
 # ----- markdown structure ----------------------------------------------------------------------
 
+# code: ``` or ~~~ fences, and Liquid's {% highlight %} blocks
 _FENCE_OPEN = re.compile(r"^\s*(?:(`{3,})[^`]*|(~{3,}).*)$")
-_FENCE_CLOSE = re.compile(r"^\s*(`{3,}|~{3,})\s*$")
+FENCE_CLOSE = re.compile(r"^\s*(`{3,}|~{3,})\s*$")
 _LIQUID_OPEN = re.compile(r"^\s*\{%-?\s*highlight\s+([\w+#.-]+)?[^%]*-?%\}\s*$")
 _LIQUID_CLOSE = re.compile(r"^\s*\{%-?\s*endhighlight\s*-?%\}\s*$")
+
+# headings (ATX `## x`, setext underlines), rules, list items and table separator rows
 _ATX = re.compile(r"^\s{0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _SETEXT = re.compile(r"^\s{0,3}(=+|-+)[ \t]*$")
 _HR = re.compile(r"^\s{0,3}(?:(?:-[ \t]*){3,}|(?:\*[ \t]*){3,}|(?:_[ \t]*){3,})$")
@@ -212,7 +214,7 @@ class Section:
     blocks: list[Block] = field(default_factory=list)
 
 
-def _is_table_sep(line: str) -> bool:
+def is_table_sep(line: str) -> bool:
     return "|" in line and _TABLE_SEP.match(line) is not None
 
 
@@ -222,7 +224,7 @@ def _fence_end(lines: list[str], i: int) -> int | None:
     if opening:
         fence = opening.group(1) or opening.group(2)
         for j in range(i + 1, len(lines)):
-            closing = _FENCE_CLOSE.match(lines[j])
+            closing = FENCE_CLOSE.match(lines[j])
             if closing and closing.group(1)[0] == fence[0] and len(closing.group(1)) >= len(fence):
                 return j + 1
         return len(lines)
@@ -325,7 +327,7 @@ class _MarkdownReader:
         open_kind = self.block.kind if self.block else None
         if line.lstrip().startswith("|") or (open_kind == "table" and "|" in line):
             return "table"
-        if "|" in line and _is_table_sep(following):  # a table written without outer pipes
+        if "|" in line and is_table_sep(following):  # a table written without outer pipes
             return "table"
         if _LIST_ITEM.match(line) or open_kind == "list":  # items, and their continuation lines
             return "list"
@@ -335,7 +337,7 @@ class _MarkdownReader:
     def _clean(kind: str, line: str) -> str:
         if kind == "table":
             row = _clean_inline(line).strip()
-            return re.sub(r"-{3,}", "---", row) if _is_table_sep(row) else row
+            return re.sub(r"-{3,}", "---", row) if is_table_sep(row) else row
         text = _clean_inline(_QUOTE.sub("", line))
         return text if kind == "list" else text.strip()  # list indentation shows nesting
 

@@ -28,7 +28,8 @@ from search.query.filters import Filters
 from search.query.fusion import Hybrid, SearchConfig
 from search.query.query import Query
 from search.query.result import Hit, SearchResult
-from search.query.retrieval import Retrieval, Retriever
+from search.query.candidates import Retrieval
+from search.query.retrieval import Retriever
 from search.schema import Document
 
 __all__ = ["Engine"]

@@ -5,18 +5,13 @@ functions, and `Hybrid`, which owns the whole fusion policy of a hybrid query.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from search.query.retrieval import Retrieval
+from search.query.candidates import EMPTY, Ranking, Retrieval
 
-__all__ = ["FUSION_METHODS", "Hybrid", "Ranking", "SearchConfig", "fuse", "reciprocal_rank_fusion", "tie_weight", "z_normalise"]
-
-# One retriever's candidates: passage ids best first, with their scores.
-Ranking = tuple[np.ndarray, np.ndarray]
-
+__all__ = ["FUSION_METHODS", "Hybrid", "SearchConfig", "fuse", "reciprocal_rank_fusion", "tie_weight", "z_normalise"]
 
 def reciprocal_rank_fusion(rankings: Sequence[Ranking], weights: Sequence[float], k: float = 60.0) -> dict[int, float]:
     """Weighted RRF: sum of weight / (k + rank) with ranks starting at 1."""
@@ -131,9 +126,6 @@ class SearchConfig:
     cross_language_weight: float = 0.25
 
 
-EMPTY: Ranking = (np.zeros(0, dtype=np.int64), np.zeros(0))
-
-
 class Hybrid:
     """The fusion policy: how embedding spaces merge, how BM25 and dense lists fuse, how ties and
     cosines of models that do not read the query count."""
@@ -152,7 +144,7 @@ class Hybrid:
         merged = fuse(list(rankings.values()), weights, "rrf", self.config.rrf_k)[:depth]
         return np.array([pid for pid, _ in merged], dtype=np.int64), np.array([score for _, score in merged])
 
-    def rank(self, retrieval: "Retrieval", mode: str) -> list[tuple[int, float]]:
+    def rank(self, retrieval: Retrieval, mode: str) -> list[tuple[int, float]]:
         """(passage id, score) best first for one mode."""
         if mode == "bm25":
             return list(zip(retrieval.bm25[0].tolist(), retrieval.bm25[1].tolist()))
@@ -166,7 +158,7 @@ class Hybrid:
         return fuse([retrieval.bm25, retrieval.dense], weights, config.fusion, config.rrf_k, columns)
 
     @staticmethod
-    def dense_column(retrieval: "Retrieval") -> dict[int, float]:
+    def dense_column(retrieval: Retrieval) -> dict[int, float]:
         """Every candidate's cosine for fusion. A passage of a space whose model does not read the
         query's language (skipped, or searched only to fill the depth) gets the lowest cosine of the
         readers' passages: no evidence of meaning, and another model's cosines are on another scale

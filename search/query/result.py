@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from search.ingest.loading import kind_of
 from search.query.query import Query
@@ -58,6 +58,16 @@ class SearchResult:
     @property
     def notice(self) -> str | None:
         return self.query.notice
+
+    # a result reads as its hits: `for hit in engine.search(...)`, `engine.search(...)[0]`
+    def __iter__(self) -> Iterator[Hit]:
+        return iter(self.hits)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __getitem__(self, index: int) -> Hit:
+        return self.hits[index]
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,10 +1,9 @@
-"""Each retriever's candidates for a `Query`, complete before fusion: BM25's list, the dense list merged
-over embedding spaces, and every candidate's BM25 score and cosine."""
+"""`Retriever`: each retriever's candidates for a `Query`, complete before fusion: BM25's list, the dense
+list merged over embedding spaces, and every candidate's BM25 score and cosine."""
 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -12,23 +11,11 @@ from search.embedding.encoder import Encoder
 from search.embedding.models import ALL_LANGUAGES, spaces_reading
 from search.index.bm25 import BM25Index
 from search.index.dense import DenseIndex
-from search.query.fusion import EMPTY, Hybrid, Ranking
+from search.query.candidates import EMPTY, Ranking, Retrieval
+from search.query.fusion import Hybrid
 from search.query.query import Query
 
-__all__ = ["Retrieval", "Retriever"]
-
-
-@dataclass(frozen=True)
-class Retrieval:
-    """What each retriever returned for one query."""
-
-    bm25: Ranking
-    dense: Ranking
-    bm25_scores: dict[int, float]  # BM25 score of every candidate of either list (hybrid), else of BM25's own
-    cosines: dict[int, float]  # cosine in the passage's own model's space, likewise
-    # candidates whose cosine comes from a model that does not read the query's languages (a space
-    # searched only to fill the depth): its cosines do not compare with the readers' ones
-    foreign: frozenset[int] = frozenset()
+__all__ = ["Retriever"]
 
 
 class Retriever:

@@ -17,7 +17,7 @@ import re
 from bisect import bisect_right
 from typing import Callable, NamedTuple
 
-from search.ingest.markdown import Block, document_sections
+from search.ingest.markdown import FENCE_CLOSE, Block, document_sections, is_table_sep
 from search.schema import Document, Passage
 
 __all__ = ["chunk_document"]
@@ -87,10 +87,10 @@ class _BlockSplitter:
     def _frame(self, block: Block) -> tuple[int, int]:
         """How many leading and trailing lines repeat on every piece."""
         lines = [line for _, line in block.lines]
-        if block.kind == "table" and len(lines) > 2 and _is_table_sep(lines[1]):
+        if block.kind == "table" and len(lines) > 2 and is_table_sep(lines[1]):
             return 2, 0
         if block.kind == "code" and len(lines) > 2:
-            return 1, int(_FENCE_CLOSE.match(lines[-1]) is not None)
+            return 1, int(FENCE_CLOSE.match(lines[-1]) is not None)
         if block.kind == "math" and len(lines) > 2 and lines[0].strip() == "$$":
             return 1, int(lines[-1].strip() == "$$")
         return 0, 0

@@ -1,0 +1,26 @@
+"""The values retrieval hands to fusion: one retriever's ranked candidates, and all of them for a query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["EMPTY", "Ranking", "Retrieval"]
+
+# One retriever's candidates: passage ids best first, with their scores.
+Ranking = tuple[np.ndarray, np.ndarray]
+EMPTY: Ranking = (np.zeros(0, dtype=np.int64), np.zeros(0))
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """What each retriever returned for one query."""
+
+    bm25: Ranking
+    dense: Ranking
+    bm25_scores: dict[int, float]  # BM25 score of every candidate of either list (hybrid), else of BM25's own
+    cosines: dict[int, float]  # cosine in the passage's own model's space, likewise
+    # candidates whose cosine comes from a model that does not read the query's languages (a space
+    # searched only to fill the depth): its cosines do not compare with the readers' ones
+    foreign: frozenset[int] = frozenset()
