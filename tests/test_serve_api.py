@@ -231,3 +231,20 @@ def test_search_serve_watch_indexes_and_serves_in_one_process(tmp_path):
         server.terminate()
         _out, err = server.communicate(timeout=30)
     assert "Traceback" not in err
+
+
+def test_the_server_uses_only_the_public_api():
+    """search/server/ is a layer on top: names importable from `search`, or other top layers."""
+    import ast
+
+    import search
+
+    for path in (Path(search.__file__).parent / "server").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "search":
+                if node.module == "search":
+                    assert {alias.name for alias in node.names} <= set(search.__all__), path.name
+                else:
+                    assert node.module.split(".")[1] in ("server", "watching"), (path.name, node.module)
+            elif isinstance(node, ast.Import):
+                assert not any(alias.name.startswith("search.") for alias in node.names), path.name
