@@ -102,6 +102,13 @@ def read_window(path: str, start: int, end: int, limits: Limits) -> Window:
         raise DocumentError(400, f"bad line range {start}-{end}: lines count from 1 and the end is not before the start")
     if end - start + 1 > limits.max_lines:
         raise DocumentError(400, f"lines {start}-{end} are {end - start + 1} lines: ask for at most {limits.max_lines} at a time")
+    try:
+        return _read_window(path, start, end, limits)
+    except OSError as error:  # unreadable now (permissions, a file turned folder): say so, not a 500
+        raise DocumentError(404, f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _read_window(path: str, start: int, end: int, limits: Limits) -> Window:
     encoding = _detect_encoding(path)
     lines: list[str] = []
     truncated = at_end = False
