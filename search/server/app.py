@@ -63,12 +63,13 @@ def create_app(config: ServerConfig, service: SearchService | None = None) -> St
         headers = {"retry-after": "1"} if status in (429, 503) else None
         return json_response({"error": message, "status": status}, status, headers)
 
-    async def call(work, *args) -> JSONResponse:
+    async def call(work, *args) -> Response:
         try:
-            data = await service.run(work, *args)
+            body, generation = await service.run(work, *args, encode=True)
         except ServiceError as failure:
             return error(failure.status, failure.message)
-        return json_response(data, headers={"x-search-generation": str(data.get("generation", ""))})
+        headers = {**JSON_HEADERS, "x-search-generation": generation}
+        return Response(body, media_type="application/json", headers=headers)
 
     async def api_search(request: Request) -> Response:
         query = request.query_params

@@ -80,7 +80,9 @@ def create_mcp_server(service: SearchService) -> MCPServer:
 
     async def run(work, *args) -> Any:
         try:
-            return await service.run(work, *args)
+            data = await service.run(work, *args)
+            service.encode(data)  # the same size bound as the HTTP API
+            return data
         except ServiceError as error:
             raise ToolError(error.message) from None
 

@@ -67,8 +67,9 @@ class SearchService:
 
     # ----- running on the engine --------------------------------------------------------------
 
-    async def run(self, work: Callable[..., Any], *args: Any) -> Any:
-        """work(slot, *args) in a worker thread on a leased engine, within the concurrency bounds."""
+    async def run(self, work: Callable[..., Any], *args: Any, encode: bool = False) -> Any:
+        """work(slot, *args) in a worker thread on a leased engine, within the concurrency bounds;
+        with `encode`, (its JSON, its generation), serialised in that thread too."""
         import anyio.to_thread
 
         with self._count_lock:
@@ -78,15 +79,16 @@ class SearchService:
         try:
             if self._limiter is None:
                 self._limiter = anyio.CapacityLimiter(self.limits.worker_threads)
-            return await anyio.to_thread.run_sync(self._leased, work, args, limiter=self._limiter)
+            return await anyio.to_thread.run_sync(self._leased, work, args, encode, limiter=self._limiter)
         finally:
             with self._count_lock:
                 self._inflight -= 1
 
-    def _leased(self, work: Callable[..., Any], args: tuple) -> Any:
+    def _leased(self, work: Callable[..., Any], args: tuple, encode: bool = False) -> Any:
         try:
             with self.holder.lease() as slot:
-                return work(slot, *args)
+                data = work(slot, *args)
+            return (self.encode(data), str(data.get("generation", ""))) if encode else data
         except ServiceError:
             raise
         except DocumentError as error:
@@ -149,7 +151,6 @@ class SearchService:
             cached=False,
             took_ms=round((time.perf_counter() - started) * 1000, 2),
         )
-        self.check_size(data, "hits", "ask for fewer hits (a smaller k)")
         if self.limits.cached_results > 0:
             with self._cache_lock:
                 self._cache[key] = data
@@ -182,9 +183,7 @@ class SearchService:
         start, stop = max(1, line - context), end + context
         stop = min(stop, start + limits.document.max_lines - 1)
         window = read_window(path, start, stop, limits.document)
-        data = {**window.to_dict(), "focus": [line, end], "generation": slot.generation}
-        self.check_size(data, "lines", "ask for fewer lines")
-        return data
+        return {**window.to_dict(), "focus": [line, end], "generation": slot.generation}
 
     def get(self, slot: Slot, path: str | None, start: Any, end: Any) -> dict:
         """Lines start..end of an indexed file (the whole file, up to the line limit, by default)."""
@@ -200,7 +199,6 @@ class SearchService:
         data = window.to_dict()
         if not window.at_end and window.last_line == end:
             data["next"] = f"more follows: ask for start_line={end + 1}"
-        self.check_size(data, "lines", "ask for fewer lines")
         return data
 
     def _check_path(self, slot: Slot, path: str | None) -> None:
@@ -211,12 +209,15 @@ class SearchService:
         holds = os.path.isabs(path) and os.path.normpath(path) == path and slot.engine.holds(path)
         check_readable(path, holds, slot.folders())
 
-    def check_size(self, data: dict, what: str, advice: str) -> None:
-        size = len(json.dumps(data, ensure_ascii=False).encode())
-        if size > self.limits.max_response_bytes:
+    def encode(self, data: dict) -> bytes:
+        """The JSON of an answer, refused when over the response size limit."""
+        body = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        if len(body) > self.limits.max_response_bytes:
             raise ServiceError(
-                400, f"the answer would be {size / 2**20:.1f} MB of {what}, over the server's {self.limits.max_response_bytes / 2**20:.1f} MB limit: {advice}"
+                400, f"the answer would be {len(body) / 2**20:.1f} MB, over the server's {self.limits.max_response_bytes / 2**20:.1f} MB "
+                "limit: ask for fewer hits (a smaller k) or fewer lines"
             )
+        return body
 
     def server_info(self) -> dict:
         return {
