@@ -149,6 +149,7 @@ class Phase:
         self.build_seconds: float | None = None
         self.marker_path: str | None = None
         self.marker_query: str | None = None
+        self.server_cpu: float | None = None
 
 
 def client(port: int, phase: Phase, pool: list[str], end: list[float], args, seed: int) -> None:
@@ -197,8 +198,16 @@ def poll_current(index: Path, phase: Phase, stop: threading.Event) -> None:
         stop.wait(0.01)
 
 
-def run_phase(name: str, port: int, index: Path, pool: list[str], args, rebuild_roots: list[str] | None = None) -> Phase:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_phase(name: str, port: int, index: Path, pool: list[str], args, rebuild_roots: list[str] | None = None,
+              server_pid: int | None = None) -> Phase:
     phase = Phase(name)
+    cpu_before = cpu_seconds(server_pid) if server_pid else None
     stop = threading.Event()
     phase.started = time.perf_counter()
     end = [phase.started + args.seconds]
@@ -231,6 +240,8 @@ def run_phase(name: str, port: int, index: Path, pool: list[str], args, rebuild_
     for thread in clients:
         thread.join(timeout=args.seconds + args.rebuild_timeout + 60)
     phase.ended = time.perf_counter()
+    if server_pid:
+        phase.server_cpu = cpu_seconds(server_pid) - cpu_before
     stop.set()
     poller.join()
     return phase
@@ -294,6 +305,9 @@ def analyse(phase: Phase) -> dict:
         "generations_published": generations,
         "generations_answered": sorted(g for g in by_generation if g),
         "build_seconds": None if phase.build_seconds is None else round(phase.build_seconds, 1),
+        # what a request costs the server, whatever else the machine runs: CPU ms per request
+        "server_cpu_ms_per_request": round(phase.server_cpu * 1000 / len(phase.records), 2) if phase.server_cpu and phase.records else None,
+        "load_average": round(os.getloadavg()[0], 1),
         "marker": marker,
         "consistency_problems": problems,
         "consistent": not problems,
@@ -331,10 +345,10 @@ def main() -> None:
         for query in pool[:8]:  # warm-up, not counted
             get_json(port, "/api/search?" + urlencode({"q": query, "k": args.k, "mode": args.mode}))
         if args.phase in ("idle", "both"):
-            results.append(analyse(run_phase("idle", port, index, pool, args)))
+            results.append(analyse(run_phase("idle", port, index, pool, args, server_pid=server.pid)))
             print_result(results[-1])
         if args.phase in ("rebuild", "both"):
-            phase = run_phase("during rebuild", port, index, pool, args, rebuild_roots=roots)
+            phase = run_phase("during rebuild", port, index, pool, args, rebuild_roots=roots, server_pid=server.pid)
             results.append(analyse(phase))
             print_result(results[-1])
             if phase.marker_path:
@@ -362,7 +376,8 @@ def print_result(result: dict) -> None:
           f"p50 {result['p50_ms']} ms, p90 {result['p90_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms; "
           f"errors {result['errors']}; generations answered {len(result['generations_answered'])}"
           + (f"; rebuild {result['build_seconds']} s" if result["build_seconds"] is not None else "")
-          + f"; consistent: {result['consistent']}", flush=True)
+          + f"; consistent: {result['consistent']}; server CPU {result['server_cpu_ms_per_request']} ms/request"
+          + f"; load average {result['load_average']}", flush=True)
     for problem in result["consistency_problems"][:5]:
         print(f"                 problem: {problem}", flush=True)
 
