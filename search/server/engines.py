@@ -154,7 +154,7 @@ class EngineHolder:
                 log.exception("could not open the index at %s", self.index_dir)
                 self._failed(f"could not open the index at {self.index_dir}: {error}")
                 return
-            self._last_error = ""
+            self._last_error, self._last_failure = "", 0.0
             with self._lock:
                 old, self._slot = self._slot, slot
                 close_old = False
