@@ -248,3 +248,67 @@ def test_the_server_uses_only_the_public_api():
                     assert node.module.split(".")[1] in ("server", "watching"), (path.name, node.module)
             elif isinstance(node, ast.Import):
                 assert not any(alias.name.startswith("search.") for alias in node.names), path.name
+
+
+class _FakeEngine:
+    """Stands for an Engine of one generation: stale once `published` names another."""
+
+    def __init__(self, world: dict) -> None:
+        self.world, self.generation, self.closed = world, world["published"], False
+        if world.get("fail"):
+            from search import IndexNotFound
+
+            raise IndexNotFound("no index here: run `search index`")
+        world["opened"] += 1
+
+    def is_stale(self) -> bool:
+        return self.world["published"] != self.generation
+
+    def stats(self) -> dict:
+        return {"generation": self.generation}
+
+    def search(self, text, k=10, mode="hybrid", filters=None):
+        assert not self.closed, "searched a closed engine"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_engine_holder_swaps_generations_and_closes_old_engines_after_their_last_request():
+    from search.server.engines import EngineHolder, IndexUnavailable
+
+    world = {"published": "gen-1", "opened": 0, "fail": True}
+    holder = EngineHolder("unused", opener=lambda _dir: _FakeEngine(world), retry_seconds=0.0)
+    with pytest.raises(IndexUnavailable, match="search index"):
+        with holder.lease():
+            pass
+    world["fail"] = False
+    with holder.lease() as first:
+        assert first.generation == "gen-1"
+    world["published"] = "gen-2"
+    with holder.lease() as second:
+        assert second.generation == "gen-2" and first.engine.closed and not second.engine.closed
+        world["published"] = "gen-3"
+        with holder.lease() as third:  # the next generation is swapped in while a request runs
+            assert third.generation == "gen-3"
+        assert not second.engine.closed  # still in use by the outer request
+    assert second.engine.closed and not third.engine.closed
+    world["published"], world["fail"] = "gen-4", True  # a new generation that cannot be opened
+    with holder.lease() as kept:
+        assert kept.generation == "gen-3"  # the old engine goes on serving
+    world["fail"] = False
+    with holder.lease() as fourth:
+        assert fourth.generation == "gen-4"
+    def request() -> None:
+        with holder.lease() as slot:
+            slot.engine.search("x")
+
+    threads = [threading.Thread(target=request) for _ in range(4)]
+    world["published"] = "gen-5"
+    opened = world["opened"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert world["opened"] == opened + 1  # several requests found it stale; one opened it
+    holder.close()
