@@ -233,47 +233,6 @@ def test_search_serve_watch_indexes_and_serves_in_one_process(tmp_path):
     assert "Traceback" not in err
 
 
-def test_the_server_uses_only_the_public_api():
-    """search/server/ is a layer on top: names importable from `search`, or other top layers."""
-    import ast
-
-    import search
-
-    for path in (Path(search.__file__).parent / "server").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "search":
-                if node.module == "search":
-                    assert {alias.name for alias in node.names} <= set(search.__all__), path.name
-                else:
-                    assert node.module.split(".")[1] in ("server", "watching"), (path.name, node.module)
-            elif isinstance(node, ast.Import):
-                assert not any(alias.name.startswith("search.") for alias in node.names), path.name
-
-
-class _FakeEngine:
-    """Stands for an Engine of one generation: stale once `published` names another."""
-
-    def __init__(self, world: dict) -> None:
-        self.world, self.generation, self.closed = world, world["published"], False
-        if world.get("fail"):
-            from search import IndexNotFound
-
-            raise IndexNotFound("no index here: run `search index`")
-        world["opened"] += 1
-
-    def is_stale(self) -> bool:
-        return self.world["published"] != self.generation
-
-    def stats(self) -> dict:
-        return {"generation": self.generation}
-
-    def search(self, text, k=10, mode="hybrid", filters=None):
-        assert not self.closed, "searched a closed engine"
-
-    def close(self) -> None:
-        self.closed = True
-
-
 def test_engine_holder_swaps_generations_and_closes_old_engines_after_their_last_request():
     from search.server.engines import EngineHolder, IndexUnavailable
 
