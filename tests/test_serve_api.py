@@ -233,6 +233,30 @@ def test_search_serve_watch_indexes_and_serves_in_one_process(tmp_path):
     assert "Traceback" not in err
 
 
+class _FakeEngine:
+    """Stands for an Engine of one generation: stale once `published` names another."""
+
+    def __init__(self, world: dict) -> None:
+        self.world, self.generation, self.closed = world, world["published"], False
+        if world.get("fail"):
+            from search import IndexNotFound
+
+            raise IndexNotFound("no index here: run `search index`")
+        world["opened"] += 1
+
+    def is_stale(self) -> bool:
+        return self.world["published"] != self.generation
+
+    def stats(self) -> dict:
+        return {"generation": self.generation}
+
+    def search(self, text, k=10, mode="hybrid", filters=None):
+        assert not self.closed, "searched a closed engine"
+
+    def close(self) -> None:
+        self.closed = True
+
+
 def test_engine_holder_swaps_generations_and_closes_old_engines_after_their_last_request():
     from search.server.engines import EngineHolder, IndexUnavailable
 
