@@ -35,9 +35,12 @@ class PreviousVectors:
     """The previous generation's vectors, memory-mapped, found by text key: reuse copies rows, never
     loading every old vector."""
 
-    def __init__(self, generation: Generation, manifest: dict[str, Any]) -> None:
+    def __init__(self, generation: Generation, manifest: dict[str, Any], skip: set[str] = frozenset()) -> None:
+        """`skip`: spaces whose files failed their checksums (their vectors are embedded anew)."""
         self.spaces: dict[str, tuple[str, str, DenseIndex, np.ndarray, np.ndarray]] = {}
         for space, info in manifest["models"].items():
+            if space in skip:
+                continue
             index = DenseIndex.load(generation.dense_prefix(space), mmap=True)
             keys = np.load(generation.dense_keys_file(space))
             order = np.argsort(keys, kind="stable")
