@@ -329,7 +329,12 @@ def chunk_document(
     long word without spaces one [UNK] token, and a 5 MB line would otherwise be one passage. So
     no passage is longer than about max_tokens * _MAX_CHARS_PER_TOKEN characters, whatever the text.
     """
-    chunker = _Chunker(lambda text: max(count_tokens(text), len(text) // _MAX_CHARS_PER_TOKEN), max_tokens, overlap_tokens)
+
+    def count(text: str) -> int:
+        floor = len(text) // _MAX_CHARS_PER_TOKEN
+        return floor if floor > max_tokens else max(count_tokens(text), floor)  # over budget either way: no need to count
+
+    chunker = _Chunker(count, max_tokens, overlap_tokens)
     sections, metadata = document_sections(doc)
     passages: list[Passage] = []
     for index, section in enumerate(sections):
