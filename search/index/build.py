@@ -137,12 +137,14 @@ class Builder:
         a _FileDone after each source file's others, which records the file and its passage range.
         """
         self.folder.remove_stale()  # leftovers of aborted builds (the live generation stays)
-        self.summary = summary
+        self.summary, self.vectors = summary, None
         generation = self.folder.new_generation()
         try:
             return self._write_generation(generation, units, summary, started)
         except BaseException as error:
             # a full disk, say: give the space back now; the live generation is untouched
+            if self.vectors is not None:
+                self.vectors.abort()
             shutil.rmtree(generation.path, ignore_errors=True)
             if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SearchError(f"no space left for the index at {self.folder.root} ({error.strerror}): it was not "
@@ -151,7 +153,7 @@ class Builder:
 
     def _write_generation(self, generation: Generation, units: Iterable["_Unit"], summary: BuildSummary, started: float) -> BuildSummary:
         timer = self.timer
-        vectors = None if self.keyword_only else VectorWriter(generation, self.plan, self._previous_vectors(), summary, timer)
+        vectors = self.vectors = None if self.keyword_only else VectorWriter(generation, self.plan, self._previous_vectors(), summary, timer)
         files: dict[str, Any] = {}
         with PassageWriter(generation) as writer:
             first = 0

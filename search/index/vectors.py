@@ -79,6 +79,14 @@ class VectorWriter:
         """Build every space's FAISS index; returns the manifest's "models" entry."""
         return {space: vectors.finish() for space, vectors in self.spaces.items()}
 
+    def abort(self) -> None:
+        """A failed build: close the on-disk arrays (the build removes its generation)."""
+        for vectors in self.spaces.values():
+            try:
+                vectors.raw.close()
+            except OSError:
+                pass
+
 
 class _SpaceVectors:
     """One space's vectors, appended in passage order to an on-disk float32 array, then indexed by FAISS."""
