@@ -252,3 +252,39 @@ def test_pool_workers_die_with_a_killed_build(tmp_path):
     finally:
         for pid in members_of_session(build.pid):  # only what this test started
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_generation_of_another_bm25_format_is_one_line_and_rebuilt(keyword_index, tmp_path):
+    """Intact files written by another version (checksums match): the reader's own refusal is one line."""
+    from search.index.folder import IndexFolder
+    from search.index.integrity import seal
+
+    notes, pristine, expected = keyword_index
+    index = tmp_path / "index"
+    shutil.copytree(pristine, index)
+    folder = IndexFolder(index)
+    generation = folder.current()
+    meta = generation.bm25_folder / "bm25_index.json"
+    meta.write_text(meta.read_text().replace('"format": ', '"format": "other-", "was": '))
+    manifest = generation.read_manifest()
+    manifest["checksums"] = seal(generation)
+    generation.write_manifest(manifest)
+    (index / "CURRENT").write_text(f"{generation.name}\n{generation.manifest_digest}\n")
+    done = query(index)
+    assert done.returncode == 1 and one_line(done.stderr) and "ValueError: BM25 index" in done.stderr
+    assert cli("index", notes, "--index", index).returncode == 0
+    assert ranking(query(index).stdout) == ranking(expected)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere: test_a_real_full_disk_and_a_read_only_folder mounts one read-only")
+def test_a_read_only_index_folder_is_one_line(keyword_index, tmp_path):
+    notes, pristine, expected = keyword_index
+    index = tmp_path / "index"
+    shutil.copytree(pristine, index)
+    index.chmod(0o555)
+    try:
+        done = cli("index", notes, "--index", index)
+        assert done.returncode == 1 and one_line(done.stderr) and "cannot write to the index folder" in done.stderr
+        assert ranking(query(index).stdout) == ranking(expected)
+    finally:
+        index.chmod(0o755)

@@ -160,11 +160,20 @@ class IndexFolder:
         return self.live_name() is not None
 
     def new_generation(self) -> Generation:
-        self.root.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**9:09d}-{os.getpid()}"
         generation = Generation(self.root / f"{GEN_PREFIX}{stamp}")
-        generation.path.mkdir()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            generation.path.mkdir()
+        except OSError as error:
+            if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise self._unwritable(error) from None
+            raise
         return generation
+
+    def _unwritable(self, error: OSError) -> SearchError:
+        return SearchError(f"cannot write to the index folder {self.root} ({error.strerror}): "
+                           "fix its permissions or choose another --index")
 
     def publish(self, generation: Generation) -> None:
         """Make `generation` live, then drop all but it and its predecessor.
@@ -222,8 +231,7 @@ class IndexFolder:
             if error.errno == errno.ELOOP:
                 raise SearchError(f"{self.root / LOCK} is a symbolic link: remove it, then build again") from None
             if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise SearchError(f"cannot write to the index folder {self.root} ({error.strerror}): "
-                                  "fix its permissions or choose another --index") from None
+                raise self._unwritable(error) from None
             if error.errno in (errno.ENOTDIR, errno.EEXIST):
                 raise SearchError(f"--index {self.root} is not a folder (a part of it is a file): choose a folder for the index") from None
             raise

@@ -7,7 +7,7 @@ other file of the generation; CURRENT records the manifest's own SHA-256. Three 
   modification time, hashing only a file that was written since the build: a few stat calls;
 * a build hashes, in full, the files it would reuse (passages, tokens, vectors) and builds anew
   what does not match;
-* `search check` (`Engine.check`) hashes everything, for a daily run (about 0.4 s per 100 MB).
+* `search check` (`Engine.check`) hashes everything, for a daily run (about 0.3 s per 100 MB).
 """
 
 from __future__ import annotations
