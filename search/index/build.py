@@ -79,6 +79,8 @@ class Builder:
         self.old_manifest = old
         # None keeps what the index was built with; a new index embeds unless told otherwise
         keyword_only = config.keyword_only
+        if keyword_only is None and old is None and not rebuild:
+            keyword_only = self._left_keyword_only()
         self.keyword_only = bool(old and old.get("keyword_only")) if keyword_only is None else keyword_only
         self.timer = StageTimer()
 
@@ -107,6 +109,19 @@ class Builder:
             redo = ([] if self.trust_passages else ["re-reading every file"]) + [f"re-embedding {space}" for space in sorted(self.untrusted_spaces)]
             log.warning("index at %s is damaged (%s): %s", self.folder.root, "; ".join(described(bad)), ", ".join(redo))
         return generation, manifest
+
+    def _left_keyword_only(self) -> bool | None:
+        """Whether what is left of an index that cannot be trusted (damaged manifest, garbage
+        CURRENT) was keyword-only: recovering a big keyword-only index must not start embedding it."""
+        # a generation that got as far as BM25 (written after the vectors) or its manifest tells
+        generations = [generation for generation in self.folder.generations()
+                       if generation.manifest_file.exists() or generation.bm25_folder.exists()]
+        if not generations:  # none, or only the leftovers of builds killed early
+            return None
+        try:
+            return not any(generation.has_vectors() for generation in generations)
+        except OSError:
+            return None
 
     def _report(self, stage: str, done: int, total: int | None) -> None:
         if self.progress is not None:

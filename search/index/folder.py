@@ -109,6 +109,11 @@ class Generation:
     def relative(self, path: Path) -> str:
         return path.relative_to(self.path).as_posix()
 
+    def has_vectors(self) -> bool:
+        """Whether the folder holds vector files (judged by name alone: for a generation whose
+        manifest cannot be trusted)."""
+        return any(path.name.startswith("dense-") for path in self.path.iterdir())
+
     def size_bytes(self) -> int:
         return sum(path.stat().st_size for path in self.files())
 
@@ -158,6 +163,10 @@ class IndexFolder:
 
     def exists(self) -> bool:
         return self.live_name() is not None
+
+    def generations(self) -> list[Generation]:
+        """Every generation folder present, live or not (newest name last)."""
+        return [Generation(path) for path in sorted(self.root.glob(f"{GEN_PREFIX}*")) if path.is_dir()]
 
     def new_generation(self) -> Generation:
         stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**9:09d}-{os.getpid()}"
