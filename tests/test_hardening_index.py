@@ -1,4 +1,4 @@
-"""A damaged index (issue 18): every file of a generation truncated, garbled or deleted is refused
+"""A damaged index (issue 18): every file of a generation emptied, halved, garbled or deleted is refused
 with one line or has no effect, `search check` says which, and a plain `search index` recovers,
 never reusing what does not match its checksum. Also the index folder's own hazards: a garbage
 CURRENT, --index at a file, a full disk, a read-only folder, and pool workers outliving their build."""
@@ -20,12 +20,14 @@ from search import Engine, IndexNotFound, SearchError
 from conftest import write_notes
 from hardening import cli, one_line
 
-HOWS = ["truncate", "garble", "delete"]
+HOWS = ["empty", "truncate", "garble", "delete"]
 
 
 def corrupt(path: Path, how: str) -> None:
     data = path.read_bytes()
-    if how == "truncate":
+    if how == "empty":  # an empty .npy made numpy abort the process ("Aborted!")
+        path.write_bytes(b"")
+    elif how == "truncate":
         path.write_bytes(data[: len(data) // 2])
     elif how == "garble":  # flip the bits of 16 bytes in the middle: same size, other content
         middle = len(data) // 2
