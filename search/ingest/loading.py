@@ -304,8 +304,9 @@ def load_documents(
         try:
             for item in iter_documents(source, options):
                 (own if isinstance(item, Document) else own_skipped).append(item)
-        except LoadError as error:
-            skipped.append(Skipped(source.path, str(error)))
+        except Exception as error:  # noqa: BLE001 - one bad file never stops the others
+            reason = str(error) if isinstance(error, LoadError) else f"cannot read ({type(error).__name__}: {error})"
+            skipped.append(Skipped(source.path, " ".join(reason.split())))
             continue
         documents.extend(own)
         skipped.extend(own_skipped)
