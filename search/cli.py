@@ -284,6 +284,51 @@ def eval_command(dataset_dir: str, modes: tuple[str, ...], model: str | None, as
         click.echo(f"{name:<28}" + "".join(f"{scores[m]:>12.4f}" for m in METRICS))
 
 
+@cli.command()
+@index_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on. Anything but loopback needs --token.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@click.option("--token", envvar="SEARCH_TOKEN", default=None, help="Require 'Authorization: Bearer TOKEN' on every request (env SEARCH_TOKEN); needed to listen beyond loopback.")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN", help="Let pages from ORIGIN (e.g. http://localhost:3000) call the API. Repeatable; none by default.")
+@click.option("--allow-host", "allowed_hosts", multiple=True, metavar="NAME[:PORT]", help="Another Host name this server answers to (a reverse proxy's). Repeatable.")
+@click.option("--watch", "watch_paths", multiple=True, type=click.Path(), metavar="PATH", help="Also index PATH and keep the index in step as files change, in this process. Repeatable.")
+@click.option("--no-mcp", is_flag=True, help="Do not serve MCP at /mcp.")
+def serve(index_dir: str, host: str, port: int, token: str | None, cors_origins: tuple[str, ...], allowed_hosts: tuple[str, ...],
+          watch_paths: tuple[str, ...], no_mcp: bool) -> None:
+    """Serve the index over HTTP: the search page at /, a JSON API at /api/..., MCP at /mcp.
+
+    The server follows the index: a generation published by `search index` (or --watch) is
+    served from the next request on, without a restart.
+    """
+    from search.server import ServerConfig, check_bind, serve as run_server
+
+    check_bind(host, token)  # before anything loads
+    config = ServerConfig(index_dir=index_dir, host=host, port=port, token=token, cors_origins=list(cors_origins),
+                          allowed_hosts=list(allowed_hosts), mcp=not no_mcp)
+
+    def ready() -> None:
+        shown = f"[{config.host}]" if ":" in config.host else config.host
+        click.echo(f"serving {index_dir} at http://{shown}:{config.port}/ (MCP: /mcp; Ctrl-C to stop)", err=True)
+
+    if watch_paths:
+        click.echo(f"watching {', '.join(watch_paths)} -> {index_dir}", err=True)
+    run_server(config, watch_paths=list(watch_paths) or None, on_build=_echo_summary, on_ready=ready,
+               on_error=lambda error: click.echo(f"error: {_one_line(error)}", err=True))
+
+
+@cli.command()
+@index_option
+def mcp(index_dir: str) -> None:
+    """Serve MCP over stdio (tools: search, get, status) for an assistant that starts this command.
+
+    Register it with an assistant as the command `search mcp --index DIR`.
+    """
+    from search.server import SearchService
+    from search.server.mcp_server import run_stdio
+
+    run_stdio(SearchService(index_dir))
+
+
 def _display_path(path: str) -> str:
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
