@@ -6,12 +6,12 @@ BM25, FAISS, the build) -> query (Engine, retrieval, fusion). The names below ar
 the CLI, the watcher and the evaluation use nothing else.
 """
 
-from search.errors import FilterError, IncompatibleIndex, IndexNotFound, LoadError, QueryError, SearchError
+from search.errors import FilterError, IncompatibleIndex, IndexDamaged, IndexNotFound, LoadError, QueryError, SearchError
 from search.schema import Document, Passage, Skipped
 
 __all__ = [
     "BM25Params", "BuildConfig", "BuildSummary", "Document", "Engine", "Filters", "FilterError", "Hit",
-    "IncompatibleIndex", "IndexNotFound", "LoadError", "LoadOptions", "MODES", "Passage", "Progress", "Query", "QueryError",
+    "IncompatibleIndex", "IndexCheck", "IndexDamaged", "IndexNotFound", "LoadError", "LoadOptions", "MODES", "Passage", "Progress", "Query", "QueryError",
     "SearchConfig", "SearchError", "SearchResult", "Skipped", "SUPPORTED_SUFFIXES",
 ]
 
@@ -28,6 +28,7 @@ _LAZY = {
     "BuildConfig": "search.index.build",
     "BuildSummary": "search.index.report",
     "Progress": "search.index.report",
+    "IndexCheck": "search.index.integrity",
     "BM25Params": "search.index.bm25_scoring",
     "LoadOptions": "search.ingest.loading",
     "SUPPORTED_SUFFIXES": "search.ingest.loading",

@@ -21,12 +21,18 @@ DEFAULT_INDEX = "indexes/default"
 SNIPPET_CHARS = 160
 # C0 and C1 control characters but newline and tab: a note or file name holding terminal escape
 # sequences (clear screen, OSC 52 clipboard writes) must not reach the terminal raw.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Lone surrogates stand for the bytes of a file name that is not UTF-8.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def printable(text: str) -> str:
-    """`text` with control characters shown as \\xNN escapes."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """`text` with control characters (and the undecodable bytes of file names) shown as escapes."""
+    return _CONTROL.sub(lambda m: _escaped(m.group()), text)
 
 
 def _one_line(error: BaseException) -> str:
@@ -116,9 +122,10 @@ def cli(debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
 @click.option("--text-fields", default=None, metavar="A,B", help="Record fields (JSON, JSONL, CSV, TSV) that make a record's text; the others are kept as metadata (default: the text-like fields).")
 @click.option("--max-file-size", default=50.0, show_default=True, type=click.FloatRange(min=0, min_open=True), metavar="MB", help="Skip notes, web pages and PDFs bigger than this (record files stream and have no limit).")
+@click.option("--follow-symlinks", is_flag=True, help="Also index files that links in the folders point to outside them (skipped by default).")
 def index(
     paths: tuple[str, ...], index_dir: str, model: str | None, rebuild: bool, wait: bool, as_json: bool, keyword_only: bool,
-    text_fields: str | None, max_file_size: float,
+    text_fields: str | None, max_file_size: float, follow_symlinks: bool,
 ) -> None:
     """Index PATHS (files or folders; default: corpus/) into the index folder."""
     from search import BuildConfig, Engine, LoadOptions
@@ -127,7 +134,8 @@ def index(
     if fields == []:
         raise SearchError("--text-fields names no field: give field names separated by commas")
     load = LoadOptions(text_fields=fields, max_file_bytes=int(max_file_size * 2**20))
-    config = BuildConfig(load=load, keyword_only=True if keyword_only else None)  # None: as the index was built
+    # keyword_only None: as the index was built
+    config = BuildConfig(load=load, keyword_only=True if keyword_only else None, follow_symlinks=follow_symlinks)
     with _Bars(not as_json) as bars:
         engine, summary = Engine.build(paths or ("corpus",), index_dir, model=model, rebuild=rebuild, progress=bars, wait=wait, build_config=config)
     engine.close()
@@ -155,15 +163,17 @@ def _echo_summary(summary: Any, as_json: bool = False) -> None:
 @index_option
 @click.option("--model", default=None, help="Embedding model for a new index (see `search index`).")
 @click.option("--debounce", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Seconds of quiet before rebuilding.")
-def watch(paths: tuple[str, ...], index_dir: str, model: str | None, debounce: float) -> None:
+@click.option("--follow-symlinks", is_flag=True, help="Also index files that links in the folders point to outside them.")
+def watch(paths: tuple[str, ...], index_dir: str, model: str | None, debounce: float, follow_symlinks: bool) -> None:
     """Keep the index in step with PATHS (default: corpus/) as files change; Ctrl-C stops."""
     from search.watching import watch as watch_paths
 
     paths = paths or ("corpus",)
-    click.echo(f"watching {', '.join(paths)} -> {index_dir} (Ctrl-C to stop)", err=True)
+    click.echo(printable(f"watching {', '.join(paths)} -> {index_dir} (Ctrl-C to stop)"), err=True)
     try:
         watch_paths(paths, index_dir, model=model, debounce=debounce, on_build=_echo_summary,
-                    on_error=lambda error: click.echo(f"error: {error}", err=True))
+                    on_error=lambda error: click.echo(printable(f"error: {_one_line(error)}"), err=True),
+                    follow_symlinks=follow_symlinks)
     except KeyboardInterrupt:
         pass
 
@@ -225,6 +235,24 @@ def stats(index_dir: str, as_json: bool) -> None:
         click.echo("model      none: keyword-only index (bm25; `search index --rebuild` adds embeddings)")
     click.echo(f"size       {info['size_bytes'] / 1e6:.1f} MB")
     click.echo(f"built      {info['built_at']}")
+
+
+@cli.command()
+@index_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def check(index_dir: str, as_json: bool) -> None:
+    """Verify every file of the index against the checksums its build recorded (exit 1 if damaged)."""
+    from search import Engine
+
+    report = Engine.check(index_dir)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
+    elif report.ok:
+        click.echo(printable(f"index at {report.index} ({report.generation}): {report.files} files, "
+                             f"{report.bytes / 1e6:.1f} MB match their checksums ({report.seconds:.1f}s)"))
+    if not report.ok:
+        shown = "; ".join(report.problems[:5]) + (f"; and {len(report.problems) - 5} more" if len(report.problems) > 5 else "")
+        raise click.ClickException(printable(f"index at {report.index} is damaged ({shown}): run `search index` on your notes to rebuild it"))
 
 
 @cli.command(name="eval")

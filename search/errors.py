@@ -13,6 +13,11 @@ class IncompatibleIndex(SearchError):
     pass
 
 
+class IndexDamaged(SearchError):
+    """A generation whose files are missing or do not match their checksums: refused, never half read;
+    a plain `search index` builds what it cannot trust anew."""
+
+
 class LoadError(SearchError):
     """A file that cannot be read or decoded (the build skips it and reports why)."""
 

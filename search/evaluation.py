@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from search import BuildConfig, Document, Engine, IndexNotFound, Progress, SearchConfig, SearchError
+from search import BuildConfig, Document, Engine, IncompatibleIndex, IndexDamaged, IndexNotFound, Progress, SearchConfig, SearchError
 
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 EVAL_CACHE = Path("indexes") / "eval"
@@ -108,12 +108,13 @@ def open_eval_index(collection: Collection, model: str | None = None, cache: Pat
     folder = cache / f"{collection.name}-{digest.hexdigest()[:12]}"
     try:
         return Engine.open(folder)
-    except IndexNotFound:
+    except (IndexNotFound, IncompatibleIndex, IndexDamaged):  # a cache: build it (again)
         return Engine.build_documents(collection.documents(), folder, model=model, progress=progress)[0]
 
 
 # Bump when chunking, tokenising or passage text changes, so cached eval indexes are rebuilt.
-BUILD_VERSION = 2
+# 3: passages and BM25 tokens have hard length caps, index format 3
+BUILD_VERSION = 3
 
 
 @dataclass

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
-from search import SUPPORTED_SUFFIXES, SearchError
+from search import SUPPORTED_SUFFIXES
 
 # Events that do not change content; our own reads during a build raise them, so they must not
 # trigger another build.
@@ -29,15 +29,17 @@ def watch(
     model: str | None = None,
     debounce: float = 1.0,
     on_build: Callable[[object], None] | None = None,
-    on_error: Callable[[SearchError], None] | None = None,
+    on_error: Callable[[Exception], None] | None = None,
     stop: threading.Event | None = None,
+    follow_symlinks: bool = False,
 ) -> None:
     """Build once, then rebuild incrementally after files under `paths` change and stay quiet
-    for `debounce` seconds. Runs until `stop` is set (or forever)."""
+    for `debounce` seconds. Runs until `stop` is set (or forever). A build that fails (a full disk,
+    say) goes to `on_error` and the watcher keeps watching; bad files never fail a build."""
     from watchdog.events import FileSystemEventHandler
     from watchdog.observers import Observer
 
-    from search import Engine
+    from search import BuildConfig, Engine
 
     index_path = Path(os.path.abspath(index_dir))
     stop = stop or threading.Event()
@@ -53,11 +55,12 @@ def watch(
 
     def build() -> None:
         try:
-            engine, summary = Engine.build(paths, index_dir, model=model, wait=True)
+            config = BuildConfig(follow_symlinks=follow_symlinks)
+            engine, summary = Engine.build(paths, index_dir, model=model, wait=True, build_config=config)
             engine.close()
             if on_build:
                 on_build(summary)
-        except SearchError as error:
+        except Exception as error:  # noqa: BLE001 - the watcher outlives one failed build
             if on_error is None:
                 raise
             on_error(error)

@@ -14,7 +14,7 @@ import pytest
 from search.text.chunking import chunk_document
 from search.ingest.decoding import decode_text
 from search.errors import LoadError
-from search.ingest import records
+from search.ingest import json_records, records
 from search.ingest.loading import LoadOptions, discover_files, iter_documents
 from search.schema import Document, Skipped
 
@@ -119,7 +119,7 @@ def test_record_passages_report_the_file_line(tmp_path):
 
 @pytest.mark.parametrize("chunk", [3, 1 << 20])
 def test_json_array_records_with_index_and_lines(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(records, "_CHUNK_CHARS", chunk)  # tiny reads cross every token boundary
+    monkeypatch.setattr(json_records, "_CHUNK_CHARS", chunk)  # tiny reads cross every token boundary
     path = tmp_path / "qa.json"
     data = [{"q": "What is a lighthouse?", "a": "A tower with a lamp.", "n": 12345678901234567890}, "plain string",
             {"q": "为什么天空是蓝色的？", "a": "瑞利散射。", "price": 1.5}]

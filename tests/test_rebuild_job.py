@@ -124,13 +124,14 @@ def test_second_build_exits_with_a_clear_message(tmp_path):
     assert subprocess.run([SEARCH, "index", str(notes), "--index", str(index)], capture_output=True).returncode == 0
 
 
-@pytest.mark.parametrize("version", [1, 999])  # 1: written before format 2 dropped the pre-feature fallbacks
+@pytest.mark.parametrize("version", [2, 999])  # 2: written before format 3 added checksums
 def test_incompatible_format_is_refused_with_rebuild_hint(tmp_path, version):
     notes = write_notes(tmp_path / "notes")
     index = tmp_path / "index"
     engine, _ = Engine.build([notes], index)
     manifest = engine.generation.manifest_file
-    manifest.write_text(manifest.read_text().replace('"format_version": 2', f'"format_version": {version}'))
+    manifest.write_text(manifest.read_text().replace('"format_version": 3', f'"format_version": {version}'))
+    (index / "CURRENT").write_text(engine.generation.name)  # as builds before format 3 wrote it: no manifest digest
     for command in (["query", "x"], ["index", str(notes)]):
         done = subprocess.run([SEARCH, *command, "--index", str(index)], capture_output=True, text=True)
         assert done.returncode == 1 and "search index --rebuild" in done.stderr and "Traceback" not in done.stderr

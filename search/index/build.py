@@ -7,26 +7,32 @@ and encoder are unchanged keeps its vector (search.index.vectors).
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
+import shutil
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
 from search.embedding.models import model_plan
-from search.errors import LoadError
+from search.errors import IndexDamaged, IndexNotFound, SearchError
 from search.index.bm25 import BM25Index, BM25Params
 from search.index.facets import write_facets
-from search.index.folder import FORMAT_VERSION, IndexFolder, check_compatible
+from search.index.folder import FORMAT_VERSION, PASSAGE_FILES, Generation, IndexFolder, check_compatible
+from search.index.integrity import described, problems, seal
 from search.index.passage_store import PassageStore, PassageWriter, TokenStore, iter_tokens
 from search.index.preparing import Prepared, prepare_documents, warm_worker
-from search.index.report import BuildSummary, Progress, StageTimer
+from search.index.report import BuildSummary, Progress, StageTimer, skip_reason
 from search.index.vectors import PreviousVectors, VectorWriter
 from search.ingest.loading import LoadOptions, discover_files, iter_documents
 from search.schema import Document, Skipped, SourceFile
 
 __all__ = ["BuildConfig", "Builder", "file_hash"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +44,8 @@ class BuildConfig:
     # BM25 only, no embeddings (embedding 1 GB of text on a laptop CPU takes about a day).
     # None: as the existing index was built (a new index embeds).
     keyword_only: bool | None = None
+    # The folders given are the boundary: links in them to files outside are skipped unless this is set.
+    follow_symlinks: bool = False
 
 
 def file_hash(path: str) -> str:
@@ -61,10 +69,9 @@ class Builder:
         self.folder = folder
         self.progress = progress
         self.config = config
-        self.previous = None if rebuild or not folder.exists() else folder.current()
-        old = self.previous.read_manifest() if self.previous else None
-        if old is not None:
-            check_compatible(old, model, folder.root)
+        self.trust_passages, self.untrusted_spaces = True, set()
+        self.previous, old = (None, None) if rebuild else self._previous(model)
+        self.failed: set[str] = set()  # paths of files a pool worker could not chunk
         if old is not None and old["models"]:
             self.plan = {space: info["name"] for space, info in old["models"].items()}
         else:
@@ -72,8 +79,49 @@ class Builder:
         self.old_manifest = old
         # None keeps what the index was built with; a new index embeds unless told otherwise
         keyword_only = config.keyword_only
+        if keyword_only is None and old is None and not rebuild:
+            keyword_only = self._left_keyword_only()
         self.keyword_only = bool(old and old.get("keyword_only")) if keyword_only is None else keyword_only
         self.timer = StageTimer()
+
+    def _previous(self, model: str | None) -> tuple[Generation | None, dict | None]:
+        """The live generation to update and its manifest, after hashing the files a build reuses
+        (passages, tokens, vectors): what does not match is built anew, never reused. (None, None)
+        when there is no usable generation (missing, garbage CURRENT, damaged manifest)."""
+        try:
+            generation = self.folder.current()
+            manifest = generation.read_manifest()
+        except IndexNotFound:
+            return None, None
+        except IndexDamaged as error:
+            log.warning("index at %s is damaged (%s): building it anew", self.folder.root, error)
+            return None, None
+        check_compatible(manifest, model, self.folder.root)
+        listed = manifest.get("checksums") or {}
+        reused = [name for name in listed if name in PASSAGE_FILES or name.startswith("dense-")]
+        bad = problems(generation, manifest, full=True, names=reused)
+        if "manifest.json" in bad:
+            log.warning("index at %s has no checksums: building it anew", self.folder.root)
+            return None, None
+        if bad:
+            self.trust_passages = not any(name in bad for name in PASSAGE_FILES)
+            self.untrusted_spaces = {space for space in manifest["models"] if generation.space_files(space, bad)}
+            redo = ([] if self.trust_passages else ["re-reading every file"]) + [f"re-embedding {space}" for space in sorted(self.untrusted_spaces)]
+            log.warning("index at %s is damaged (%s): %s", self.folder.root, "; ".join(described(bad)), ", ".join(redo))
+        return generation, manifest
+
+    def _left_keyword_only(self) -> bool | None:
+        """Whether what is left of an index that cannot be trusted (damaged manifest, garbage
+        CURRENT) was keyword-only: recovering a big keyword-only index must not start embedding it."""
+        # a generation that got as far as BM25 (written after the vectors) or its manifest tells
+        generations = [generation for generation in self.folder.generations()
+                       if generation.manifest_file.exists() or generation.bm25_folder.exists()]
+        if not generations:  # none, or only the leftovers of builds killed early
+            return None
+        try:
+            return not any(generation.has_vectors() for generation in generations)
+        except OSError:
+            return None
 
     def _report(self, stage: str, done: int, total: int | None) -> None:
         if self.progress is not None:
@@ -82,7 +130,7 @@ class Builder:
     def run(self, paths: Sequence[str | os.PathLike]) -> BuildSummary:
         started = time.perf_counter()
         summary = BuildSummary()
-        sources, summary.skipped = discover_files(paths)
+        sources, summary.skipped = discover_files(paths, self.config.follow_symlinks, exclude=[self.folder.root])
         return self._write(self._collect_units(sources, summary), summary, started)
 
     def run_documents(self, documents: Iterable[Document]) -> BuildSummary:
@@ -104,14 +152,30 @@ class Builder:
         a _FileDone after each source file's others, which records the file and its passage range.
         """
         self.folder.remove_stale()  # leftovers of aborted builds (the live generation stays)
+        self.summary, self.vectors = summary, None
         generation = self.folder.new_generation()
+        try:
+            return self._write_generation(generation, units, summary, started)
+        except BaseException as error:
+            # a full disk, say: give the space back now; the live generation is untouched
+            if self.vectors is not None:
+                self.vectors.abort()
+            shutil.rmtree(generation.path, ignore_errors=True)
+            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SearchError(f"no space left for the index at {self.folder.root} ({error.strerror}): it was not "
+                                  "updated (queries still see the previous one); free some space and run `search index` again") from error
+            raise
+
+    def _write_generation(self, generation: Generation, units: Iterable["_Unit"], summary: BuildSummary, started: float) -> BuildSummary:
         timer = self.timer
-        vectors = None if self.keyword_only else VectorWriter(generation, self.plan, self._previous_vectors(), summary, timer)
+        vectors = self.vectors = None if self.keyword_only else VectorWriter(generation, self.plan, self._previous_vectors(), summary, timer)
         files: dict[str, Any] = {}
         with PassageWriter(generation) as writer:
             first = 0
             for item in self._prepared(units):
                 if isinstance(item, _FileDone):
+                    if item.path in self.failed:  # read again next build
+                        item.entry["sha256"] = ""
                     files[item.path] = {**item.entry, "first": first, "count": len(writer) - first}
                     first = len(writer)
                     continue
@@ -131,47 +195,54 @@ class Builder:
         with timer("write"):
             summary.seconds = round(time.perf_counter() - started, 3)
             summary.stage_seconds = timer.rounded()
-            generation.write_manifest(self._manifest(files, models, summary))
+            manifest = self._manifest(files, models, summary)
+            manifest["checksums"] = seal(generation)  # the manifest is written last, over all the others
+            generation.write_manifest(manifest)
             self.folder.publish(generation)
         return summary
 
     # files -> units: new documents, or the previous generation's passages and tokens for unchanged files
     def _collect_units(self, sources: list[SourceFile], summary: BuildSummary) -> Iterator["_Unit"]:
         old_files = self.old_manifest["files"] if self.old_manifest else {}
-        old_passages = PassageStore(self.previous) if self.previous else None
-        old_tokens = TokenStore(self.previous) if self.previous else None
-        if self.old_manifest and self.old_manifest["loading"] != asdict(self.config.load):
-            # other load options: every file is re-read (as changed); vectors are still reused by text
+        trusted = self.previous is not None and self.trust_passages
+        old_passages = PassageStore(self.previous) if trusted else None
+        old_tokens = TokenStore(self.previous) if trusted else None
+        if not trusted or self.old_manifest["loading"] != asdict(self.config.load):
+            # other load options, or passages that cannot be trusted: every file is read again (as
+            # changed); vectors are still reused by text
             old_files = {path: {**info, "size": -1, "sha256": ""} for path, info in old_files.items()}
         recorded = set()
         for source in sources:
             old = old_files.get(source.path)
-            units = 0
             try:
                 same_stat = old is not None and old["size"] == source.size and old["mtime"] == source.mtime
                 digest = old["sha256"] if same_stat else file_hash(source.path)
-                if old is not None and old["sha256"] == digest:
-                    summary.files_unchanged += 1
-                    for pid in range(old["first"], old["first"] + old["count"]):
-                        yield old_passages.get(pid), old_tokens.get(pid)
-                        units += 1
-                else:
+            except OSError as error:  # hashing an unreadable file
+                summary.skipped.append(Skipped(source.path, skip_reason(error)))
+                continue
+            units = 0
+            if old is not None and old["sha256"] and old["sha256"] == digest:  # "": read again
+                summary.files_unchanged += 1
+                for pid in range(old["first"], old["first"] + old["count"]):
+                    yield old_passages.get(pid), old_tokens.get(pid)
+                    units += 1
+            else:
+                try:
                     for document in iter_documents(source, self.config.load):
                         if isinstance(document, Skipped):  # one bad record of a collection file
                             summary.skipped.append(document)
                             continue
                         yield document
                         units += 1
-                    if old is None:
-                        summary.files_added += 1
-                    else:
-                        summary.files_changed += 1
-            except (LoadError, OSError) as error:  # OSError: hashing an unreadable file
-                reason = str(error) if isinstance(error, LoadError) else f"cannot read: {error.strerror or error}"
-                summary.skipped.append(Skipped(source.path, reason))
-                if units == 0:
-                    continue
-                digest = ""  # failed part-way: keep what was read, and read the file again next build
+                except Exception as error:  # noqa: BLE001 - whatever one file does, the build goes on
+                    summary.skipped.append(Skipped(source.path, skip_reason(error)))
+                    if units == 0:
+                        continue
+                    digest = ""  # failed part-way: keep what was read, and read the file again next build
+                if old is None:
+                    summary.files_added += 1
+                else:
+                    summary.files_changed += 1
             recorded.add(source.path)
             yield _FileDone(source.path, {"size": source.size, "mtime": source.mtime, "sha256": digest})
         summary.files_removed = len(set(old_files) - recorded)
@@ -221,9 +292,16 @@ class Builder:
                 work = work.result()
         for stage, seconds in work.seconds.items():  # summed over workers, as for the other stages
             self.timer.add(stage, seconds)
+        for notice in work.notices:
+            log.warning("%s", notice)
         prepared = iter(work.passages)
+        failures = iter(work.failures)
         for unit in batch:
             if isinstance(unit, Document):
+                failure = next(failures)
+                if failure is not None:  # the document could not be chunked: its file is skipped
+                    self.failed.add(unit.path)
+                    self.summary.skipped.append(Skipped(unit.path, failure))
                 yield from next(prepared)
             else:
                 yield unit
@@ -231,7 +309,7 @@ class Builder:
     def _previous_vectors(self) -> PreviousVectors | None:
         if not self.previous or not self.old_manifest["models"]:
             return None
-        return PreviousVectors(self.previous, self.old_manifest)
+        return PreviousVectors(self.previous, self.old_manifest, skip=self.untrusted_spaces)
 
     def _manifest(self, files: dict[str, Any], models: dict[str, dict], summary: BuildSummary) -> dict[str, Any]:
         return {
@@ -282,4 +360,5 @@ def _preparing_pool(workers: int, plan: dict[str, str]):
 
     # forkserver: workers start from a clean process, not a fork of one running torch or tokenizers threads
     context = multiprocessing.get_context("forkserver")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=warm_worker, initargs=(plan,))
+    # the build's pid: a worker exits when that process dies, even by kill -9 (no orphans)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=warm_worker, initargs=(plan, os.getpid()))

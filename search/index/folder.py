@@ -3,10 +3,11 @@
 Layout (every name is spelled by `IndexFolder` and `Generation` alone)::
 
     INDEX_DIR/
-      CURRENT              name of the live generation (replaced atomically)
+      CURRENT              name of the live generation and the SHA-256 of its manifest (replaced atomically)
       .lock                flock'ed by the one build allowed at a time
       gen-<stamp>/         one complete, never-modified index state
-        manifest.json      format version, models, files, counts
+        manifest.json      format version, models, files, counts, and the checksum of every other
+                           file of the generation (written last: search.index.integrity)
         passages.jsonl     one passage per line; passages.offsets.npy seeks to line i
         tokens.jsonl       BM25 tokens per passage (lets a rebuild skip re-tokenising); tokens.offsets.npy
         bm25/              BM25 score matrices (segments), vocabulary
@@ -22,31 +23,39 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from search.embedding.models import model_plan
-from search.errors import IncompatibleIndex, IndexNotFound, SearchError
+from search.errors import IncompatibleIndex, IndexDamaged, IndexNotFound, SearchError
 
 __all__ = ["FORMAT_VERSION", "Generation", "IndexFolder", "check_compatible", "write_atomic"]
 
 # 2: every model records its backend and identity, facets and text keys are always written
-FORMAT_VERSION = 2
+# 3: the manifest holds a checksum of every file, CURRENT the manifest's
+FORMAT_VERSION = 3
 CURRENT = "CURRENT"
 LOCK = ".lock"
 GEN_PREFIX = "gen-"
+_GEN_NAME = re.compile(r"gen-[0-9A-Za-z-]{1,80}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+# the files an incremental build reads passages and BM25 tokens from (reused for unchanged files)
+PASSAGE_FILES = ("passages.jsonl", "passages.offsets.npy", "tokens.jsonl", "tokens.offsets.npy")
 
 
 class Generation:
     """One immutable index state: a folder, and the names of the files in it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, manifest_digest: str | None = None) -> None:
         self.path = Path(path)
         self.name = self.path.name
+        self.manifest_digest = manifest_digest  # from CURRENT: what manifest.json must hash to
         self.manifest_file = self.path / "manifest.json"
         self.passages_file = self.path / "passages.jsonl"
         self.passage_offsets_file = self.path / "passages.offsets.npy"
@@ -67,14 +76,43 @@ class Generation:
         """The raw float32 vectors of a space while a build appends them (deleted once indexed)."""
         return self.path / f"dense-{space}.vectors.tmp"
 
-    def read_manifest(self) -> dict[str, Any]:
-        return json.loads(self.manifest_file.read_text(encoding="utf-8"))
+    def space_files(self, space: str, names: Any) -> list[str]:
+        """Those of `names` (relative to the generation) that hold the vectors of `space`."""
+        return [name for name in names if name.startswith(f"dense-{space}.")]
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        self.manifest_file.write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+    def read_manifest(self) -> dict[str, Any]:
+        """The manifest, checked against the digest CURRENT recorded; IndexDamaged when it does not match."""
+        try:
+            data = self.manifest_file.read_bytes()
+        except FileNotFoundError:
+            raise IndexDamaged(f"{self.name}/manifest.json is missing") from None
+        if self.manifest_digest is not None and hashlib.sha256(data).hexdigest() != self.manifest_digest:
+            raise IndexDamaged(f"{self.name}/manifest.json does not match its checksum")
+        try:
+            manifest = json.loads(data.decode("utf-8"))
+        except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise IndexDamaged(f"{self.name}/manifest.json is not readable ({error})") from None
+        if not isinstance(manifest, dict):
+            raise IndexDamaged(f"{self.name}/manifest.json is not readable (not an object)")
+        return manifest
+
+    def write_manifest(self, manifest: dict[str, Any]) -> str:
+        """Write the manifest (last of the generation's files); returns its SHA-256 for CURRENT."""
+        data = json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8")
+        self.manifest_file.write_bytes(data)
+        self.manifest_digest = hashlib.sha256(data).hexdigest()
+        return self.manifest_digest
 
     def files(self) -> list[Path]:
         return sorted(path for path in self.path.rglob("*") if path.is_file())
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.path).as_posix()
+
+    def has_vectors(self) -> bool:
+        """Whether the folder holds vector files (judged by name alone: for a generation whose
+        manifest cannot be trusted)."""
+        return any(path.name.startswith("dense-") for path in self.path.iterdir())
 
     def size_bytes(self) -> int:
         return sum(path.stat().st_size for path in self.files())
@@ -106,24 +144,45 @@ class IndexFolder:
         self.root = Path(root)
 
     def current(self) -> Generation:
-        """The live generation; raises IndexNotFound with what to run when there is none."""
-        name = self.live_name()
-        if name is None:
+        """The live generation; raises IndexNotFound with what to run when there is none, and
+        IndexDamaged when CURRENT names a generation that is gone."""
+        if self.root.exists() and not self.root.is_dir():
+            raise IndexNotFound(f"{self.root} is a file, not an index folder: pass the folder `search index` built (--index DIR)")
+        live = self._read_current()
+        if live is None:
             raise IndexNotFound(f"no index at {self.root}: build one with `search index PATHS --index {self.root}`")
-        generation = Generation(self.root / name)
-        if not generation.manifest_file.is_file():
-            raise IndexNotFound(f"index at {self.root} is damaged (missing {name}): run `search index --rebuild`")
+        generation = Generation(self.root / live[0], live[1])
+        if not generation.path.is_dir():
+            raise IndexDamaged(f"{live[0]} is missing")
         return generation
+
+    def damaged(self, problems: list[str]) -> IndexDamaged:
+        """The one-line refusal of a damaged generation, saying how to recover."""
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        return IndexDamaged(f"index at {self.root} is damaged ({shown}): run `search index` on your notes to rebuild it")
 
     def exists(self) -> bool:
-        return (self.root / CURRENT).is_file()
+        return self.live_name() is not None
+
+    def generations(self) -> list[Generation]:
+        """Every generation folder present, live or not (newest name last)."""
+        return [Generation(path) for path in sorted(self.root.glob(f"{GEN_PREFIX}*")) if path.is_dir()]
 
     def new_generation(self) -> Generation:
-        self.root.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**9:09d}-{os.getpid()}"
         generation = Generation(self.root / f"{GEN_PREFIX}{stamp}")
-        generation.path.mkdir()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            generation.path.mkdir()
+        except OSError as error:
+            if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise self._unwritable(error) from None
+            raise
         return generation
+
+    def _unwritable(self, error: OSError) -> SearchError:
+        return SearchError(f"cannot write to the index folder {self.root} ({error.strerror}): "
+                           "fix its permissions or choose another --index")
 
     def publish(self, generation: Generation) -> None:
         """Make `generation` live, then drop all but it and its predecessor.
@@ -135,16 +194,28 @@ class IndexFolder:
                 os.fsync(handle.fileno())
         _fsync_dir(generation.path)
         previous = self.live_name()
-        write_atomic(self.root / CURRENT, generation.name.encode())
+        write_atomic(self.root / CURRENT, f"{generation.name}\n{generation.manifest_digest}\n".encode())
         self.remove_stale(keep={generation.name, previous})
 
     def live_name(self) -> str | None:
         """The name CURRENT gives, or None when there is none (or it names no generation of ours)."""
+        live = self._read_current()
+        return live[0] if live else None
+
+    def _read_current(self) -> tuple[str, str | None] | None:
+        """(generation name, manifest digest) from CURRENT; None when it is missing or is not
+        what a build writes (garbage, another encoding): such a CURRENT counts as no index."""
         try:
-            name = (self.root / CURRENT).read_bytes().decode("utf-8", "replace").strip()
-        except FileNotFoundError:
+            with open(self.root / CURRENT, "rb") as handle:
+                data = handle.read(4096)
+            lines = data.decode("utf-8").split()
+        except (OSError, UnicodeDecodeError):
             return None
-        return name if name.startswith(GEN_PREFIX) and "/" not in name else None
+        if not lines or not _GEN_NAME.fullmatch(lines[0]) or len(lines) > 2:
+            return None
+        if len(lines) == 2 and not _DIGEST.fullmatch(lines[1]):
+            return None
+        return lines[0], lines[1] if len(lines) == 2 else None
 
     def remove_stale(self, keep: Iterable[str | None] = ()) -> None:
         """Delete generations other than the live one and `keep` (leftovers of aborted builds)."""
@@ -159,12 +230,19 @@ class IndexFolder:
     def build_lock(self, wait: bool = False) -> Iterator[None]:
         """Hold the folder's build lock. flock is released by the kernel when the process dies,
         so a `kill -9` never leaves a stale lock behind."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        try:  # O_NOFOLLOW: a planted symlink must not make us create or lock a file elsewhere
+        if self.root.exists() and not self.root.is_dir():
+            raise SearchError(f"--index {self.root} is a file, not a folder: choose a folder for the index")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            # O_NOFOLLOW: a planted symlink must not make us create or lock a file elsewhere
             fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as error:
             if error.errno == errno.ELOOP:
                 raise SearchError(f"{self.root / LOCK} is a symbolic link: remove it, then build again") from None
+            if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise self._unwritable(error) from None
+            if error.errno in (errno.ENOTDIR, errno.EEXIST):
+                raise SearchError(f"--index {self.root} is not a folder (a part of it is a file): choose a folder for the index") from None
             raise
         try:
             try:

@@ -47,16 +47,25 @@ class PassageWriter:
         return len(self._offsets)
 
     def close(self) -> None:
-        self._passages.close()
-        self._tokens.close()
+        try:
+            self._passages.close()
+        finally:
+            self._tokens.close()  # even when flushing the other failed (a full disk): no handle left open
         np.save(self.generation.passage_offsets_file, np.frombuffer(self._offsets, dtype=np.int64))
         np.save(self.generation.token_offsets_file, np.frombuffer(self._token_offsets, dtype=np.int64))
 
     def __enter__(self) -> "PassageWriter":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, error_type: Any, *exc: Any) -> None:
+        if error_type is None:
+            self.close()
+            return
+        for handle in (self._passages, self._tokens):  # a failed build: just let go of the files
+            try:
+                handle.close()
+            except OSError:
+                pass
 
 
 def iter_tokens(generation: Generation) -> Iterator[list[str]]:

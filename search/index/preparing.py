@@ -6,13 +6,18 @@ or the index code). Passages are counted with the tokenizer of the model that wi
 
 from __future__ import annotations
 
+import logging
+import os
+import select
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
 
 from search.embedding.models import space_for
 from search.embedding.spec import token_counter
+from search.index.report import skip_reason
 from search.schema import Document, Passage
 from search.text.chunking import chunk_document
 from search.text.language import detect_language
@@ -26,6 +31,19 @@ __all__ = ["Prepared", "chunk_counter", "prepare_documents", "warm_worker"]
 class Prepared:
     passages: list[list[tuple[Passage, list[str]]]]  # per document, in order
     seconds: dict[str, float]
+    failures: list[str | None] = field(default_factory=list)  # per document: why it could not be chunked
+    notices: list[str] = field(default_factory=list)  # warnings a pool worker logged (the build logs them)
+
+
+# A pool worker's warnings (a note's front matter refused, say), handed back with its results so the
+# build process logs them where the CLI shows them; None outside pool workers.
+_worker_notices: list[str] | None = None
+
+
+class _Keep(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        if _worker_notices is not None:
+            _worker_notices.append(record.getMessage())
 
 
 @lru_cache(maxsize=None)
@@ -43,17 +61,61 @@ def prepare_documents(documents: list[Document], plan: dict[str, str], max_token
     seconds = {"chunk": 0.0, "tokenize": 0.0}
     count = chunk_counter(tuple(plan.items()))
     out = []
+    failures: list[str | None] = []
     for document in documents:
         started = time.perf_counter()
-        passages = chunk_document(document, count, max_tokens, overlap_tokens)
-        middle = time.perf_counter()
-        tokens = tokenize_many(contextual_text(passage) for passage in passages)
+        try:
+            passages = chunk_document(document, count, max_tokens, overlap_tokens)
+            middle = time.perf_counter()
+            tokens = tokenize_many(contextual_text(passage) for passage in passages)
+        except Exception as error:  # noqa: BLE001 - one document must not stop the build
+            out.append([])
+            failures.append(skip_reason(error))
+            continue
         seconds["chunk"] += middle - started
         seconds["tokenize"] += time.perf_counter() - middle
         out.append(list(zip(passages, tokens)))
-    return Prepared(out, seconds)
+        failures.append(None)
+    notices = []
+    if _worker_notices:
+        notices = _worker_notices[:]
+        _worker_notices.clear()
+    return Prepared(out, seconds, failures, notices)
 
 
-def warm_worker(plan: dict[str, str]) -> None:
+def warm_worker(plan: dict[str, str], parent: int | None = None) -> None:
+    global _worker_notices
+    if parent is not None:
+        _exit_with(parent)
+    _worker_notices = []
+    library = logging.getLogger("search")
+    library.addHandler(_Keep(logging.WARNING))
+    library.propagate = False
     tokenize("预热")  # loads jieba's dictionary once per worker, before the first batch
     chunk_counter(tuple(plan.items()))("warm")
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker as soon as process `parent` (the build) is gone, however it died: a worker
+    is a child of multiprocessing's fork server, not of the build, and would otherwise wait on its
+    task queue for ever after a kill -9 of the build."""
+
+    def watch() -> None:
+        try:
+            handle = os.pidfd_open(parent)  # readable once the process has exited; immune to pid reuse
+        except (AttributeError, OSError):
+            handle = None
+        if handle is not None:
+            select.select([handle], [], [])
+        else:
+            while True:
+                try:
+                    os.kill(parent, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+                time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-build", daemon=True).start()

@@ -7,9 +7,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
+from search.errors import LoadError
 from search.schema import Skipped
 
-__all__ = ["BuildSummary", "Progress", "StageTimer"]
+__all__ = ["BuildSummary", "Progress", "StageTimer", "skip_reason"]
 
 # progress(stage, done, total): `done` more units of `stage` finished (total None when unknown).
 # The library reports; the CLI decides how to show it (a tqdm bar per stage).
@@ -55,3 +56,19 @@ class StageTimer:
 
     def rounded(self) -> dict[str, float]:
         return {stage: round(seconds, 3) for stage, seconds in self.seconds.items()}
+
+
+def skip_reason(error: BaseException) -> str:
+    """Why a file was skipped, as one short line, whatever the reader raised."""
+    if isinstance(error, LoadError):
+        reason = str(error)
+    elif isinstance(error, OSError):
+        reason = f"cannot read: {error.strerror or error}"
+    elif isinstance(error, RecursionError):
+        reason = "nested too deeply to read"
+    elif isinstance(error, MemoryError):
+        reason = "too big to read in the memory there is"
+    else:
+        reason = f"cannot read ({type(error).__name__}: {error})"
+    reason = " ".join(reason.split())  # one line, however the error was worded
+    return reason if len(reason) <= 300 else reason[:299] + "…"

@@ -35,9 +35,12 @@ class PreviousVectors:
     """The previous generation's vectors, memory-mapped, found by text key: reuse copies rows, never
     loading every old vector."""
 
-    def __init__(self, generation: Generation, manifest: dict[str, Any]) -> None:
+    def __init__(self, generation: Generation, manifest: dict[str, Any], skip: set[str] = frozenset()) -> None:
+        """`skip`: spaces whose files failed their checksums (their vectors are embedded anew)."""
         self.spaces: dict[str, tuple[str, str, DenseIndex, np.ndarray, np.ndarray]] = {}
         for space, info in manifest["models"].items():
+            if space in skip:
+                continue
             index = DenseIndex.load(generation.dense_prefix(space), mmap=True)
             keys = np.load(generation.dense_keys_file(space))
             order = np.argsort(keys, kind="stable")
@@ -75,6 +78,14 @@ class VectorWriter:
     def finish(self) -> dict[str, dict]:
         """Build every space's FAISS index; returns the manifest's "models" entry."""
         return {space: vectors.finish() for space, vectors in self.spaces.items()}
+
+    def abort(self) -> None:
+        """A failed build: close the on-disk arrays (the build removes its generation)."""
+        for vectors in self.spaces.values():
+            try:
+                vectors.raw.close()
+            except OSError:
+                pass
 
 
 class _SpaceVectors:

@@ -65,23 +65,98 @@ def _unsupported(path: str) -> Skipped:
     return Skipped(path, f"unsupported file type {suffix}" if suffix else "unsupported file type (no suffix)")
 
 
-def _walk(folder: str, skipped: list[Skipped]) -> Iterator[str]:
+# Folders deeper than this below an indexed folder are not read (one line says so): real note
+# trees are a few levels deep, and a hostile tree 1,500 deep must neither recurse nor reach PATH_MAX.
+MAX_FOLDER_DEPTH = 100
+
+
+def _bad_name(path: str) -> bool:
+    """Whether a path holds bytes that are not UTF-8 (os gives them as lone surrogates): the index
+    stores paths as UTF-8 text, so such a file cannot be recorded."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_BAD_NAME = "file name is not valid UTF-8: rename it"
+
+
+class _Tree:
+    """The folders being indexed: where a walk may go, and what it must leave out."""
+
+    def __init__(self, folders: list[str], exclude: Iterable[str], follow_symlinks: bool) -> None:
+        self.roots = [os.path.realpath(folder) for folder in folders]
+        self.exclude = {_identity(path) for path in exclude} - {None}
+        self.follow_symlinks = follow_symlinks
+
+    def inside(self, path: str) -> bool:
+        """Whether `path`, links resolved, lies under one of the indexed folders."""
+        real = os.path.realpath(path)
+        return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in self.roots)
+
+    def link_outside(self, path: str) -> Skipped | None:
+        """A file link whose target is outside the indexed folders is not followed unless asked."""
+        if self.follow_symlinks or not os.path.islink(path) or not os.path.exists(path) or self.inside(path):
+            return None
+        return Skipped(path, f"link to {os.path.realpath(path)}, outside the indexed folders: not followed "
+                             "(pass --follow-symlinks to index it)")
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _is_index_folder(entries: list[os.DirEntry]) -> bool:
+    names = {entry.name for entry in entries}
+    return "CURRENT" in names and any(name.startswith("gen-") for name in names)
+
+
+def _walk(folder: str, skipped: list[Skipped], tree: _Tree) -> Iterator[str]:
     """Files under a folder, hidden folders and files left out, in a stable order; folders that
-    cannot be listed and links to folders go to `skipped`."""
-
-    def unreadable(error: OSError) -> None:
-        skipped.append(Skipped(error.filename, f"cannot read folder: {error.strerror or error}"))
-
-    # followlinks=False: a symlinked folder could loop or pull in a whole other tree.
-    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in dirs:
-            path = os.path.join(root, name)
-            if os.path.islink(path):
-                skipped.append(Skipped(path, "link to a folder, not followed: index the folder itself to include it"))
-        for name in sorted(files):
-            if not name.startswith("."):
-                yield os.path.join(root, name)
+    cannot be listed, links to folders, folders too deep and names that are not UTF-8 go to
+    `skipped`. Iterative (an explicit stack), so no depth of folders can exhaust Python's stack."""
+    stack = [(folder, 0)]
+    while stack:
+        current, depth = stack.pop()
+        try:
+            with os.scandir(current) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as error:
+            skipped.append(Skipped(current, f"cannot read folder: {error.strerror or error}"))
+            continue
+        if depth and _is_index_folder(entries):
+            continue  # another index's files are not notes either
+        folders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_folder = entry.is_dir(follow_symlinks=False)
+                same = is_folder and (entry.stat(follow_symlinks=False).st_dev, entry.inode()) in tree.exclude
+            except OSError as error:
+                skipped.append(Skipped(entry.path, f"cannot read: {error.strerror or error}"))
+                continue
+            linked_folder = not is_folder and entry.is_symlink() and os.path.isdir(entry.path)  # a loop is a file here
+            if linked_folder:
+                # a symlinked folder could loop or pull in a whole other tree
+                skipped.append(Skipped(entry.path, "link to a folder, not followed: index the folder itself to include it"))
+            elif same:
+                continue  # the index folder itself: its files must never become notes
+            elif is_folder and _bad_name(entry.path):
+                skipped.append(Skipped(entry.path, "folder name is not valid UTF-8: rename it"))
+            elif is_folder and depth + 1 > MAX_FOLDER_DEPTH:
+                skipped.append(Skipped(entry.path, f"folder nested more than {MAX_FOLDER_DEPTH} levels deep: not read"))
+            elif is_folder:
+                folders.append(entry.path)
+            else:
+                yield entry.path
+        stack.extend((path, depth + 1) for path in reversed(folders))
 
 
 def _stat_error(path: str, error: OSError) -> Skipped:
@@ -92,11 +167,16 @@ def _stat_error(path: str, error: OSError) -> Skipped:
     return Skipped(path, f"cannot read: {error.strerror or error}")
 
 
-def _source(path: str) -> SourceFile | Skipped:
-    """Stat one candidate file: a SourceFile, or why it cannot be used."""
+def _source(path: str, tree: _Tree | None) -> SourceFile | Skipped:
+    """Stat one candidate file: a SourceFile, or why it cannot be used (`tree`: found by a walk)."""
     kind = kind_of(path)
     if kind is None:
         return _unsupported(path)
+    if _bad_name(path):
+        return Skipped(path, _BAD_NAME)
+    outside = tree.link_outside(path) if tree is not None else None
+    if outside is not None:
+        return outside
     try:
         info = os.stat(path)
     except OSError as error:
@@ -106,27 +186,43 @@ def _source(path: str) -> SourceFile | Skipped:
     return SourceFile(path=path, size=info.st_size, mtime=info.st_mtime, kind=kind)
 
 
-def discover_files(paths: Iterable[str | os.PathLike]) -> tuple[list[SourceFile], list[Skipped]]:
+def discover_files(
+    paths: Iterable[str | os.PathLike], follow_symlinks: bool = False, exclude: Iterable[str | os.PathLike] = ()
+) -> tuple[list[SourceFile], list[Skipped]]:
     """Supported files under `paths` (files or folders), and the files that were passed over.
 
-    Paths are absolute but not symlink-resolved, so they read the way the user named them.
+    Paths are absolute but not symlink-resolved, so they read the way the user named them. The
+    folders given are the boundary: a link found in them to a file outside them is skipped unless
+    `follow_symlinks` (a file named on its own is taken, link or not). Folders in `exclude` (the
+    index folder) are never entered.
     """
-    candidates: list[str] = []
-    walk_skipped: list[Skipped] = []
-    for given in paths:
-        path = os.path.abspath(os.fspath(given))
-        if os.path.isdir(path):
-            candidates.extend(_walk(path, walk_skipped))
-        elif os.path.lexists(path):  # a broken link is reported, not "no such file"
-            candidates.append(path)  # explicit files are taken even when hidden
-        else:
+    paths = list(paths)
+    given_paths = [os.path.abspath(os.fspath(given)) for given in paths]
+    excluded = [os.fspath(path) for path in exclude]
+    for given, path in zip(paths, given_paths):
+        if not os.path.lexists(path):  # a broken link is reported, not "no such file"
             raise SearchError(f"no such file or folder: {os.fspath(given)}")
+        for folder in excluded:
+            real, inner = os.path.realpath(path), os.path.realpath(folder)
+            if real == inner or real.startswith(inner.rstrip(os.sep) + os.sep):
+                raise SearchError(f"{os.fspath(given)} is inside the index folder {folder}: index your notes into another folder (--index DIR)")
+    tree = _Tree([path for path in given_paths if os.path.isdir(path)], excluded, follow_symlinks)
+    candidates: list[tuple[str, bool]] = []  # (path, found by a walk)
+    walk_skipped: list[Skipped] = []
+    for path in given_paths:
+        if os.path.isdir(path):
+            candidates.extend((found, True) for found in _walk(path, walk_skipped, tree))
+        else:
+            candidates.append((path, False))  # explicit files are taken even when hidden or links
     sources: dict[str, SourceFile] = {}
     skipped: dict[str, Skipped] = {s.path: s for s in walk_skipped}
-    for path in dict.fromkeys(candidates):  # de-duplicate, keep order
-        found = _source(path)
+    for path, walked in dict.fromkeys(candidates):  # de-duplicate, keep order
+        if path in sources:
+            continue
+        found = _source(path, tree if walked else None)
         if isinstance(found, SourceFile):
             sources[path] = found
+            skipped.pop(path, None)
         else:
             skipped[path] = found
     return sorted(sources.values(), key=lambda s: s.path), sorted(skipped.values(), key=lambda s: s.path)
@@ -179,7 +275,9 @@ def iter_documents(source: SourceFile, options: LoadOptions | None = None) -> It
         if source.kind == "jsonl":
             yield from records.iter_jsonl(source, options.text_fields)
         elif source.kind == "json":
-            yield from records.iter_json(source, options.text_fields)
+            from search.ingest.json_records import iter_json
+
+            yield from iter_json(source, options.text_fields)
         else:
             yield from records.iter_csv(source, options.text_fields, "\t" if source.kind == "tsv" else None)
     elif source.kind == "pdf":
@@ -206,8 +304,9 @@ def load_documents(
         try:
             for item in iter_documents(source, options):
                 (own if isinstance(item, Document) else own_skipped).append(item)
-        except LoadError as error:
-            skipped.append(Skipped(source.path, str(error)))
+        except Exception as error:  # noqa: BLE001 - one bad file never stops the others
+            reason = str(error) if isinstance(error, LoadError) else f"cannot read ({type(error).__name__}: {error})"
+            skipped.append(Skipped(source.path, " ".join(reason.split())))
             continue
         documents.extend(own)
         skipped.extend(own_skipped)

@@ -1,6 +1,6 @@
 """Markdown and plain text read structurally: sections of blocks with their source line numbers.
 
-YAML front matter becomes metadata; ATX (and setext) headings make sections whose heading path every
+YAML front matter becomes metadata (search.ingest.front_matter); ATX (and setext) headings make sections whose heading path every
 passage will carry; Liquid tags, HTML comments and HTML tags go (include captions and image alt texts
 stay); links and images keep their visible text. A section holds blocks (paragraphs, lists, tables,
 fenced code, $$ formulas), each a list of (1-based source line, cleaned text). Plain text is
@@ -10,86 +10,17 @@ paragraphs between blank lines. `search.text.chunking` packs these blocks into p
 from __future__ import annotations
 
 import copy
-import datetime
 import html
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
+from search.ingest.front_matter import parse_front_matter
 from search.schema import Document
 
 __all__ = ["FENCE_CLOSE", "Block", "Section", "document_sections", "is_table_sep", "parse_front_matter"]
 
-# ----- front matter ---------------------------------------------------------------------------
-
-_FM_OPEN = re.compile(r"---[ \t]*")
-_FM_CLOSE = re.compile(r"(?:---|\.\.\.)[ \t]*")
-_LIST_KEYS = ("tags", "categories")
-
-
-def parse_front_matter(text: str) -> tuple[dict[str, Any], str, int]:
-    """(metadata, body, number of lines the front matter block took); no block gives ({}, text, 0).
-
-    Malformed YAML still ends at its closing `---`: the block is dropped with empty metadata, so
-    the raw YAML never becomes searchable body text.
-    """
-    lines = text.split("\n")
-    if not _FM_OPEN.fullmatch(lines[0].lstrip("\ufeff")):
-        return {}, text, 0
-    end = next((i for i in range(1, len(lines)) if _FM_CLOSE.fullmatch(lines[i])), None)
-    if end is None:  # a lone `---` opening the file is a horizontal rule, not front matter
-        return {}, text, 0
-    return _metadata(_load_yaml("\n".join(lines[1:end]))), "\n".join(lines[end + 1 :]), end + 1
-
-
-def _load_yaml(raw: str) -> dict:
-    try:
-        data = yaml.safe_load(raw)
-    except Exception:  # YAMLError, or ValueError from an impossible date: treat as no metadata
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _metadata(data: dict) -> dict[str, Any]:
-    """Front matter as JSON-safe metadata: tags/categories as string lists, empty values dropped."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        key = str(key)
-        if key in _LIST_KEYS:
-            value = _string_list(value)
-        elif key == "title" and value is not None:
-            value = str(_json_safe(value)).strip()
-        else:
-            value = _json_safe(value)
-        if not _is_empty(value):
-            out[key] = value
-    return out
-
-
-def _string_list(value: Any) -> list[str]:
-    items = value if isinstance(value, (list, tuple, set)) else [value]
-    return [s for s in (str(_json_safe(v)).strip() for v in items if v is not None) if s]
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, (datetime.date, datetime.time)):  # datetime is a date too
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_json_safe(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
-
-
-def _is_empty(value: Any) -> bool:
-    if isinstance(value, str):
-        return not value.strip()
-    return value is None or (isinstance(value, (list, dict)) and not value)
-
+MAX_HEADING_CHARS = 200  # of a heading, in the heading path of its passages
 
 # ----- markdown cleanup -------------------------------------------------------------------------
 
@@ -360,7 +291,8 @@ class _MarkdownReader:
         title = title.strip()
         while self.stack and self.stack[-1][0] >= level:
             self.stack.pop()
-        self.stack.append((level, title))
+        # the path goes into every passage of the section: a heading line of megabytes must not
+        self.stack.append((level, title if len(title) <= MAX_HEADING_CHARS else title[: MAX_HEADING_CHARS - 1] + "…"))
         path = [text for _, text in self.stack if text]
         self.sections.append(Section(path=path, level=level, heading=(title, number)))
 
@@ -393,6 +325,6 @@ def document_sections(doc: Document) -> tuple[list[Section], dict[str, Any]]:
     metadata = copy.deepcopy(doc.metadata)
     if doc.kind != "markdown":  # plain text (and any kind without a reader of its own)
         return _text_sections(text.split("\n")), metadata
-    front, body, front_lines = parse_front_matter(text)
+    front, body, front_lines = parse_front_matter(text, doc.path)
     metadata.update(front)
     return _MarkdownReader(first_line=front_lines + 1).read(body.split("\n")), metadata

@@ -25,7 +25,7 @@ from search.ingest.decoding import BAD_BYTES, normalize_newlines, open_text
 from search.errors import LoadError
 from search.schema import Document, Skipped, SourceFile
 
-__all__ = ["iter_jsonl", "iter_json", "iter_csv"]
+__all__ = ["MAX_DEPTH", "iter_jsonl", "iter_csv", "too_deep"]
 
 _ID_NAME = re.compile(
     r"(?:^|[_\-\s.])(?:id|ids|uuid|guid|url|urls|uri|href|link|links|path|file|filename|hash|md5|sha\d*|checksum)$",
@@ -35,10 +35,28 @@ _CAMEL_ID = re.compile(r"[a-z0-9](?:Id|ID|Ids|IDs|Url|URL|Uri|URI|Path|Hash)$")
 _ADDRESS = re.compile(r"(?:[a-z][a-z0-9+.-]*://|www\.|mailto:)\S*|[^@\s]+@[^@\s]+\.\w+", re.I)
 _MAX_FIELD_JSON = 1000  # metadata is copied into every passage of a record: big values stay out
 _PROBE_RECORDS = 20  # how many leading records decide that a file is not what its suffix says
-_CHUNK_CHARS = 1 << 20
+# A record nested deeper than this is skipped: real records are a few levels deep, and walking a
+# hostile one ([[[[... 10,000 deep) would exhaust Python's stack in the parser or in the walk.
+MAX_DEPTH = 100
 
 # A CSV cell may hold a whole article; the csv module's default limit (128 KiB) would skip it.
 csv.field_size_limit(max(csv.field_size_limit(), 64 << 20))
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether lists and objects nest more than `limit` deep in `value` (without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def _deep(path: str, line: int) -> Skipped:
+    return Skipped(f"{path}:{line}", f"a record nested more than {MAX_DEPTH} levels deep")
 
 
 def _is_id_name(name: str) -> bool:
@@ -203,11 +221,17 @@ def iter_jsonl(source: SourceFile, text_fields: list[str] | None) -> Iterator[Do
                 continue
             try:
                 record = json.loads(line)
+            except RecursionError:
+                yield from probe.bad(_deep(source.path, number))
+                continue
             except ValueError as error:
                 reason = f"invalid JSON: {error.msg} (at character {error.pos + 1})" if isinstance(error, json.JSONDecodeError) else f"invalid JSON: {error}"
                 yield from probe.bad(Skipped(f"{source.path}:{number}", reason))
                 continue
             yield from probe.ok()
+            if too_deep(record):
+                yield _deep(source.path, number)
+                continue
             document = records.document(record, number, number, {"line": number})
             if document is not None:
                 yield document
@@ -264,132 +288,3 @@ def _header(source: SourceFile, reader: Any) -> list[str]:
         name = cell.strip().lstrip("\ufeff") or f"column {i + 1}"
         names.append(name if name not in names else f"{name} ({i + 1})")
     return names
-
-
-class _JsonScanner:
-    """Reads the values of a JSON file one at a time with json.raw_decode over a sliding buffer,
-    counting lines; the standard library has no streaming parser and ijson gives no positions."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.decoder = json.JSONDecoder()
-        self.buffer, self.pos, self.line, self.eof = "", 0, 1, False
-
-    def _fill(self) -> bool:
-        """Read more (at least as much as is buffered, so a huge value costs linear time)."""
-        if self.eof:
-            return False
-        chunk = self.stream.read(max(_CHUNK_CHARS, len(self.buffer) - self.pos))
-        if not chunk:
-            self.eof = True
-            return False
-        self.buffer, self.pos = self.buffer[self.pos :] + chunk, 0
-        return True
-
-    def _advance(self, end: int) -> None:
-        self.line += self.buffer.count("\n", self.pos, end)
-        self.pos = end
-
-    def peek(self) -> str | None:
-        """The next character that is not whitespace, without taking it; None at the end."""
-        while True:
-            match = re.compile(r"[ \t\r\n]*").match(self.buffer, self.pos)
-            self._advance(match.end())
-            if self.pos < len(self.buffer):
-                return self.buffer[self.pos]
-            if not self._fill():
-                return None
-
-    def take(self, char: str) -> None:
-        if self.peek() != char:
-            found = self.peek()
-            raise json.JSONDecodeError(f"Expecting {char!r}, found {found!r}" if found else f"Expecting {char!r}", self.buffer, self.pos)
-        self._advance(self.pos + 1)
-
-    def value(self) -> tuple[Any, int, int]:
-        """The next value and the lines it spans."""
-        self.peek()
-        while True:
-            if BAD_BYTES in self.buffer[self.pos : self.pos + 1]:
-                raise json.JSONDecodeError("bytes that are not valid in the file's text encoding", self.buffer, self.pos)
-            try:
-                value, end = self.decoder.raw_decode(self.buffer, self.pos)
-            except json.JSONDecodeError as error:
-                # an error at the end of the buffer, or an unterminated string, may just need more text
-                truncated = error.pos >= len(self.buffer) - 1 or error.msg.startswith("Unterminated string")
-                if truncated and self._fill():
-                    continue
-                raise
-            if end == len(self.buffer) and self._fill():  # a number may go on in the next chunk
-                continue
-            start = self.line
-            self._advance(end)
-            return value, start, self.line
-
-    def elements(self) -> Iterator[tuple[int, Any, int, int]]:
-        """(index, value, first line, last line) of the array that starts here."""
-        self.take("[")
-        if self.peek() == "]":
-            self._advance(self.pos + 1)
-            return
-        for index in itertools.count():
-            value, start, end = self.value()
-            yield index, value, start, end
-            if self.peek() == ",":
-                self._advance(self.pos + 1)
-                continue
-            self.take("]")
-            return
-
-
-def iter_json(source: SourceFile, text_fields: list[str] | None) -> Iterator[Document | Skipped]:
-    """An array of records, or an object holding one (the first of its values that is an array of
-    objects); an object without such an array is a single record."""
-    records = _Records(source, text_fields)
-    with _text_stream(source) as stream:
-        scanner = _JsonScanner(stream)
-        index = -1
-        try:
-            if scanner.peek() == "{":
-                elements = _records_in_object(scanner)
-            elif scanner.peek() == "[":
-                elements = scanner.elements()
-            else:
-                raise LoadError("not a JSON array or object of records")
-            for index, record, start, end in elements:
-                document = records.document(record, start, end, {"record": index} if index >= 0 else {})
-                if document is not None:
-                    yield document
-        except json.JSONDecodeError as error:
-            reason = f"invalid JSON: {error.msg}"
-            if index < 0:  # nothing read: the file is not JSON
-                raise LoadError(f"{reason} (line {scanner.line})") from error
-            # a JSON text cannot be resynchronised after an error: what came before is kept
-            yield Skipped(f"{source.path}:{scanner.line}", f"{reason}; the records after it are not indexed: fix the file")
-    records.fail_unmatched()
-
-
-def _records_in_object(scanner: _JsonScanner) -> Iterator[tuple[int, Any, int, int]]:
-    """The records of an object file: its first array of objects, or the object as one record."""
-    scanner.take("{")
-    whole: dict[str, Any] = {}
-    start = scanner.line
-    while scanner.peek() != "}":
-        key, _, _ = scanner.value()
-        scanner.take(":")
-        if scanner.peek() == "[" and _array_of_objects(scanner):
-            yield from scanner.elements()
-            return  # the rest of the object (counts, versions) is not searched
-        whole[str(key)], _, _ = scanner.value()
-        if scanner.peek() == ",":
-            scanner.take(",")
-    scanner.take("}")
-    yield -1, whole, start, scanner.line
-
-
-def _array_of_objects(scanner: _JsonScanner) -> bool:
-    """Whether the array at the scanner starts with an object (looking past "[" and whitespace)."""
-    rest = scanner.buffer[scanner.pos + 1 :].lstrip(" \t\r\n")
-    while not rest and scanner._fill():
-        rest = scanner.buffer[scanner.pos + 1 :].lstrip(" \t\r\n")
-    return rest.startswith("{")

@@ -16,12 +16,13 @@ import numpy as np
 
 from search.embedding.encoder import Encoder
 from search.embedding.models import model_plan
-from search.errors import QueryError, SearchError
+from search.errors import IndexDamaged, QueryError, SearchError
 from search.index.bm25 import BM25Index
 from search.index.build import BuildConfig, Builder
 from search.index.dense import DenseIndex
 from search.index.facets import Facets, read_facets
 from search.index.folder import Generation, IndexFolder, check_compatible
+from search.index.integrity import IndexCheck, check_index, described, problems
 from search.index.passage_store import PassageStore
 from search.index.report import BuildSummary, Progress
 from search.query.filters import Filters
@@ -41,11 +42,12 @@ class Engine:
     """An opened index: `Engine.open(folder).search("序列并行")`. Safe to share between threads;
     `close()` (or a `with` block) ends its threads."""
 
-    def __init__(self, folder: IndexFolder, generation: Generation, config: SearchConfig | None = None) -> None:
+    def __init__(self, folder: IndexFolder, generation: Generation, config: SearchConfig | None = None,
+                 manifest: dict[str, Any] | None = None) -> None:
         # Use Engine.open(), which checks the index first.
         self.folder = folder
         self.generation = generation
-        self.manifest = generation.read_manifest()
+        self.manifest = manifest if manifest is not None else generation.read_manifest()
         self.config = config or SearchConfig()
         self.passages = PassageStore(generation)
         self.keyword_only = bool(self.manifest["keyword_only"])  # built without embeddings
@@ -61,18 +63,34 @@ class Engine:
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, model: str | None = None, config: SearchConfig | None = None) -> "Engine":
-        """The live generation of `index_dir`; refuses an index of another format or other models."""
+        """The live generation of `index_dir`; refuses an index of another format or other models,
+        and one whose files are missing or changed since they were built (IndexDamaged)."""
         folder = IndexFolder(index_dir)
         for attempt in range(3):
-            generation = folder.current()
+            live = folder.live_name()
             try:
-                check_compatible(generation.read_manifest(), model, folder.root)
-                return cls(folder, generation, config)
-            except FileNotFoundError:
-                # a concurrent build switched generations and removed this one while we opened it
-                if attempt == 2:
-                    raise
+                generation = folder.current()
+                manifest = generation.read_manifest()
+                check_compatible(manifest, model, folder.root)
+                damage = described(problems(generation, manifest, full=False))  # sizes and times: a few stat calls
+                if not damage:
+                    return cls(folder, generation, config, manifest)
+            except IndexDamaged as error:
+                damage = [str(error)]
+            except SearchError:
+                raise
+            except Exception as error:  # noqa: BLE001 - whatever a damaged file makes a reader raise
+                damage = [" ".join(f"{type(error).__name__}: {error}".split())[:200]]
+            if folder.live_name() == live or attempt == 2:
+                raise folder.damaged(damage)
+            # a concurrent build switched generations and removed this one while we opened it: again
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def check(index_dir: str | os.PathLike) -> IndexCheck:
+        """Hash every file of the live generation against the checksums its build recorded (what
+        `search check` runs): `.ok`, `.problems`, `.files`, `.bytes`."""
+        return check_index(IndexFolder(index_dir))
 
     @classmethod
     def build(

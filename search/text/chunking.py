@@ -323,8 +323,18 @@ def _file_lines(doc: Document, piece: _Piece) -> tuple[int, int]:
 def chunk_document(
     doc: Document, count_tokens: Counter, max_tokens: int = 200, overlap_tokens: int = 40
 ) -> list[Passage]:
-    """The passages of a document, each at most `max_tokens` by `count_tokens`, in document order."""
-    chunker = _Chunker(count_tokens, max_tokens, overlap_tokens)
+    """The passages of a document, each at most `max_tokens` by `count_tokens`, in document order.
+
+    Every text counts at least one token per _MAX_CHARS_PER_TOKEN characters: a tokenizer gives a
+    long word without spaces one [UNK] token, and a 5 MB line would otherwise be one passage. So
+    no passage is longer than about max_tokens * _MAX_CHARS_PER_TOKEN characters, whatever the text.
+    """
+
+    def count(text: str) -> int:
+        floor = len(text) // _MAX_CHARS_PER_TOKEN
+        return floor if floor > max_tokens else max(count_tokens(text), floor)  # over budget either way: no need to count
+
+    chunker = _Chunker(count, max_tokens, overlap_tokens)
     sections, metadata = document_sections(doc)
     passages: list[Passage] = []
     for index, section in enumerate(sections):

@@ -47,6 +47,9 @@ _HYPHENS = str.maketrans({c: "-" for c in "\u2010\u2011\u2012\u2013\u2212"})
 _HYPHENS_RE = re.compile("[\u2010-\u2013\u2212]")
 
 _CACHE_SIZE = 1 << 16  # distinct CJK runs whose segmentation is remembered, per Tokenizer
+# Longer tokens are cut to this many characters (documents and queries alike, so they still match):
+# an identifier of megabytes must not become one BM25 term of megabytes.
+MAX_TOKEN_CHARS = 100
 
 def normalize(text: str) -> str:
     """NFKC, Unicode hyphens to "-", lower case: what both tokenizing and matching see."""
@@ -89,9 +92,8 @@ class Tokenizer:
 
     def _cut_cjk_uncached(self, run: str) -> tuple[str, ...]:
         jb = get_jieba()
-        if self.search_mode:
-            return tuple(jb.cut_for_search(run, HMM=self.hmm))
-        return tuple(jb.cut(run, HMM=self.hmm))
+        words = jb.cut_for_search(run, HMM=self.hmm) if self.search_mode else jb.cut(run, HMM=self.hmm)
+        return tuple(word[:MAX_TOKEN_CHARS] for word in words)
 
     def __call__(self, text: str) -> list[str]:
         return self.tokenize(text)
@@ -129,6 +131,8 @@ class Tokenizer:
                     extend(_unigrams_beside(cjk, words) if query else cjk)
                 continue
             word = m.group("word")
+            if len(word) > MAX_TOKEN_CHARS:
+                word = word[:MAX_TOKEN_CHARS]
             append(word)
             if split and sep_search(word):
                 # Parts of "c++"-suffixed compounds keep the suffix on the last part's whole token only.
