@@ -8,7 +8,10 @@ __all__ = ["contextual_text"]
 
 
 def contextual_text(passage: Passage) -> str:
-    """The text both retrievers see: document title and heading path give a passage its topic."""
-    context = [passage.metadata.get("title") or "", *passage.heading_path]
+    """The text both retrievers see: document title, its aliases (Obsidian's other names for a note)
+    and heading path give a passage its topic."""
+    aliases = passage.metadata.get("aliases")
+    aliases = [str(a) for a in aliases] if isinstance(aliases, list) else [str(aliases)] if aliases else []
+    context = [passage.metadata.get("title") or "", *aliases, *passage.heading_path]
     prefix = " / ".join(dict.fromkeys(part for part in context if part))  # drop repeats, keep order
     return f"{prefix}\n{passage.text}" if prefix else passage.text
