@@ -140,7 +140,8 @@ class Builder:
         old_files = self.old_manifest["files"] if self.old_manifest else {}
         old_passages = PassageStore(self.previous) if self.previous else None
         old_tokens = TokenStore(self.previous) if self.previous else None
-        if self.old_manifest and self.old_manifest["loading"] != asdict(self.config.load):
+        # options an older index did not record had their defaults then
+        if self.old_manifest and {**asdict(LoadOptions()), **self.old_manifest["loading"]} != asdict(self.config.load):
             # other load options: every file is re-read (as changed); vectors are still reused by text
             old_files = {path: {**info, "size": -1, "sha256": ""} for path, info in old_files.items()}
         recorded = set()
