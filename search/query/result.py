@@ -27,6 +27,9 @@ class Hit:
     dense_rank: int | None = None
     dense_score: float | None = None
     passage_id: int = -1
+    # where the other passages with the same text (after normalisation) are, best first: a search
+    # that collapses duplicates returns one hit per text
+    duplicates: list[str] = field(default_factory=list)
 
     @property
     def location(self) -> str:
