@@ -123,6 +123,7 @@ def main() -> None:
         if not args.json:
             print(f"generating and indexing {size:g} MB of Parquet ...", file=sys.stderr)
         results.append(measure(args.workdir, size, args.shard, args.row_group, progress))
+        print(json.dumps(results[-1], ensure_ascii=False), file=sys.stderr, flush=True)  # kept if a later run is stopped
     largest = max(r["peak_tree_rss_bytes"] for r in results)
     report = {"format": "parquet (chat records, OpenAI messages)", "runs": results, "target_rss_bytes": int(TARGET_RSS_BYTES),
               "under_target": largest < TARGET_RSS_BYTES, "cpu_count": os.cpu_count()}
