@@ -45,15 +45,17 @@ def _parse(data: bytes) -> Any:
 
     text = decode_text(data)
     try:
-        notebook = reader.reads(text)  # no validation: it would log, and read-only use needs none
-        if notebook.get("nbformat", 4) < 4:
-            notebook = nbformat.convert(notebook, 4)
-    except Exception as error:  # NotJSONError, ValidationError, NBFormatError, and whatever a bad file raises
-        reason = "not JSON" if isinstance(error, reader.NotJSONError) else " ".join(str(error).split())[:200]
-        raise LoadError(f"not a Jupyter notebook: {reason}") from error
-    if not isinstance(notebook.get("cells"), list):
+        notebook = reader.parse_json(text)
+    except reader.NotJSONError as error:
+        raise LoadError("not a Jupyter notebook: not JSON") from error
+    if not isinstance(notebook, dict) or not (isinstance(notebook.get("cells"), list) or "worksheets" in notebook):
         raise LoadError("not a Jupyter notebook: it has no cells")
-    return notebook
+    if isinstance(notebook.get("nbformat"), int) and notebook["nbformat"] >= 4:
+        return notebook  # read as it is: validating would log, and reading needs none
+    try:
+        return nbformat.convert(reader.reads(text), 4)  # nbformat 3 and older
+    except Exception as error:  # ValidationError, NBFormatError, and whatever a bad old file raises
+        raise LoadError(f"not a Jupyter notebook: {' '.join(str(error).split())[:200]}") from error
 
 
 def _language(notebook: Any) -> str:

@@ -103,7 +103,7 @@ def docx_document(source: SourceFile, max_bytes: int) -> Document:
         title = (document.core_properties.title or "").strip()
         for item in document.iter_inner_content():
             if isinstance(item, Table):
-                lines.extend(["", *_table_lines(item), ""])
+                lines.extend(["", *_table_lines(item)])
                 continue
             line, heading_title = _paragraph_line(item)
             title = title or heading_title or ""
