@@ -33,9 +33,12 @@ bench: install
 	$(PYTHON) benchmarks/filters.py
 	$(PYTHON) benchmarks/speed.py
 
-# Not part of `bench`: generates a 1 GB JSONL and indexes it keyword-only (long on a laptop CPU).
+# Not part of `bench`: generates a 1 GB JSONL and a 1 GB Parquet dataset of chat records and indexes
+# each keyword-only (long on a laptop CPU). PARQUET_MB=100 for a shorter Parquet run.
+PARQUET_MB ?= 1024
 bench-large: install
 	$(PYTHON) benchmarks/large_jsonl.py
+	$(PYTHON) benchmarks/large_parquet.py --size $(PARQUET_MB)
 
 clean:
 	rm -rf $(VENV) indexes

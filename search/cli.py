@@ -19,6 +19,7 @@ from search import MODES, SearchError
 
 DEFAULT_INDEX = "indexes/default"
 SNIPPET_CHARS = 160
+COPIES_SHOWN = 3  # locations of a hit's copies printed after it
 # C0 and C1 control characters but newline and tab: a note or file name holding terminal escape
 # sequences (clear screen, OSC 52 clipboard writes) must not reach the terminal raw.
 # Lone surrogates stand for the bytes of a file name that is not UTF-8.
@@ -120,12 +121,13 @@ def cli(debug: bool) -> None:
 @click.option("--wait", is_flag=True, help="Wait for another build on the same index instead of exiting.")
 @click.option("--keyword-only", is_flag=True, help="BM25 only, no embeddings: fast for very large corpora (queries then run in bm25 mode; --rebuild without it adds embeddings).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
-@click.option("--text-fields", default=None, metavar="A,B", help="Record fields (JSON, JSONL, CSV, TSV) that make a record's text; the others are kept as metadata (default: the text-like fields).")
-@click.option("--max-file-size", default=50.0, show_default=True, type=click.FloatRange(min=0, min_open=True), metavar="MB", help="Skip notes, web pages and PDFs bigger than this (record files stream and have no limit).")
+@click.option("--text-fields", default=None, metavar="A,B", help="Record fields (JSON, JSONL, CSV, TSV, Parquet, Arrow) that make a record's text, dotted paths into nested ones allowed (meta.question, conversations.value); the others are kept as metadata (default: the text-like fields).")
+@click.option("--max-file-size", default=50.0, show_default=True, type=click.FloatRange(min=0, min_open=True), metavar="MB", help="Skip notes, web pages, PDFs, notebooks and Word files bigger than this (record files stream and have no limit).")
+@click.option("--notebook-outputs", is_flag=True, help="Index the text outputs of notebook cells too (not only their markdown and code).")
 @click.option("--follow-symlinks", is_flag=True, help="Also index files that links in the folders point to outside them (skipped by default).")
 def index(
     paths: tuple[str, ...], index_dir: str, model: str | None, rebuild: bool, wait: bool, as_json: bool, keyword_only: bool,
-    text_fields: str | None, max_file_size: float, follow_symlinks: bool,
+    text_fields: str | None, max_file_size: float, notebook_outputs: bool, follow_symlinks: bool,
 ) -> None:
     """Index PATHS (files or folders; default: corpus/) into the index folder."""
     from search import BuildConfig, Engine, LoadOptions
@@ -133,7 +135,7 @@ def index(
     fields = [f.strip() for f in text_fields.split(",") if f.strip()] if text_fields is not None else None
     if fields == []:
         raise SearchError("--text-fields names no field: give field names separated by commas")
-    load = LoadOptions(text_fields=fields, max_file_bytes=int(max_file_size * 2**20))
+    load = LoadOptions(text_fields=fields, max_file_bytes=int(max_file_size * 2**20), notebook_outputs=notebook_outputs)
     # keyword_only None: as the index was built
     config = BuildConfig(load=load, keyword_only=True if keyword_only else None, follow_symlinks=follow_symlinks)
     with _Bars(not as_json) as bars:
@@ -184,19 +186,21 @@ def watch(paths: tuple[str, ...], index_dir: str, model: str | None, debounce: f
 @click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print hits as a JSON array.")
 @click.option("--path", "paths", multiple=True, metavar="GLOB", help="Only files matching GLOB ('notes/**', '*.md'; ** spans folders). Repeatable.")
-@click.option("--tag", "tags", multiple=True, metavar="TAG", help="Only notes with this front-matter tag or category. Repeatable.")
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="Only notes with this tag or category (front matter or inline #tag). Repeatable.")
 @click.option("--type", "types", multiple=True, metavar="TYPE", help="Only files of this type (suffix: md, txt, ...). Repeatable.")
+@click.option("--no-collapse", is_flag=True, help="Show every copy of a text instead of one hit with the count of its copies.")
 @index_option
-def query(text: str, k: int, mode: str, as_json: bool, paths: tuple[str, ...], tags: tuple[str, ...], types: tuple[str, ...], index_dir: str) -> None:
+def query(text: str, k: int, mode: str, as_json: bool, paths: tuple[str, ...], tags: tuple[str, ...], types: tuple[str, ...],
+          no_collapse: bool, index_dir: str) -> None:
     """Search the index for TEXT.
 
     Filters apply before the k best are picked; values of one option OR together, different
-    options AND together.
+    options AND together. Passages of the same text are one hit, with where their copies are.
     """
     from search import Engine, Filters
 
     with Engine.open(index_dir) as engine:
-        result = engine.search(text, k=k, mode=mode, filters=Filters(list(paths), list(tags), list(types)))
+        result = engine.search(text, k=k, mode=mode, filters=Filters(list(paths), list(tags), list(types)), collapse=not no_collapse)
     if result.notice:
         click.echo(result.notice, err=True)
     if result.filtered_out:  # on stderr, so --json still prints a parseable (empty) array
@@ -212,6 +216,10 @@ def query(text: str, k: int, mode: str, as_json: bool, paths: tuple[str, ...], t
         headings = printable(" > ".join(hit.heading_path))
         click.echo(f"{rank:>2}. {hit.score:.4f}  {location}  {click.style(headings, fg='blue')}".rstrip())
         click.echo(f"    {_snippet(printable(hit.text), terms)}")
+        if hit.duplicates:
+            shown = ", ".join(printable(_display_path(where)) for where in hit.duplicates[:COPIES_SHOWN])
+            more = ", …" if len(hit.duplicates) > COPIES_SHOWN else ""
+            click.echo(click.style(f"    (+{len(hit.duplicates)} {'copy' if len(hit.duplicates) == 1 else 'copies'}: {shown}{more})", dim=True))
 
 
 @cli.command()

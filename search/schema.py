@@ -13,7 +13,7 @@ class SourceFile:
     path: str  # absolute, as the index stores it
     size: int
     mtime: float
-    kind: str  # a value of loading.SUPPORTED_SUFFIXES: "markdown" | "text" | "jsonl" | "json" | "csv" | "tsv" | "pdf" | "html"
+    kind: str  # a value of loading.SUPPORTED_SUFFIXES: "markdown" | "text" | "jsonl" | "json" | "csv" | "tsv" | "pdf" | "html" | ...
 
 
 @dataclass
@@ -28,6 +28,9 @@ class Document:
     # Last line of the source file the text came from, where the text's own lines do not map onto
     # the file's (a record's fields joined): passages then report lines clamped into the range.
     line_end: int | None = None
+    # (level, title) of the headings the text sits under though they are not in it: a notebook cell
+    # under the markdown headings of the cells before it. Passages' heading paths start with them.
+    headings: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass

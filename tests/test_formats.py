@@ -14,7 +14,7 @@ import pytest
 from search.text.chunking import chunk_document
 from search.ingest.decoding import decode_text
 from search.errors import LoadError
-from search.ingest import json_records, records
+from search.ingest import json_records, nested, records
 from search.ingest.loading import LoadOptions, discover_files, iter_documents
 from search.schema import Document, Skipped
 
@@ -191,7 +191,7 @@ def test_tsv_has_no_quoting_so_a_stray_quote_swallows_nothing(tmp_path):
      ("https://example.org/x", False), ("me@example.org", False), ("A12", False), ("9f8e7d6c5b4a", False), ("  ", False)],
 )
 def test_automatic_text_rule(value, is_text):
-    assert records._is_text(value) is is_text
+    assert nested.is_text(value) is is_text
 
 
 # ----- encodings ----------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ def test_suffix_table_is_the_dispatch():
     assert SUPPORTED_SUFFIXES == {
         ".md": "markdown", ".markdown": "markdown", ".txt": "text", ".jsonl": "jsonl", ".ndjson": "jsonl",
         ".json": "json", ".csv": "csv", ".tsv": "tsv", ".pdf": "pdf", ".html": "html", ".htm": "html",
+        ".parquet": "parquet", ".arrow": "arrow", ".feather": "arrow", ".ipynb": "notebook", ".docx": "docx",
     }
 
 

@@ -207,7 +207,8 @@ class Builder:
         trusted = self.previous is not None and self.trust_passages
         old_passages = PassageStore(self.previous) if trusted else None
         old_tokens = TokenStore(self.previous) if trusted else None
-        if not trusted or self.old_manifest["loading"] != asdict(self.config.load):
+        # options an older index did not record had their defaults then
+        if not trusted or {**asdict(LoadOptions()), **self.old_manifest["loading"]} != asdict(self.config.load):
             # other load options, or passages that cannot be trusted: every file is read again (as
             # changed); vectors are still reused by text
             old_files = {path: {**info, "size": -1, "sha256": ""} for path, info in old_files.items()}

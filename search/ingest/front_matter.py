@@ -1,8 +1,13 @@
-"""YAML front matter -> metadata, bounded: it is copied into every passage of its note.
+"""YAML front matter of a markdown note -> JSON-safe metadata, bounded: it is copied into every passage.
 
-YAML aliases are refused (a 325-byte "billion laughs" block expanded to 73.7 MB per passage), and
-metadata over MAX_METADATA_CHARS of JSON, or nested deeper than MAX_METADATA_DEPTH, keeps only the
-title, tags and categories. Either way the note itself is indexed and a warning names it.
+`tags` and `categories` become lists of strings (a comma-separated string is split, a leading `#`
+dropped, as Obsidian writes them); `aliases` (or `alias`) becomes a list of strings too, which the
+passages' context makes searchable. A nested tag `a/b` also counts as its parent `a`, so `--tag a`
+finds it, as Obsidian's tag search does.
+
+YAML aliases (`*name`) are refused (a 325-byte "billion laughs" block expanded to 73.7 MB per
+passage), and metadata over MAX_METADATA_CHARS of JSON, or nested deeper than MAX_METADATA_DEPTH,
+keeps only the title, tags and categories. Either way the note itself is indexed and a warning names it.
 """
 
 from __future__ import annotations
@@ -17,14 +22,15 @@ import yaml
 
 from search.ingest.records import too_deep
 
-__all__ = ["MAX_METADATA_CHARS", "parse_front_matter"]
+__all__ = ["LIST_KEYS", "MAX_METADATA_CHARS", "expand_tags", "parse_front_matter"]
 
 log = logging.getLogger(__name__)
 
 _FM_OPEN = re.compile(r"---[ \t]*")
 _FM_CLOSE = re.compile(r"(?:---|\.\.\.)[ \t]*")
-_LIST_KEYS = ("tags", "categories")
-_KEPT_KEYS = ("title", *_LIST_KEYS)  # what a note keeps when its front matter is too big
+LIST_KEYS = ("tags", "categories", "aliases")
+_SINGULAR = {"tag": "tags", "alias": "aliases", "category": "categories"}  # older Obsidian spellings
+_KEPT_KEYS = ("title", "tags", "categories")  # what a note keeps when its front matter is too big
 MAX_METADATA_CHARS = 8192
 MAX_METADATA_DEPTH = 20
 
@@ -85,12 +91,14 @@ def _bounded(data: dict, path: str) -> dict[str, Any]:
 
 
 def _metadata(data: dict) -> dict[str, Any]:
-    """Front matter as JSON-safe metadata: tags/categories as string lists, empty values dropped."""
+    """Front matter as JSON-safe metadata: tags/categories/aliases as string lists, empty values dropped."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         key = str(key)
-        if key in _LIST_KEYS:
-            value = _string_list(value)
+        if key in _SINGULAR and _SINGULAR[key] not in data:
+            key = _SINGULAR[key]
+        if key in LIST_KEYS:
+            value = _string_list(value, key != "aliases")
         elif key == "title" and value is not None:
             value = str(_json_safe(value)).strip()
         else:
@@ -100,9 +108,24 @@ def _metadata(data: dict) -> dict[str, Any]:
     return out
 
 
-def _string_list(value: Any) -> list[str]:
+def _string_list(value: Any, tags: bool) -> list[str]:
     items = value if isinstance(value, (list, tuple, set)) else [value]
-    return [s for s in (str(_json_safe(v)).strip() for v in items if v is not None) if s]
+    strings = [str(_json_safe(v)).strip() for v in items if v is not None]
+    if tags:  # `tags: a, b` and `tags: ["#a"]` as Obsidian accepts them
+        strings = [part.strip().lstrip("#").strip() for s in strings for part in s.split(",")]
+    return list(dict.fromkeys(s for s in strings if s))
+
+
+def expand_tags(tags: list[str]) -> list[str]:
+    """Tags with the parents of nested ones added after them: `a/b/c` also counts as `a/b` and `a`."""
+    out: dict[str, None] = {}
+    for tag in tags:
+        out[tag] = None
+        parts = tag.split("/")
+        for end in range(len(parts) - 1, 0, -1):
+            if all(parts[:end]):
+                out["/".join(parts[:end])] = None
+    return list(out)
 
 
 def _json_safe(value: Any) -> Any:

@@ -13,7 +13,8 @@ from typing import Any, Iterator, TextIO
 
 from search.errors import LoadError
 from search.ingest.decoding import BAD_BYTES
-from search.ingest.records import MAX_DEPTH, _Records, _text_stream, too_deep
+from search.ingest.nested import RecordText
+from search.ingest.records import MAX_DEPTH, _text_stream, too_deep
 from search.schema import Document, Skipped, SourceFile
 
 __all__ = ["iter_json"]
@@ -100,7 +101,7 @@ class _JsonScanner:
 def iter_json(source: SourceFile, text_fields: list[str] | None) -> Iterator[Document | Skipped]:
     """An array of records, or an object holding one (the first of its values that is an array of
     objects); an object without such an array is a single record."""
-    records = _Records(source, text_fields)
+    records = RecordText(source, text_fields)
     with _text_stream(source) as stream:
         scanner = _JsonScanner(stream)
         index = -1

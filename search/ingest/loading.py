@@ -1,8 +1,10 @@
 """Find files under the user's paths and read them into Documents.
 
 Discovery never reads file contents (the index compares size and mtime to decide what to re-read).
-Reading dispatches on the file's kind: notes and web pages are one Document each, PDFs one per page,
-record files (JSON Lines, JSON, CSV, TSV) one per record, streamed. A file that cannot be used
+Reading dispatches on the file's kind: notes, web pages and Word files are one Document each, PDFs
+one per page, notebooks one per cell, record files (JSON Lines, JSON, CSV, TSV, Parquet, Arrow) one
+per record, streamed. A folder that `datasets.save_to_disk` wrote is one dataset: its shards are
+read, its JSON files and cache files are not (search.ingest.arrow). A file that cannot be used
 raises LoadError; a bad record or page is a Skipped and the rest of the file goes on. Text is
 decoded by search.decoding, which refuses what it cannot tell instead of indexing mojibake.
 """
@@ -15,6 +17,7 @@ import stat
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+from search.ingest import arrow
 from search.ingest.decoding import decode_text
 from search.errors import LoadError, SearchError
 from search.schema import Document, Skipped, SourceFile
@@ -27,6 +30,7 @@ __all__ = [
     "read_document",
     "load_documents",
     "kind_of",
+    "LINELESS_KINDS",
 ]
 
 # suffix (lower case) -> SourceFile.kind; a new format adds a row here and a branch in iter_documents.
@@ -42,17 +46,27 @@ SUPPORTED_SUFFIXES: dict[str, str] = {
     ".pdf": "pdf",
     ".html": "html",
     ".htm": "html",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".feather": "arrow",
+    ".ipynb": "notebook",
+    ".docx": "docx",
 }
 RECORD_KINDS = ("jsonl", "json", "csv", "tsv")
+COLUMNAR_KINDS = ("parquet", "arrow")
+# kinds whose passages' lines are not the file's (extracted text): a hit points to the file alone
+LINELESS_KINDS = ("html", "docx")
 
 
 @dataclass
 class LoadOptions:
     """How files are read; recorded in the index, where a change re-reads every file."""
 
-    text_fields: list[str] | None = None  # record fields that make a record's text (None: chosen automatically)
-    # Single-document formats only (notes, HTML, PDF): those are read whole. Record files stream.
+    # record fields (or dotted paths into nested ones) that make a record's text (None: chosen automatically)
+    text_fields: list[str] | None = None
+    # Single-document formats only (notes, HTML, PDF, notebooks, Word): those are read whole. Record files stream.
     max_file_bytes: int = 50 * 2**20
+    notebook_outputs: bool = False  # index the text outputs of notebook cells too
 
 
 def kind_of(path: str) -> str | None:
@@ -120,7 +134,8 @@ def _is_index_folder(entries: list[os.DirEntry]) -> bool:
 def _walk(folder: str, skipped: list[Skipped], tree: _Tree) -> Iterator[str]:
     """Files under a folder, hidden folders and files left out, in a stable order; folders that
     cannot be listed, links to folders, folders too deep and names that are not UTF-8 go to
-    `skipped`. Iterative (an explicit stack), so no depth of folders can exhaust Python's stack."""
+    `skipped`. Iterative (an explicit stack), so no depth of folders can exhaust Python's stack. A
+    `datasets.save_to_disk` folder yields its shards alone (search.ingest.arrow)."""
     stack = [(folder, 0)]
     while stack:
         current, depth = stack.pop()
@@ -132,9 +147,17 @@ def _walk(folder: str, skipped: list[Skipped], tree: _Tree) -> Iterator[str]:
             continue
         if depth and _is_index_folder(entries):
             continue  # another index's files are not notes either
+        dataset = arrow.dataset_files(current, [entry.name for entry in entries if not entry.is_dir(follow_symlinks=False)])
+        if dataset is not None:
+            names = {entry.name for entry in entries}
+            skipped.extend(Skipped(os.path.join(current, name), "a shard that state.json lists is missing")
+                           for name in dataset.shards if name not in names)
         folders = []
         for entry in entries:
-            if entry.name.startswith("."):
+            if entry.name.startswith(".") or dataset is not None and entry.name in arrow.DATASET_FILES:
+                continue
+            if dataset is not None and entry.name in dataset.passed_over:
+                skipped.append(Skipped(entry.path, dataset.passed_over[entry.name]))
                 continue
             try:
                 is_folder = entry.is_dir(follow_symlinks=False)
@@ -252,8 +275,13 @@ def _megabytes(size: int) -> str:
 
 
 def read_document(source: SourceFile, options: LoadOptions | None = None) -> Document:
-    """A note (markdown or text) or web page as one Document with LF line ends; LoadError says why not."""
+    """A note (markdown or text), web page or Word file as one Document with LF line ends; LoadError says why not."""
     options = options or LoadOptions()
+    if source.kind == "docx":
+        from search.ingest.word import docx_document
+
+        _check_size(_size(source), options)
+        return docx_document(source, options.max_file_bytes)
     data = _read_whole(source, options)
     if source.kind == "html":
         from search.ingest.html import html_document
@@ -262,10 +290,19 @@ def read_document(source: SourceFile, options: LoadOptions | None = None) -> Doc
     return Document(path=source.path, text=decode_text(data), kind=source.kind)
 
 
-def iter_documents(source: SourceFile, options: LoadOptions | None = None) -> Iterator[Document | Skipped]:
-    """The documents of one file, lazily: records of a record file, pages of a PDF, else the file.
+def _size(source: SourceFile) -> int:
+    try:
+        return os.stat(source.path).st_size
+    except OSError as error:
+        raise LoadError(f"cannot read: {error.strerror or error}") from error
 
-    A bad record or page yields a Skipped (path:line or path p.N) and the rest of the file goes on;
+
+def iter_documents(source: SourceFile, options: LoadOptions | None = None) -> Iterator[Document | Skipped]:
+    """The documents of one file, lazily: records of a record file or dataset, pages of a PDF, cells
+    of a notebook, else the file.
+
+    A bad record, page or output yields a Skipped (path:line, path#row, path p.N, path cell N) and the
+    rest of the file goes on;
     a file that cannot be used at all raises LoadError (when iterated).
     """
     options = options or LoadOptions()
@@ -280,13 +317,18 @@ def iter_documents(source: SourceFile, options: LoadOptions | None = None) -> It
             yield from iter_json(source, options.text_fields)
         else:
             yield from records.iter_csv(source, options.text_fields, "\t" if source.kind == "tsv" else None)
+    elif source.kind == "parquet":
+        yield from arrow.iter_parquet(source, options.text_fields)
+    elif source.kind == "arrow":
+        yield from arrow.iter_arrow(source, options.text_fields)
+    elif source.kind == "notebook":
+        from search.ingest.notebook import iter_notebook
+
+        yield from iter_notebook(source, _read_whole(source, options), options.notebook_outputs)
     elif source.kind == "pdf":
         from search.ingest.pdf import iter_pdf
 
-        try:
-            _check_size(os.stat(source.path).st_size, options)
-        except OSError as error:
-            raise LoadError(f"cannot read: {error.strerror or error}") from error
+        _check_size(_size(source), options)
         yield from iter_pdf(source)
     else:
         yield read_document(source, options)

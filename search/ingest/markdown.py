@@ -1,8 +1,9 @@
 """Markdown and plain text read structurally: sections of blocks with their source line numbers.
 
-YAML front matter becomes metadata (search.ingest.front_matter); ATX (and setext) headings make sections whose heading path every
-passage will carry; Liquid tags, HTML comments and HTML tags go (include captions and image alt texts
-stay); links and images keep their visible text. A section holds blocks (paragraphs, lists, tables,
+YAML front matter becomes metadata (search.ingest.front_matter); ATX (and setext) headings make
+sections whose heading path every passage will carry; Liquid tags, HTML comments and HTML tags go
+(include captions and image alt texts stay); links and images keep their visible text; Obsidian's
+wikilinks, comments, callouts and inline #tags are read as search.ingest.obsidian says. A section holds blocks (paragraphs, lists, tables,
 fenced code, $$ formulas), each a list of (1-based source line, cleaned text). Plain text is
 paragraphs between blank lines. `search.text.chunking` packs these blocks into passages.
 """
@@ -15,10 +16,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from search.ingest.front_matter import parse_front_matter
+from search.ingest import obsidian
+from search.ingest.front_matter import expand_tags, parse_front_matter
 from search.schema import Document
 
-__all__ = ["FENCE_CLOSE", "Block", "Section", "document_sections", "is_table_sep", "parse_front_matter"]
+__all__ = ["FENCE_CLOSE", "Block", "Section", "document_sections", "heading_stack", "is_table_sep", "parse_front_matter"]
 
 MAX_HEADING_CHARS = 200  # of a heading, in the heading path of its passages
 
@@ -29,7 +31,7 @@ MAX_HEADING_CHARS = 200  # of a heading, in the heading path of its passages
 # kept so every later line keeps its number.
 _SPANS = re.compile(
     r"(?P<code>``[^\n]+?``|`[^`\n]+`)"
-    r"|(?P<comment><!--.*?-->)"
+    r"|(?P<comment><!--.*?-->|" + obsidian.COMMENT + ")"
     r"|(?P<liquid>\{%(?:(?!%\}|\{%).)*%\})"
     r"|(?P<expr>\{\{(?:(?!\}\}|\{\{).)*\}\})"
     r"|(?P<raw><(?P<rawtag>script|style)\b[^>]*>.*?</(?P=rawtag)\s*>)",
@@ -83,6 +85,7 @@ def _img_alt(match: re.Match) -> str:
 
 # Inline markup -> its visible text, in this order (images before links: `![alt](src)` holds `[alt](src)`).
 _INLINE_STEPS = (
+    *obsidian.INLINE_STEPS,
     (re.compile(r"!\[([^\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)"), r"\1"),  # image: its alt text
     (re.compile(r"\[([^\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)"), r"\1"),  # link: its text
     (re.compile(r"\[([^\]]+)\]\[[^\]]*\]"), r"\1"),  # reference link
@@ -212,12 +215,13 @@ def _verbatim(kind: str, numbered: list[tuple[int, str]]) -> Block:
 class _MarkdownReader:
     """One pass over the body lines, building sections of blocks with their source line numbers."""
 
-    def __init__(self, first_line: int) -> None:
+    def __init__(self, first_line: int, stack: list[tuple[int, str]] = ()) -> None:
         self.first_line = first_line
-        self.sections = [Section(path=[], level=0)]
-        self.stack: list[tuple[int, str]] = []
+        self.stack: list[tuple[int, str]] = list(stack)  # headings open before the text (a notebook's earlier cells)
+        self.sections = [Section(path=[text for _, text in self.stack if text], level=0)]
         self.block: Block | None = None
         self.gap = False  # a blank line since the open list's last line
+        self.tags: list[str] = []  # inline #tags
 
     def read(self, lines: list[str]) -> list[Section]:
         for kind, start, end in _regions(lines):
@@ -231,6 +235,7 @@ class _MarkdownReader:
             cleaned = _strip_spans("\n".join(line for _, line in numbered)).split("\n")
             for k, line in enumerate(cleaned):
                 following = cleaned[k + 1] if k + 1 < len(cleaned) else ""
+                self.tags.extend(obsidian.inline_tags(line))
                 self._line(numbered[k][0], line, following)
         self._close()
         return self.sections
@@ -269,7 +274,7 @@ class _MarkdownReader:
         if kind == "table":
             row = _clean_inline(line).strip()
             return re.sub(r"-{3,}", "---", row) if is_table_sep(row) else row
-        text = _clean_inline(_QUOTE.sub("", line))
+        text = _clean_inline(obsidian.drop_callout(_QUOTE.sub("", line)))
         return text if kind == "list" else text.strip()  # list indentation shows nesting
 
     def _append(self, kind: str, number: int, text: str) -> None:
@@ -303,7 +308,7 @@ class _MarkdownReader:
         self.gap = False
 
 
-def _text_sections(lines: list[str]) -> list[Section]:
+def _text_sections(lines: list[str], path: list[str]) -> list[Section]:
     """Plain text: paragraphs between blank lines, no headings."""
     blocks: list[Block] = []
     current: Block | None = None
@@ -316,15 +321,27 @@ def _text_sections(lines: list[str]) -> list[Section]:
             current = Block("text")
             blocks.append(current)
         current.lines.append((i + 1, line))
-    return [Section(path=[], level=0, blocks=blocks)]
+    return [Section(path=path, level=0, blocks=blocks)]
+
+
+def heading_stack(text: str, stack: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """The (level, title) headings open after markdown `text` read under `stack` (cells read in turn)."""
+    reader = _MarkdownReader(1, stack)
+    reader.read(text.split("\n"))
+    return reader.stack
 
 
 def document_sections(doc: Document) -> tuple[list[Section], dict[str, Any]]:
-    """A document's sections and its metadata (the document's own, plus markdown front matter)."""
+    """A document's sections and its metadata (the document's own, plus front matter and inline #tags)."""
     text = doc.text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff")
     metadata = copy.deepcopy(doc.metadata)
     if doc.kind != "markdown":  # plain text (and any kind without a reader of its own)
-        return _text_sections(text.split("\n")), metadata
+        return _text_sections(text.split("\n"), [title for _, title in doc.headings]), metadata
     front, body, front_lines = parse_front_matter(text, doc.path)
     metadata.update(front)
-    return _MarkdownReader(first_line=front_lines + 1).read(body.split("\n")), metadata
+    reader = _MarkdownReader(front_lines + 1, doc.headings)
+    sections = reader.read(body.split("\n"))
+    if reader.tags or metadata.get("tags"):
+        tags = metadata.get("tags")
+        metadata["tags"] = expand_tags([*(tags if isinstance(tags, list) else [tags] if tags else []), *reader.tags])
+    return sections, metadata

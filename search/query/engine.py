@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from functools import cached_property
 from typing import Any, Iterable, Sequence
 
@@ -36,6 +37,13 @@ from search.schema import Document
 __all__ = ["Engine"]
 
 MAX_K = 1000  # hits one search returns at most
+MAX_DEPTH = 4 * MAX_K  # candidates a collapsing search asks the retrievers for at most
+COPIES_LOOKAHEAD = 20  # candidates after the k-th distinct text still searched for its copies
+
+
+def same_text_key(text: str) -> str:
+    """What duplicates have in common: the text after NFKC, case folding and collapsing white space."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 class Engine:
@@ -167,11 +175,15 @@ class Engine:
         policy = self.policy if config is None else Hybrid(config)
         return policy.rank(retrieval, "bm25" if self.keyword_only else mode)
 
-    def search(self, query: str | Query, k: int = 10, mode: str = "hybrid", filters: Filters | None = None) -> SearchResult:
+    def search(self, query: str | Query, k: int = 10, mode: str = "hybrid", filters: Filters | None = None,
+               collapse: bool = True) -> SearchResult:
         """The k best passages for `query`; mode is "hybrid", "bm25" or "dense".
 
         `filters` (paths, tags, types) restrict the passages before the top-k cut, so k hits come
-        back whenever k allowed passages match.
+        back whenever k allowed passages match. With `collapse`, passages whose text is the same
+        after normalisation (a dataset's repeated answers, a note copied twice) come back as one hit,
+        the best ranked, whose `duplicates` say where the others are; the k hits are k distinct texts
+        (the retrievers are asked deeper when copies crowd the candidates).
         """
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise QueryError(f"k must be a whole number from 1 to {MAX_K}, not {k!r}")
@@ -181,10 +193,39 @@ class Engine:
         allowed = self._allowed(filters)
         if allowed is not None and not allowed.any():
             return SearchResult(query, [], filtered_out=f"no passages match the filters ({filters.why_empty(self.facets)})")
-        retrieval = self.retriever.retrieve(query, max(k, self.config.candidates), allowed)
-        if len(self.passages) == 0:
-            return SearchResult(query)
-        return SearchResult(query, self._hits(self.policy.rank(retrieval, query.mode)[:k], retrieval))
+        depth = max(k, self.config.candidates)
+        while True:
+            retrieval = self.retriever.retrieve(query, depth, allowed)
+            if len(self.passages) == 0:
+                return SearchResult(query)
+            ranked = self.policy.rank(retrieval, query.mode)
+            if not collapse:
+                return SearchResult(query, self._hits(ranked[:k], retrieval))
+            hits = self._distinct(ranked, retrieval, k)
+            if len(hits) >= k or len(ranked) < depth or depth >= min(len(self.passages), MAX_DEPTH):
+                return SearchResult(query, hits)
+            depth = min(depth * 4, MAX_DEPTH)
+
+    def _distinct(self, ranked: list[tuple[int, float]], retrieval: Retrieval, k: int) -> list[Hit]:
+        """Up to k hits of distinct texts, best first, each with the locations of its copies among the
+        candidates up to COPIES_LOOKAHEAD past the k-th (passages are read in small batches, so a
+        query without copies reads about k + the lookahead)."""
+        hits: list[Hit] = []
+        by_text: dict[str, Hit] = {}
+        end, start = len(ranked), 0
+        while start < end:
+            batch = ranked[start : min(end, start + k + COPIES_LOOKAHEAD)]
+            for offset, hit in enumerate(self._hits(batch, retrieval)):
+                key = same_text_key(hit.text)
+                if key in by_text:
+                    by_text[key].duplicates.append(hit.location)
+                elif len(hits) < k:
+                    by_text[key] = hit
+                    hits.append(hit)
+                    if len(hits) == k:
+                        end = min(end, start + offset + 1 + COPIES_LOOKAHEAD)
+            start += len(batch)
+        return hits
 
     def _allowed(self, filters: Filters | None) -> np.ndarray | None:
         """allowed[passage id] for `filters`, or None when they do not restrict."""

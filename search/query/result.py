@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
-from search.ingest.loading import kind_of
+from search.ingest.loading import LINELESS_KINDS, kind_of
 from search.query.query import Query
 
 __all__ = ["Hit", "SearchResult"]
@@ -27,16 +27,22 @@ class Hit:
     dense_rank: int | None = None
     dense_score: float | None = None
     passage_id: int = -1
+    # where the other passages with the same text (after normalisation) are, best first: a search
+    # that collapses duplicates returns one hit per text
+    duplicates: list[str] = field(default_factory=list)
 
     @property
     def location(self) -> str:
-        """Where the passage is: path:LINE for notes and record lines, path#INDEX for JSON records,
-        path p.N for PDF pages, the path alone for web pages (lines of extracted text are not the file's)."""
+        """Where the passage is: path:LINE for notes and record lines, path#INDEX for JSON records and
+        dataset rows, path p.N for PDF pages, path cell N for notebook cells, the path alone for web
+        pages and Word files (lines of extracted text are not the file's)."""
         if "page" in self.metadata:
             return f"{self.path} p.{self.metadata['page']}"
+        if "cell" in self.metadata:
+            return f"{self.path} cell {self.metadata['cell']}"
         if "record" in self.metadata:
             return f"{self.path}#{self.metadata['record']}"
-        if kind_of(self.path) == "html":
+        if kind_of(self.path) in LINELESS_KINDS:
             return self.path
         return f"{self.path}:{self.line_start}"
 
