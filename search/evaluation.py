@@ -109,11 +109,15 @@ def open_eval_index(collection: Collection, model: str | None = None, cache: Pat
     try:
         return Engine.open(folder)
     except IndexNotFound:
-        return Engine.build_documents(collection.documents(), folder, model=model, progress=progress)[0]
+        pass
+    # an index of this collection built by other code (another tokenizer, say) lends its vectors
+    lenders = sorted(cache.glob(f"{collection.name}-*/CURRENT"), key=lambda path: path.stat().st_mtime, reverse=True)
+    lender = lenders[0].parent if lenders else None
+    return Engine.build_documents(collection.documents(), folder, model=model, progress=progress, vectors_from=lender)[0]
 
 
-# Bump when chunking, tokenising or passage text changes, so cached eval indexes are rebuilt.
-BUILD_VERSION = 2
+# Bump when chunking, tokenising or passage text changes, so cached eval indexes are rebuilt (3: stemming).
+BUILD_VERSION = 3
 
 
 @dataclass

@@ -25,6 +25,7 @@ from search.index.report import BuildSummary, Progress, StageTimer
 from search.index.vectors import PreviousVectors, VectorWriter
 from search.ingest.loading import LoadOptions, discover_files, iter_documents
 from search.schema import Document, Skipped, SourceFile
+from search.text.passages import TEXT_VERSION
 
 __all__ = ["BuildConfig", "Builder", "file_hash"]
 
@@ -57,11 +58,18 @@ class Builder:
     passage is a few integers, so a 1 GB file indexes in bounded memory.
     """
 
-    def __init__(self, folder: IndexFolder, model: str | None, rebuild: bool, config: BuildConfig, progress: Progress | None = None) -> None:
+    def __init__(self, folder: IndexFolder, model: str | None, rebuild: bool, config: BuildConfig, progress: Progress | None = None,
+                 vectors_from: IndexFolder | None = None) -> None:
         self.folder = folder
         self.progress = progress
         self.config = config
         self.previous = None if rebuild or not folder.exists() else folder.current()
+        # another index lends its vectors to a new one (a vector is reused only for the same model,
+        # encoder and text): an evaluation index rebuilt after a tokenizer change re-embeds nothing
+        self.lender = None
+        if self.previous is None and vectors_from is not None and vectors_from.exists():
+            lender = vectors_from.current()
+            self.lender = lender if lender.read_manifest().get("format_version") == FORMAT_VERSION else None
         old = self.previous.read_manifest() if self.previous else None
         if old is not None:
             check_compatible(old, model, folder.root)
@@ -140,8 +148,9 @@ class Builder:
         old_files = self.old_manifest["files"] if self.old_manifest else {}
         old_passages = PassageStore(self.previous) if self.previous else None
         old_tokens = TokenStore(self.previous) if self.previous else None
-        if self.old_manifest and self.old_manifest["loading"] != asdict(self.config.load):
-            # other load options: every file is re-read (as changed); vectors are still reused by text
+        if self.old_manifest and (self.old_manifest["loading"] != asdict(self.config.load)
+                                  or self.old_manifest.get("text_version", 1) != TEXT_VERSION):
+            # other load options or text rules: every file is re-read (as changed); vectors are still reused by text
             old_files = {path: {**info, "size": -1, "sha256": ""} for path, info in old_files.items()}
         recorded = set()
         for source in sources:
@@ -229,6 +238,8 @@ class Builder:
                 yield unit
 
     def _previous_vectors(self) -> PreviousVectors | None:
+        if self.lender is not None:
+            return PreviousVectors(self.lender, self.lender.read_manifest())
         if not self.previous or not self.old_manifest["models"]:
             return None
         return PreviousVectors(self.previous, self.old_manifest)
@@ -240,6 +251,7 @@ class Builder:
             "models": models,
             "keyword_only": self.keyword_only,
             "bm25": self.config.bm25.to_dict(),
+            "text_version": TEXT_VERSION,
             "chunking": {"max_tokens": self.config.max_tokens, "overlap_tokens": self.config.overlap_tokens},
             "loading": asdict(self.config.load),
             "files": files,
