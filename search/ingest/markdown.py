@@ -20,7 +20,7 @@ import yaml
 
 from search.schema import Document
 
-__all__ = ["FENCE_CLOSE", "Block", "Section", "document_sections", "is_table_sep", "parse_front_matter"]
+__all__ = ["FENCE_CLOSE", "LIST_ITEM", "Block", "Section", "document_sections", "is_table_sep", "parse_front_matter"]
 
 # ----- front matter ---------------------------------------------------------------------------
 
@@ -196,7 +196,7 @@ _LIQUID_CLOSE = re.compile(r"^\s*\{%-?\s*endhighlight\s*-?%\}\s*$")
 _ATX = re.compile(r"^\s{0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _SETEXT = re.compile(r"^\s{0,3}(=+|-+)[ \t]*$")
 _HR = re.compile(r"^\s{0,3}(?:(?:-[ \t]*){3,}|(?:\*[ \t]*){3,}|(?:_[ \t]*){3,})$")
-_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d{1,9}[.)])(?:[ \t]+|$)")
+LIST_ITEM = _LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d{1,9}[.)])(?:[ \t]+|$)")
 _TABLE_SEP = re.compile(r"^\s*\|?\s*:?-+:?\s*(?:\|\s*:?-+:?\s*)*\|?\s*$")
 
 

@@ -2,8 +2,11 @@
 
 A section's blocks (from `search.ingest.markdown`) are packed into passages up to `max_tokens`; a
 block too big on its own is split: prose at sentence ends with a small overlap, then at commas,
-then by characters; tables between rows with the header repeated; code between lines inside
-repeated fences.
+then by characters; lists between items (top-level first, then nested), never inside an item that
+fits; tables between rows with the header repeated; code between lines inside repeated fences.
+
+A thought stays whole: a paragraph (or its last sentence) that ends with a colon ("有以下三点：")
+goes into the same passage as the list, table, code block or formula it introduces.
 
 Every passage records the 1-based lines of the original file its text came from, and no passage
 ever counts more than `max_tokens`: counts of parts are summed to plan a passage and the passage
@@ -17,7 +20,7 @@ import re
 from bisect import bisect_right
 from typing import Callable, NamedTuple
 
-from search.ingest.markdown import FENCE_CLOSE, Block, document_sections, is_table_sep
+from search.ingest.markdown import FENCE_CLOSE, LIST_ITEM, Block, document_sections, is_table_sep
 from search.schema import Document, Passage
 
 __all__ = ["chunk_document"]
@@ -40,6 +43,10 @@ _CLAUSE_END = re.compile(r"[，,、､﹐\n]")
 _LINE_END = re.compile(r"\n")
 _PROSE_LEVELS = ("sentence", "clause")
 _LINE_LEVELS = ("line", "sentence", "clause")
+_LIST_LEVELS = ("item", "subitem", "line", "sentence", "clause")
+_INTRODUCED = ("list", "table", "code", "math")  # what a colon-ended line can announce
+_COLON_END = re.compile(r"[:：]\s*$")
+_BULLET = re.compile(r"^\s*[•·▪●◦‣]\s")  # plain text writes its lists with these too
 
 
 class _Span(NamedTuple):
@@ -80,7 +87,7 @@ class _BlockSplitter:
             self.head = self.tail = ""
             self.body, frame_cost = (0, len(self.text)), 0
         self.budget = chunker.max_tokens - frame_cost
-        self.levels = _PROSE_LEVELS if block.kind == "para" else _LINE_LEVELS
+        self.levels = {"para": _PROSE_LEVELS, "list": _LIST_LEVELS}.get(block.kind, _LINE_LEVELS)
         self.overlap = chunker.overlap if block.kind in ("para", "text") else 0
         self.guess = 0  # the last hard cut's length: the next one is likely alike
 
@@ -130,10 +137,21 @@ class _BlockSplitter:
             end -= 1
         return start, end
 
+    def _item_starts(self, start: int, end: int, top_only: bool) -> list[int]:
+        """Offsets in text[start:end] where a list item begins (of the least indented ones only)."""
+        items = [(len(line) - len(line.lstrip()), at) for at, line in zip(self.starts, self.text.split("\n"))
+                 if start <= at < end and LIST_ITEM.match(line)]
+        least = min((indent for indent, _ in items), default=0)
+        return [at for indent, at in items if indent == least or not top_only]
+
     def _split_at(self, start: int, end: int, level: str) -> list[tuple[int, int]]:
-        """text[start:end] cut after every boundary of the level ("line", "sentence", "clause")."""
-        pattern = {"line": _LINE_END, "sentence": _SENTENCE_END, "clause": _CLAUSE_END}[level]
-        cuts = [m.end() for m in pattern.finditer(self.text, start, end)]
+        """text[start:end] cut after every boundary of the level ("item", "subitem", "line",
+        "sentence", "clause"); an item boundary is the start of an item's first line."""
+        if level in ("item", "subitem"):
+            cuts = self._item_starts(start, end, level == "item")
+        else:
+            pattern = {"line": _LINE_END, "sentence": _SENTENCE_END, "clause": _CLAUSE_END}[level]
+            cuts = [m.end() for m in pattern.finditer(self.text, start, end)]
         bounds = [start] + [c for c in cuts if start < c < end] + [end]
         return list(zip(bounds, bounds[1:]))
 
@@ -229,8 +247,40 @@ class _Chunker:
         self.block_join = count("\n\n")
 
     def section_pieces(self, blocks: list[Block]) -> list[_Piece]:
-        pieces = [piece for block in blocks for piece in self.split_block(block)]
-        return self.pack_pieces(pieces)
+        pieces: list[_Piece] = []
+        intro: _Piece | None = None  # a colon-ended piece waiting for the block it announces
+        for block in blocks:
+            if intro is not None and (block.kind in _INTRODUCED or _BULLET.match(block.lines[0][1]) or LIST_ITEM.match(block.lines[0][1])):
+                pieces.extend(self.introduced(intro, block))
+                intro = None
+                continue
+            pieces.extend([intro] if intro else [])
+            split, intro = self.split_block(block), None
+            if split and block.kind in ("para", "text") and _COLON_END.search(split[-1].text):
+                *split, intro = split[:-1] + self.intro_apart(split[-1])
+                if intro.tokens * 2 > self.max_tokens:  # too long to ride along: an ordinary piece
+                    split, intro = [*split, intro], None
+            pieces.extend(split)
+        return self.pack_pieces(pieces + ([intro] if intro else []))
+
+    def intro_apart(self, piece: _Piece) -> list[_Piece]:
+        """A long colon-ended piece as [what precedes its last sentence, that sentence]."""
+        text = piece.text
+        ends = [m.end() for m in _SENTENCE_END.finditer(text) if m.end() < len(text.rstrip())]
+        if piece.tokens * 2 <= self.max_tokens or not ends:  # short enough to go along whole
+            return [piece]
+        head, tail = text[: ends[-1]].rstrip(), text[ends[-1] :].lstrip()
+        line = piece.start + text.count("\n", 0, len(text) - len(tail))
+        return [_Piece(head, piece.start, line, self.count(head)), _Piece(tail, line, piece.end, self.count(tail))]
+
+    def introduced(self, intro: _Piece, block: Block) -> list[_Piece]:
+        """The block's pieces with `intro` glued to the first (split again with room left for it if need be)."""
+        room = max(1, self.max_tokens - intro.tokens - self.block_join)
+        for parts in (self.split_block(block), _Chunker(self.count, room, self.overlap).split_block(block)):
+            tokens = self.count(text := f"{intro.text}\n\n{parts[0].text}") if parts else self.max_tokens + 1
+            if tokens <= self.max_tokens:
+                return [_Piece(text, intro.start, parts[0].end, tokens), *parts[1:]]
+        return [intro, *self.split_block(block)]
 
     def split_block(self, block: Block) -> list[_Piece]:
         text = "\n".join(line for _, line in block.lines).strip()
