@@ -35,7 +35,7 @@ import Stemmer
 from search.text.jieba_dictionary import get_jieba
 from search.text.language import CJK_CHARS as _CJK_CHARS
 
-__all__ = ["Tokenizer", "tokenize", "tokenize_query", "tokenize_many", "normalize", "surface_words", "DEFAULT_TOKENIZER"]
+__all__ = ["Tokenizer", "tokenize", "tokenize_query", "tokenize_many", "normalize", "surface_words", "stem", "DEFAULT_TOKENIZER"]
 
 # A letter or digit of any script except CJK ideographs (Latin, digits, Greek, Cyrillic, kana, hangul...).
 _ALNUM = rf"[^\W_{_CJK_CHARS}]"
@@ -198,6 +198,11 @@ def tokenize_query(text: str) -> list[str]:
 
 
 _SURFACE_TOKENIZER = Tokenizer(stem=False)
+
+
+def stem(word: str) -> str:
+    """A lower-case word as the tokenizer stems it ("trials" -> "trial"; "gpt4" unchanged)."""
+    return DEFAULT_TOKENIZER._stem(word)
 
 
 def surface_words(text: str) -> list[str]:
