@@ -33,7 +33,7 @@ _LATIN_WORD = re.compile(r"[a-z][a-z']*")
 _CJK_RUN = re.compile(f"[{CJK_CHARS}]+")
 # English words a dictionary would only map to noise (一 for "a", 的 for "of")
 _EN_SKIP = frozenset("a an the of to is are was were be been am do does did 's it its".split())
-_VERSION = 1
+_VERSION = 2
 
 _lock = threading.Lock()
 _tables: tuple[dict[str, list[str]], dict[str, list[str]]] | None = None
@@ -69,12 +69,14 @@ def _parse(source: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
             if not glosses:
                 continue
             zh_en.setdefault(word, glosses[:2])
-            for gloss in glosses[:3]:
-                if " " not in gloss:
-                    en_zh.setdefault(stem(gloss), []).append(word)
+            for gloss in glosses[:3]:  # a one-word gloss names the word; a two-word one ranks after
+                for part in gloss.split():
+                    if part not in _EN_SKIP:
+                        en_zh.setdefault(stem(part), []).append((" " in gloss, word))
     freq = get_jieba().FREQ
     for key, words in en_zh.items():
-        en_zh[key] = sorted(dict.fromkeys(words), key=lambda w: -(freq.get(w) or 0))[:2]
+        ranked = sorted(set(words), key=lambda item: (item[0], -(freq.get(item[1]) or 0)))
+        en_zh[key] = list(dict.fromkeys(word for _, word in ranked))[:2]
     return zh_en, en_zh
 
 
