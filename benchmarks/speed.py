@@ -265,7 +265,7 @@ def work_bm25(payload: dict[str, Any]) -> dict[str, Any]:
     ours = BM25Index.load(generation.bm25_folder)
     queries = [tokenize(q) for q in payload["queries"]]
     started = time.perf_counter()
-    okapi = BM25Okapi(tokens, k1=ours.params["k1"], b=ours.params["b"])
+    okapi = BM25Okapi(tokens, k1=ours.params.k1, b=ours.params.b)
     okapi_build = time.perf_counter() - started
     ours_times, okapi_times = [], []
     for query in queries:

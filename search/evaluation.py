@@ -109,12 +109,17 @@ def open_eval_index(collection: Collection, model: str | None = None, cache: Pat
     try:
         return Engine.open(folder)
     except (IndexNotFound, IncompatibleIndex, IndexDamaged):  # a cache: build it (again)
-        return Engine.build_documents(collection.documents(), folder, model=model, progress=progress)[0]
+        pass
+    # an index of this collection built by other code (another tokenizer, say) lends its vectors
+    lenders = sorted((path for path in cache.glob(f"{collection.name}-*/CURRENT") if path.parent != folder),
+                     key=lambda path: path.stat().st_mtime, reverse=True)
+    lender = lenders[0].parent if lenders else None
+    return Engine.build_documents(collection.documents(), folder, model=model, progress=progress, vectors_from=lender)[0]
 
 
 # Bump when chunking, tokenising or passage text changes, so cached eval indexes are rebuilt.
-# 3: passages and BM25 tokens have hard length caps, index format 3
-BUILD_VERSION = 3
+# 3: hard length caps on passages and BM25 tokens, index format 3; 4: stemming, colon-introduced lists
+BUILD_VERSION = 4
 
 
 @dataclass

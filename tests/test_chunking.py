@@ -408,3 +408,60 @@ def test_seed_plain_text_sequence_parallel_passage(seeds_dir, m3e):
     [hit] = [p for p in passages if SEQUENCE_PARALLEL in p.text]
     assert hit.line_start == 375 and hit.text.startswith("序列并行 " + SEQUENCE_PARALLEL)
     assert SEQUENCE_PARALLEL in document.text.split("\n")[374]
+
+
+GAN_NOTE = """# GAN
+
+生成对抗网络由生成器和判别器组成。训练一个 GAN 可能很困难，它经常会遇到各种问题，其中最主要的问题有以下三点:
+
+* 消失梯度：判别器太好时，生成器得不到足够的梯度。
+* 模式塌缩：生成器反复产生相同的输出。
+* 收敛失败：由于许多因素，GANs 经常无法收敛。
+
+后来的 WGAN 用 Wasserstein 距离缓解了这些问题。
+"""
+
+
+@pytest.mark.parametrize("max_tokens", [90, 120, 200])
+def test_a_colon_ended_line_stays_with_the_list_it_introduces(max_tokens):
+    passages = chunk_document(md(GAN_NOTE), chars, max_tokens=max_tokens)
+    [intro] = [p for p in passages if "以下三点" in p.text]
+    assert "消失梯度" in intro.text  # the list starts in the passage that announces it
+    assert intro.text.index("以下三点") < intro.text.index("消失梯度")
+    assert all(chars(p.text) <= max_tokens for p in passages)
+    # a passage that is too small for everything keeps the sentence before the colon's apart, not the list
+    if chars(GAN_NOTE) > max_tokens:
+        assert intro.text.startswith("训练一个 GAN") or intro.text.startswith("生成对抗网络")
+
+
+def test_a_colon_ended_line_stays_with_its_table_code_or_plain_text_bullets():
+    table = "前言很长的一段话。" * 8 + "\n\n结果如下：\n\n| 模型 | 分数 |\n|---|---|\n| A | 1 |\n| B | 2 |\n"
+    [*_, last] = chunk_document(md(table), chars, max_tokens=60)
+    assert last.text.startswith("结果如下：") and "| B | 2 |" in last.text
+    code = "前言很长的一段话。" * 8 + "\n\nRun this:\n\n```sh\nmake test\n```\n"
+    [*_, last] = chunk_document(md(code), chars, max_tokens=60)
+    assert last.text.startswith("Run this:") and "make test" in last.text
+    bullets = "前言很长的一段话。" * 8 + "\n\n问题有以下两点：\n\n  • 消失梯度\n  • 模式塌缩\n"
+    [*_, last] = chunk_document(txt(bullets), chars, max_tokens=60)
+    assert last.text.startswith("问题有以下两点：") and "模式塌缩" in last.text
+    # a colon that introduces nothing is an ordinary paragraph end
+    plain = chunk_document(md("注意：\n\n这是正文。"), chars, max_tokens=5)
+    assert [p.text for p in plain] == ["注意：", "这是正文。"]
+
+
+def test_a_long_list_is_split_between_items_never_inside_one():
+    items = [f"{i}. 第{i}项的第一行，说明一些事情。\n   第{i}项的第二行，接着说明。" for i in range(1, 9)]
+    passages = chunk_document(md("\n".join(items)), chars, max_tokens=70)
+    assert len(passages) > 1
+    for passage in passages:
+        lines = passage.text.split("\n")
+        assert re.match(r"\d\. ", lines[0]), passage.text  # every passage starts at an item
+        numbers = re.findall(r"第(\d)项的第一行", passage.text)
+        assert numbers and all(f"第{n}项的第二行" in passage.text for n in numbers)  # items kept whole
+
+
+def test_seed_notes_gan_problems_stay_with_their_introduction(seeds_dir, m3e):
+    for name in ("000_161fb1e3bc0f0fdd.md", "002_42593514c2d838f2.txt"):
+        [document], _ = load_documents([seeds_dir / name])
+        [intro] = [p for p in chunk_document(document, m3e) if "以下三点" in p.text]
+        assert "消失梯度" in intro.text, name

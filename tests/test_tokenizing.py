@@ -17,7 +17,7 @@ def test_nfkc_full_width_to_half_width_and_lower_case():
     assert normalize("ＧＰＴ－４ ＬＬａＭＡ") == "gpt-4 llama"
     assert tokenize("ＧＰＴ－４") == ["gpt-4", "gpt", "4"]
     assert tokenize("GPT-4") == tokenize("gpt-4") == tokenize("ＧＰＴ－４")
-    assert tokenize("ＤｅｅｐＳｐｅｅｄ") == ["deepspeed"]
+    assert tokenize("ＤｅｅｐＳｐｅｅｄ") == tokenize("deepspeed") == ["deepspe"]  # stemmed, the same way everywhere
 
 
 def test_unicode_hyphens_join_like_ascii_hyphen():
@@ -26,8 +26,8 @@ def test_unicode_hyphens_join_like_ascii_hyphen():
     assert tokenize("all\u2013to\u2013all") == tokenize("all-to-all")
 
 
-# jieba's words alone: the structure tests below read more clearly without the unigrams
-words = Tokenizer(cjk_unigrams=False).tokenize
+# jieba's words alone: the structure tests below read more clearly without the unigrams and stems
+words = Tokenizer(cjk_unigrams=False, stem=False).tokenize
 
 
 def test_default_adds_cjk_unigrams_after_the_words_of_each_run():
@@ -79,6 +79,22 @@ def test_identifiers():
     assert words("We used GPT-4. Then-") == ["we", "used", "gpt-4", "gpt", "4", "then"]
 
 
+def test_english_words_are_stemmed_in_mixed_text_and_identifiers_stay_whole():
+    text = "临床 trials 中 treated 的 patients 用 GPT-4 和 all-to-all 通信, fine-tuned models"
+    toks = Tokenizer(cjk_unigrams=False).tokenize(text)
+    assert toks == [
+        "临床", "trial", "中", "treat", "的", "patient", "用", "gpt-4", "gpt", "4", "和",
+        "all-to-all", "all", "to", "all", "通信", "fine-tuned", "fine", "tune", "model",
+    ]
+    # documents and queries alike: the singular query finds the plural passage and the reverse
+    assert tokenize_query("a clinical trial") == tokenize("a clinical trials") == ["a", "clinic", "trial"]
+    assert set(tokenize_query("treatment of patient")) & set(tokenize("patients were treated")) == {"patient"}
+    assert tokenize("treated") == tokenize("treating") == tokenize("treats") == ["treat"]
+    # letters with digits, versions and code names are not words a stemmer knows
+    assert tokenize("gpt4 v1.2.3 c++ ZeRO-3s") == ["gpt4", "v1.2.3", "v1", "2", "3", "c++", "zero-3s", "zero", "3s"]
+    assert Tokenizer(stem=False).tokenize("trials") == ["trials"]
+
+
 def test_queries_match_compounds_both_ways():
     doc = set(tokenize("DeepSpeed-Ulysses 使用 all-to-all 通信"))
     assert set(tokenize("all to all")) <= doc
@@ -97,7 +113,7 @@ def test_punctuation_and_whitespace_never_emitted():
 
 
 def test_other_scripts_and_digits():
-    assert tokenize("café naïve Привет") == ["café", "naïve", "привет"]
+    assert tokenize("café naïve Привет") == ["café", "naïv", "привет"]  # Latin letters are stemmed, Cyrillic is not
     assert tokenize("2024年3月") == ["2024", "年", "3", "月"]
 
 

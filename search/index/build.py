@@ -28,7 +28,8 @@ from search.index.preparing import Prepared, prepare_documents, warm_worker
 from search.index.report import BuildSummary, Progress, StageTimer, skip_reason
 from search.index.vectors import PreviousVectors, VectorWriter
 from search.ingest.loading import LoadOptions, discover_files, iter_documents
-from search.schema import Document, Skipped, SourceFile
+from search.schema import Document, Passage, Skipped, SourceFile
+from search.text.passages import TEXT_VERSION
 
 __all__ = ["BuildConfig", "Builder", "file_hash"]
 
@@ -65,13 +66,17 @@ class Builder:
     passage is a few integers, so a 1 GB file indexes in bounded memory.
     """
 
-    def __init__(self, folder: IndexFolder, model: str | None, rebuild: bool, config: BuildConfig, progress: Progress | None = None) -> None:
+    def __init__(self, folder: IndexFolder, model: str | None, rebuild: bool, config: BuildConfig, progress: Progress | None = None,
+                 vectors_from: IndexFolder | None = None) -> None:
         self.folder = folder
         self.progress = progress
         self.config = config
         self.trust_passages, self.untrusted_spaces = True, set()
         self.previous, old = (None, None) if rebuild else self._previous(model)
         self.failed: set[str] = set()  # paths of files a pool worker could not chunk
+        # another index lends its vectors to a new one (a vector is reused only for the same model,
+        # encoder and text): an evaluation index rebuilt after a tokenizer change re-embeds nothing
+        self.lender = self._lender(vectors_from) if self.previous is None and vectors_from is not None else None
         if old is not None and old["models"]:
             self.plan = {space: info["name"] for space, info in old["models"].items()}
         else:
@@ -109,6 +114,19 @@ class Builder:
             redo = ([] if self.trust_passages else ["re-reading every file"]) + [f"re-embedding {space}" for space in sorted(self.untrusted_spaces)]
             log.warning("index at %s is damaged (%s): %s", self.folder.root, "; ".join(described(bad)), ", ".join(redo))
         return generation, manifest
+
+    @staticmethod
+    def _lender(folder: IndexFolder) -> Generation | None:
+        """The live generation of another index whose vectors pass their checksums, else None."""
+        try:
+            generation = folder.current()
+            manifest = generation.read_manifest()
+        except SearchError:
+            return None
+        if manifest.get("format_version") != FORMAT_VERSION:
+            return None
+        dense = [name for name in manifest.get("checksums") or {} if name.startswith("dense-")]
+        return None if problems(generation, manifest, full=True, names=dense) else generation
 
     def _left_keyword_only(self) -> bool | None:
         """Whether what is left of an index that cannot be trusted (damaged manifest, garbage
@@ -208,9 +226,10 @@ class Builder:
         old_passages = PassageStore(self.previous) if trusted else None
         old_tokens = TokenStore(self.previous) if trusted else None
         # options an older index did not record had their defaults then
-        if not trusted or {**asdict(LoadOptions()), **self.old_manifest["loading"]} != asdict(self.config.load):
-            # other load options, or passages that cannot be trusted: every file is read again (as
-            # changed); vectors are still reused by text
+        if not trusted or self.old_manifest.get("text_version", 1) != TEXT_VERSION or \
+                {**asdict(LoadOptions()), **self.old_manifest["loading"]} != asdict(self.config.load):
+            # other load options or text rules, or passages that cannot be trusted: every file is read
+            # again (as changed); vectors are still reused by text
             old_files = {path: {**info, "size": -1, "sha256": ""} for path, info in old_files.items()}
         recorded = set()
         for source in sources:
@@ -308,6 +327,8 @@ class Builder:
                 yield unit
 
     def _previous_vectors(self) -> PreviousVectors | None:
+        if self.lender is not None:
+            return PreviousVectors(self.lender, self.lender.read_manifest())
         if not self.previous or not self.old_manifest["models"]:
             return None
         return PreviousVectors(self.previous, self.old_manifest, skip=self.untrusted_spaces)
@@ -319,6 +340,7 @@ class Builder:
             "models": models,
             "keyword_only": self.keyword_only,
             "bm25": self.config.bm25.to_dict(),
+            "text_version": TEXT_VERSION,
             "chunking": {"max_tokens": self.config.max_tokens, "overlap_tokens": self.config.overlap_tokens},
             "loading": asdict(self.config.load),
             "files": files,

@@ -20,7 +20,7 @@ from search.ingest import obsidian
 from search.ingest.front_matter import expand_tags, parse_front_matter
 from search.schema import Document
 
-__all__ = ["FENCE_CLOSE", "Block", "Section", "document_sections", "heading_stack", "is_table_sep", "parse_front_matter"]
+__all__ = ["FENCE_CLOSE", "LIST_ITEM", "Block", "Section", "document_sections", "heading_stack", "is_table_sep", "parse_front_matter"]
 
 MAX_HEADING_CHARS = 200  # of a heading, in the heading path of its passages
 
@@ -130,7 +130,7 @@ _LIQUID_CLOSE = re.compile(r"^\s*\{%-?\s*endhighlight\s*-?%\}\s*$")
 _ATX = re.compile(r"^\s{0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _SETEXT = re.compile(r"^\s{0,3}(=+|-+)[ \t]*$")
 _HR = re.compile(r"^\s{0,3}(?:(?:-[ \t]*){3,}|(?:\*[ \t]*){3,}|(?:_[ \t]*){3,})$")
-_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d{1,9}[.)])(?:[ \t]+|$)")
+LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d{1,9}[.)])(?:[ \t]+|$)")
 _TABLE_SEP = re.compile(r"^\s*\|?\s*:?-+:?\s*(?:\|\s*:?-+:?\s*)*\|?\s*$")
 
 
@@ -253,7 +253,7 @@ class _MarkdownReader:
             return self._heading(1 if "=" in line else 2, title, title_line)
         if _HR.match(line):
             return self._close()
-        if self.gap and block and block.kind == "list" and not (_LIST_ITEM.match(line) or line[:1] in " \t"):
+        if self.gap and block and block.kind == "list" and not (LIST_ITEM.match(line) or line[:1] in " \t"):
             self._close()
         self.gap = False
         kind = self._kind(line, following)
@@ -265,7 +265,7 @@ class _MarkdownReader:
             return "table"
         if "|" in line and is_table_sep(following):  # a table written without outer pipes
             return "table"
-        if _LIST_ITEM.match(line) or open_kind == "list":  # items, and their continuation lines
+        if LIST_ITEM.match(line) or open_kind == "list":  # items, and their continuation lines
             return "list"
         return "para"
 

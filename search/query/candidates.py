@@ -24,3 +24,6 @@ class Retrieval:
     # candidates whose cosine comes from a model that does not read the query's languages (a space
     # searched only to fill the depth): its cosines do not compare with the readers' ones
     foreign: frozenset[int] = frozenset()
+    # candidates of spaces searched with the query's dictionary translation: their cosines answer
+    # another text in another model, so fusion standardises them apart from the others'
+    translated: frozenset[int] = frozenset()

@@ -128,11 +128,14 @@ class Engine:
         model: str | None = None,
         progress: Progress | None = None,
         build_config: BuildConfig | None = None,
+        vectors_from: str | os.PathLike | None = None,
     ) -> tuple["Engine", BuildSummary]:
-        """A new index of documents that are not files of their own (records of a test collection, say)."""
+        """A new index of documents that are not files of their own (records of a test collection, say).
+        `vectors_from`: another index of the same models whose vectors are reused for unchanged text."""
         folder = IndexFolder(index_dir)
+        lender = IndexFolder(vectors_from) if vectors_from is not None else None
         with folder.build_lock(wait=True):
-            summary = Builder(folder, model, True, build_config or BuildConfig(), progress).run_documents(documents)
+            summary = Builder(folder, model, True, build_config or BuildConfig(), progress, lender).run_documents(documents)
         return cls.open(index_dir), summary
 
     @staticmethod

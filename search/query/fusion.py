@@ -126,6 +126,12 @@ class SearchConfig:
     cross_language_weight: float = 0.25
 
 
+def standardised(scores: dict[int, float], members: set[int]) -> dict[int, float]:
+    """z-scores of the members' scores among themselves."""
+    ids = [pid for pid in members if pid in scores]
+    return dict(zip(ids, z_normalise(np.array([scores[pid] for pid in ids])).tolist()))
+
+
 class Hybrid:
     """The fusion policy: how embedding spaces merge, how BM25 and dense lists fuse, how ties and
     cosines of models that do not read the query count."""
@@ -165,8 +171,12 @@ class Hybrid:
         (M3E-small's for an English query run near 0.7 where MiniLM's relevant ones are near 0.35)."""
         candidates = set(retrieval.bm25[0].tolist()) | set(retrieval.dense[0].tolist())
         foreign = retrieval.foreign if len(retrieval.foreign) < len(candidates) else frozenset()  # only foreigners: compare them
-        if not foreign and candidates <= retrieval.cosines.keys():
-            return retrieval.cosines
-        comparable = {pid: cosine for pid, cosine in retrieval.cosines.items() if pid not in foreign}
+        cosines = retrieval.cosines
+        translated = retrieval.translated & candidates
+        if translated and translated != candidates:  # two query texts, two models: standardise each apart
+            cosines = {**cosines, **standardised(cosines, translated), **standardised(cosines, candidates - translated - foreign)}
+        if not foreign and candidates <= cosines.keys():
+            return cosines
+        comparable = {pid: cosine for pid, cosine in cosines.items() if pid not in foreign}
         floor = min(comparable.values(), default=0.0)
         return {pid: comparable.get(pid, floor) for pid in candidates}

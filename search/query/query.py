@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from search.errors import QueryError
 from search.text.language import detect_language, languages_in
-from search.text.tokenizing import tokenize_query
+from search.text.tokenizing import surface_words, tokenize_query
 
 __all__ = ["MAX_QUERY_CHARS", "MODES", "Query"]
 
@@ -61,4 +61,5 @@ class Query:
     def highlight_terms(self) -> list[str]:
         """Terms to mark in a hit, longest first so that a phrase wins over its sub-words; single
         Latin letters and digits are left out (they would light up every word)."""
-        return sorted({t for t in self.tokens if len(t) > 1 or not t.isascii()}, key=len, reverse=True)
+        words = surface_words(self.text)  # as written: a stem ("studi") is not in the text it matched
+        return sorted({t for t in words if len(t) > 1 or not t.isascii()}, key=len, reverse=True)

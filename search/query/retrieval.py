@@ -14,8 +14,15 @@ from search.index.dense import DenseIndex
 from search.query.candidates import EMPTY, Ranking, Retrieval
 from search.query.fusion import Hybrid
 from search.query.query import Query
+from search.text.tokenizing import tokenize_query
+from search.text.translation import translate
 
 __all__ = ["Retriever"]
+
+# A space of another language than the query's is searched with the query's dictionary translation
+# when it holds at least this share of the passages (a Chinese note collection with a few English
+# lines should not pay for, nor be steered by, translating every query).
+TRANSLATE_SHARE = 0.05
 
 
 class Retriever:
@@ -37,20 +44,37 @@ class Retriever:
     def retrieve(self, query: Query, depth: int, allowed: np.ndarray | None = None) -> Retrieval:
         """Candidates `depth` deep for what `query.mode` needs, among passages where `allowed` (a
         boolean mask over passage ids) is True when given."""
-        jobs = self._start_dense(query, depth, allowed) if query.mode != "bm25" else {}
-        bm25 = self.bm25.top_k(list(query.tokens), depth, allowed) if query.mode != "dense" else EMPTY
+        translations = self._translations(query)
+        tokens = list(query.tokens) + [token for text in translations.values() for token in tokenize_query(text)]
+        jobs = self._start_dense(query, depth, allowed, translations) if query.mode != "bm25" else {}
+        bm25 = self.bm25.top_k(tokens, depth, allowed) if query.mode != "dense" else EMPTY
         found = {space: job.result() for space, job in jobs.items()}  # space -> (query vector, ranking)
         dense = self.policy.merge_spaces({space: ranking for space, (_, ranking) in found.items()},
-                                         (ALL_LANGUAGES, query.language), depth)
+                                         (ALL_LANGUAGES, query.language, *translations), depth)
         cosines = {pid: score for _, (ids, scores) in found.values() for pid, score in zip(ids.tolist(), scores.tolist())}
         bm25_scores = dict(zip(bm25[0].tolist(), bm25[1].tolist()))
         if query.mode != "hybrid":
             return Retrieval(bm25, dense, bm25_scores, cosines)
-        return self._complete(query, bm25, dense, bm25_scores, cosines, {space: vector for space, (vector, _) in found.items()})
+        vectors = {space: vector for space, (vector, _) in found.items()}
+        return self._complete(query, tokens, bm25, dense, bm25_scores, cosines, vectors, set(translations))
 
-    def _start_dense(self, query: Query, depth: int, allowed: np.ndarray | None) -> dict[str, Future]:
-        return {space: self._threads.submit(self._search_space, space, query.text, depth, rows)
-                for space, rows in self._spaces_to_search(query, depth, allowed).items()}
+    def _translations(self, query: Query) -> dict[str, str]:
+        """The query in the language of each space that does not read it and holds enough passages:
+        a Chinese query finds English passages through its words' English glosses, and the reverse."""
+        total = sum(len(index) for index in self.dense.values())
+        spaces = [space for space, index in self.dense.items()
+                  if space in ("zh", "en") and space not in query.languages and len(index) >= TRANSLATE_SHARE * total > 0]
+        translations = {space: translate(query.text, space) for space in spaces}
+        return {space: text for space, text in translations.items() if text}
+
+    def _start_dense(self, query: Query, depth: int, allowed: np.ndarray | None, translations: dict[str, str]) -> dict[str, Future]:
+        spaces = self._spaces_to_search(query, depth, allowed)
+        spaces.update({space: self._allowed_rows(space, allowed) for space in translations})
+        return {space: self._threads.submit(self._search_space, space, translations.get(space, query.text), depth, rows)
+                for space, rows in spaces.items()}
+
+    def _allowed_rows(self, space: str, allowed: np.ndarray | None) -> np.ndarray | None:
+        return None if allowed is None else np.flatnonzero(allowed[self.dense[space].ids])
 
     def _spaces_to_search(self, query: Query, depth: int, allowed: np.ndarray | None) -> dict[str, np.ndarray | None]:
         """The spaces to embed the query in, each with its allowed rows (None: all).
@@ -61,7 +85,7 @@ class Retriever:
         The other spaces join when those hold fewer than `depth` allowed passages, so a filtered
         query still fills its k hits.
         """
-        rows = {space: None if allowed is None else np.flatnonzero(allowed[index.ids]) for space, index in self.dense.items()}
+        rows = {space: self._allowed_rows(space, allowed) for space in self.dense}
         size = {space: len(self.dense[space]) if r is None else len(r) for space, r in rows.items()}
         readers = spaces_reading([space for space in rows if size[space]], query.languages)
         if sum(size[space] for space in readers) < depth:
@@ -72,13 +96,13 @@ class Retriever:
         vector = self.encoders[space].encode([text])[0]
         return vector, self.dense[space].search(vector, depth, allowed_rows=rows)
 
-    def _complete(self, query: Query, bm25: Ranking, dense: Ranking, bm25_scores: dict[int, float], cosines: dict[int, float],
-                  vectors: dict[str, np.ndarray]) -> Retrieval:
+    def _complete(self, query: Query, tokens: list[str], bm25: Ranking, dense: Ranking, bm25_scores: dict[int, float], cosines: dict[int, float],
+                  vectors: dict[str, np.ndarray], translated: set[str]) -> Retrieval:
         """Give every candidate of either list its BM25 score and its cosine, so fusion never has to
         treat "not retrieved" as a score of zero; mark those of spaces that do not read the query."""
         union = np.union1d(bm25[0], dense[0])
         if len(bm25_scores) < len(union):
-            all_scores = self.bm25.scores(list(query.tokens))
+            all_scores = self.bm25.scores(tokens)
             bm25_scores = dict(zip(union.tolist(), all_scores[union].tolist()))
         missing = np.array([pid for pid in union.tolist() if pid not in cosines], dtype=np.int64)
         cosines = dict(cosines)
@@ -87,5 +111,6 @@ class Retriever:
             inside = rows >= 0
             cosines.update(zip(missing[inside].tolist(), self.dense[space].scores_of(vector, rows[inside]).tolist()))
         readers = spaces_reading(list(vectors), query.languages)
-        foreign = {pid for space in set(vectors) - readers for pid in union[self._rows[space][union] >= 0].tolist()}
-        return Retrieval(bm25, dense, bm25_scores, cosines, frozenset(foreign))
+        members = {space: frozenset(union[self._rows[space][union] >= 0].tolist()) for space in vectors}
+        foreign = frozenset().union(*(members[space] for space in set(vectors) - readers - translated))
+        return Retrieval(bm25, dense, bm25_scores, cosines, foreign, frozenset().union(*(members[space] for space in translated)))

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from search.schema import Passage
 
-__all__ = ["contextual_text"]
+__all__ = ["TEXT_VERSION", "contextual_text"]
+
+# Bump when the rules that turn a document into passages and BM25 tokens change (chunking,
+# tokenizing, passage text): an index built under other rules re-chunks and re-tokenises every file
+# on its next update (vectors are still reused wherever a passage's text is unchanged).
+# 2: English words stemmed (Snowball); a colon-introduced list, table or code block stays whole.
+TEXT_VERSION = 2
 
 MAX_CONTEXT_CHARS = 200  # of the title and of each heading, as context of every passage
 

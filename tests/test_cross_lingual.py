@@ -1,0 +1,41 @@
+"""A Chinese query finds an English passage and an English query a Chinese one (dictionary translation)."""
+
+import pytest
+
+from search import Engine
+from search.text.translation import translate
+
+NOTES = {
+    "attention.md": "# Attention\n\nThe attention mechanism lets every token weigh every other token of the sentence.\n",
+    "tea.md": "# Tea\n\nGreen tea should be brewed for two minutes with water that is not boiling.\n",
+    "trains.md": "# Trains\n\nThe last train to the airport leaves the station at midnight.\n",
+    "cat.md": "# 猫\n\n我的猫每天早上都要喝牛奶，然后在窗边睡觉。\n",
+    "rain.md": "# 天气\n\n明天下午会下大雨，出门记得带伞。\n",
+    "bank.md": "# 银行\n\n周末银行不开门，取钱要去自动取款机。\n",
+}
+
+
+def test_translate_both_ways():
+    assert set(translate("我该去睡觉了", "en").split()) >= {"should", "go", "sleep"}
+    assert "猫" in translate("My cat drinks milk", "zh").split()
+    assert translate("", "en") == translate("the of a", "zh") == ""
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("xling")
+    for name, text in NOTES.items():
+        (root / name).write_text(text, encoding="utf-8")
+    engine, _ = Engine.build([root], root / "index")
+    yield engine
+    engine.close()
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("绿茶要泡多久", "tea.md"),
+    ("去机场的最后一班火车", "trains.md"),
+    ("will it rain tomorrow afternoon", "rain.md"),
+    ("my cat drinks milk", "cat.md"),
+])
+def test_a_query_finds_the_other_languages_passage_first(engine, query, expected):
+    assert engine.search(query, k=1).hits[0].path.endswith(expected)
