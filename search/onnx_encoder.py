@@ -3,7 +3,7 @@
 Importing sentence-transformers costs seconds and hundreds of MB, so the query path runs an ONNX
 export of the transformer with onnxruntime, tokenises with `tokenizers` and pools in numpy. The
 export (torch.onnx + ORT's BERT fusions + SmoothQuant-balanced dynamic int8 quantisation with
-per-channel weight scales, and 8-bit block-quantised FFN down-projections) is made once, normally by
+per-channel 7-bit weight scales, and 8-bit block-quantised FFN down-projections) is made once, normally by
 `search index`, into a cache folder keyed by the model files and the export settings. Only this module's runtime half is imported at query time; `export` imports
 torch lazily.
 """
@@ -27,7 +27,7 @@ import numpy as np
 from search.embedding import ModelSpec, UnsupportedModel, batches_by_length, load_tokenizer, pool
 
 # Bump when the export recipe changes, so cached exports are remade.
-EXPORT_VERSION = 4
+EXPORT_VERSION = 5
 # Per-channel weight scales: per-tensor int8 cost all-MiniLM-L6-v2 a mean cosine of 0.94 to its
 # float32 vectors, per-channel keeps 0.994. The FFN down-projections read GELU outputs whose long
 # tails quantise badly; keeping them in float32 lifts the worst passage from 0.989 to 0.995.
@@ -38,8 +38,17 @@ EXPORT_VERSION = 4
 # The down-projections were then a third to 44% of the run time on short passages; MatMulNBits with
 # 8-bit weights in blocks of 128 and accuracy level 4 (activations quantised to int8 per block of
 # each row, so GELU's tails stay local) runs them ~1.6x faster than float32 at nearly float fidelity.
+# 7-bit weights (reduce_range: |q| <= 64) in every MatMulInteger and QAttention, so that the export
+# computes the same on every CPU. x86-64 CPUs without VNNI (AVX2; AVX-512 before Cascade Lake) multiply
+# the u8 activations by s8 weights with vpmaddubsw, which adds pairs of products into saturating int16:
+# 2*255*127 overflows (all-MiniLM-L6-v2 fell to cosine 0.92 to float32 there and so to torch; M3E-small
+# to 0.994), 2*255*64 = 32640 cannot; VNNI, AMX and ARM dot products accumulate in int32 anyway. 7 bits
+# cost MiniLM a mean cosine of 0.9985 -> 0.9978 on SciFact (M3E-small 0.9996 -> 0.9995 on cmedqq) and
+# no speed; u8 x u8 weights kept 8 bits but ran 27-36% slower on a VNNI CPU. The 8-bit MatMulNBits
+# cannot saturate: its int8 activations are symmetric (|a| <= 127, 2*127*127 < 32767) and ORT's kernels
+# without VNNI split each int16 pair. benchmarks/cpu_classes.py checks all of it on any CPU.
 EXPORT_SETTINGS = {"opset": 17, "weights": "int8", "per_channel": True, "fusion": "bert", "float_after_gelu": True,
-                   "smooth_alpha": 0.5, "after_gelu": "matmulnbits8-b128-acc4"}
+                   "smooth_alpha": 0.5, "after_gelu": "matmulnbits8-b128-acc4", "reduce_range": True}
 _BLOCK = 128
 _GELU = {"Gelu", "BiasGelu", "FastGelu", "QuickGelu"}
 # Rows per inference call. On two cores, 32 length-sorted rows encode the bench's passages 10-20%
@@ -276,6 +285,7 @@ def _quantize(source: Path, target: Path) -> None:
     try:
         quantize_dynamic(
             str(source), str(target), weight_type=QuantType.QInt8, per_channel=EXPORT_SETTINGS["per_channel"],
+            reduce_range=EXPORT_SETTINGS["reduce_range"],
             nodes_to_exclude=after_gelu if EXPORT_SETTINGS["float_after_gelu"] else [],
             # fused contrib ops defeat shape inference; their outputs are float
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
