@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
@@ -36,10 +37,42 @@ index_option = click.option(
 )
 
 
+class _ProgressSafeEcho(logging.Handler):
+    """The library's notes (such as the one-time int8 export) on stderr, above any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _show_library_notes() -> None:
+    logger = logging.getLogger("search")
+    if not any(isinstance(handler, _ProgressSafeEcho) for handler in logger.handlers):
+        logger.addHandler(_ProgressSafeEcho())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # not twice when a dependency has configured the root logger
+
+
 @click.group(cls=FriendlyGroup)
 @click.version_option(package_name="search")
 def cli() -> None:
     """Hybrid keyword + semantic search over Chinese and English notes."""
+    _show_library_notes()
+
+
+@cli.command()
+@click.option("--model", default=None, help="Prepare this model instead of the default pair.")
+def prepare(model: str | None) -> None:
+    """Make the int8 ONNX models now (once per model and export recipe, ~30 s each), so that the first
+    `search index` does not pay for them. `make install` runs it."""
+    from search.embedding import Encoder, model_plan, requested_backend
+
+    if requested_backend() != "onnx":
+        click.echo("nothing to prepare: embeddings run on torch here (a GPU, or SEARCH_BACKEND=torch)", err=True)
+        return
+    for name in dict.fromkeys(model_plan(model).values()):
+        click.echo(f"{name}: {Encoder(name, backend='onnx').backend}", err=True)
 
 
 @cli.command()

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -81,6 +83,10 @@ _CALIBRATION = [
 _MIN_PROBE_COSINE = 0.95
 
 
+# The library never prints: the one-time export is announced here and the CLI shows it.
+log = logging.getLogger(__name__)
+
+
 def cache_root() -> Path:
     base = os.environ.get("SEARCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "search")
     return Path(base) / "onnx"
@@ -127,9 +133,12 @@ def ensure_export(spec: ModelSpec) -> Path:
         raise UnsupportedModel(failed.read_text(encoding="utf-8").strip())
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    log.info("preparing the int8 model of %s, once (about 30 s; kept in %s)", spec.name, folder.parent)
+    started = time.perf_counter()
     try:
         try:
             _export(spec, staging)
+            log.info("int8 model of %s ready in %.0f s", spec.name, time.perf_counter() - started)
         except UnsupportedModel as error:
             _write_atomically(failed, str(error))
             raise
@@ -157,8 +166,10 @@ def _export(spec: ModelSpec, staging: Path) -> None:
     try:
         import torch
         from transformers import AutoModel
+        from transformers.utils import logging as transformers_logging
     except ImportError as error:  # pragma: no cover - torch ships with the package
         raise UnsupportedModel(f"cannot export to ONNX without torch/transformers: {error}") from error
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bar inside the export's own message
     try:
         model = AutoModel.from_pretrained(str(spec.folder), attn_implementation="eager").eval()
     except Exception as error:  # noqa: BLE001 - any loading failure means "use sentence-transformers"
@@ -276,8 +287,6 @@ def _activation_ranges(model, names: list[str], spec: ModelSpec) -> dict[str, np
 def _quantize(source: Path, target: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    import logging
 
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser logs advice about static preprocessing

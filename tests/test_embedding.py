@@ -1,6 +1,7 @@
 """Embedding backends against sentence-transformers float32, and the query path without torch."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -158,10 +159,14 @@ def test_batches_cover_every_text_within_the_token_budget():
     assert sorted(seen) == list(range(len(texts))) and widths == sorted(widths)
 
 
-def test_export_cache_is_reused_and_complete(tmp_path, monkeypatch):
+def test_export_cache_is_reused_and_complete(tmp_path, monkeypatch, caplog, capfd):
     monkeypatch.setenv("SEARCH_CACHE", str(tmp_path))
     spec = model_spec("all-MiniLM-L6-v2")
-    path = onnx_encoder.ensure_export(spec)
+    with caplog.at_level(logging.INFO, logger="search"):
+        path = onnx_encoder.ensure_export(spec)
+    # the one-time export says so through logging (the CLI shows it); the library itself prints nothing
+    assert "preparing the int8 model of all-MiniLM-L6-v2, once" in caplog.text and "ready in" in caplog.text
+    assert capfd.readouterr().out == ""
     assert path.name == "model.int8.onnx" and path.parent.parent == tmp_path / "onnx"
     assert not [p for p in path.parent.parent.iterdir() if p.name.startswith(".tmp-")]  # staging renamed away
 
