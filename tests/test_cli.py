@@ -94,3 +94,10 @@ def test_console_script_runs(indexed):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "菜谱.txt:" in done.stdout
+
+
+def test_prepare_reports_the_backend_of_each_default_model(monkeypatch):
+    monkeypatch.setenv("SEARCH_BACKEND", "onnx")  # a GPU machine would have nothing to prepare
+    result = CliRunner().invoke(cli, ["prepare"])
+    assert result.exit_code == 0, result.output
+    assert "m3e-small: onnx-int8" in result.output and "all-MiniLM-L6-v2: onnx-int8" in result.output

@@ -1,19 +1,21 @@
 """The int8 ONNX export recipe: torch.onnx, ORT's BERT fusions, SmoothQuant-balanced dynamic int8
-quantisation with per-channel weight scales, and 8-bit block-quantised FFN down-projections.
+quantisation with per-channel 7-bit weight scales, and 8-bit block-quantised FFN down-projections.
 
-Made once, normally by `search index`, into the user's cache folder keyed by the model files and the
-export settings, and checked against torch on probe sentences; `search.embedding.onnx_runtime` runs
-the result. torch is imported only while exporting.
+Made once, normally by `search index` (or ahead of time by `search prepare`), into the user's cache
+folder keyed by the model files and the export settings, and checked against torch on probe
+sentences; `search.embedding.onnx_runtime` runs the result. torch is imported only while exporting.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -25,7 +27,7 @@ from search.embedding.onnx_runtime import OnnxEncoder
 from search.embedding.spec import ModelSpec, UnsupportedModel, load_tokenizer, pool
 
 # Bump when the export recipe changes, so cached exports are remade.
-EXPORT_VERSION = 4
+EXPORT_VERSION = 5
 # Per-channel weight scales: per-tensor int8 cost all-MiniLM-L6-v2 a mean cosine of 0.94 to its
 # float32 vectors, per-channel keeps 0.994. The FFN down-projections read GELU outputs whose long
 # tails quantise badly; keeping them in float32 lifts the worst passage from 0.989 to 0.995.
@@ -36,8 +38,17 @@ EXPORT_VERSION = 4
 # The down-projections were then a third to 44% of the run time on short passages; MatMulNBits with
 # 8-bit weights in blocks of 128 and accuracy level 4 (activations quantised to int8 per block of
 # each row, so GELU's tails stay local) runs them ~1.6x faster than float32 at nearly float fidelity.
+# 7-bit weights (reduce_range: |q| <= 64) in every MatMulInteger and QAttention, so that the export
+# computes the same on every CPU. x86-64 CPUs without VNNI (AVX2; AVX-512 before Cascade Lake) multiply
+# the u8 activations by s8 weights with vpmaddubsw, which adds pairs of products into saturating int16:
+# 2*255*127 overflows (all-MiniLM-L6-v2 fell to cosine 0.92 to float32 there and so to torch; M3E-small
+# to 0.994), 2*255*64 = 32640 cannot; VNNI, AMX and ARM dot products accumulate in int32 anyway. 7 bits
+# cost MiniLM a mean cosine of 0.9985 -> 0.9978 on SciFact (M3E-small 0.9996 -> 0.9995 on cmedqq) and
+# no speed; u8 x u8 weights kept 8 bits but ran 27-36% slower on a VNNI CPU. The 8-bit MatMulNBits
+# cannot saturate: its int8 activations are symmetric (|a| <= 127, 2*127*127 < 32767) and ORT's kernels
+# without VNNI split each int16 pair. benchmarks/cpu_classes.py checks all of it on any CPU.
 EXPORT_SETTINGS = {"opset": 17, "weights": "int8", "per_channel": True, "fusion": "bert", "float_after_gelu": True,
-                   "smooth_alpha": 0.5, "after_gelu": "matmulnbits8-b128-acc4"}
+                   "smooth_alpha": 0.5, "after_gelu": "matmulnbits8-b128-acc4", "reduce_range": True}
 _BLOCK = 128
 _GELU = {"Gelu", "BiasGelu", "FastGelu", "QuickGelu"}
 MODEL_FILE = "model.int8.onnx"
@@ -64,6 +75,10 @@ _CALIBRATION = [
 # int8 stays above 0.97 even on a text of unknown tokens; a broken graph (shapes baked in by
 # tracing, a wrong input) lands far lower.
 _MIN_PROBE_COSINE = 0.95
+
+
+# The library never prints: the one-time export is announced here and the CLI shows it.
+log = logging.getLogger(__name__)
 
 
 def _fingerprint(folder: Path) -> str:
@@ -107,9 +122,12 @@ def ensure_export(spec: ModelSpec) -> Path:
         raise UnsupportedModel(failed.read_text(encoding="utf-8").strip())
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    log.info("preparing the int8 model of %s, once (about 30 s; kept in %s)", spec.name, folder.parent)
+    started = time.perf_counter()
     try:
         try:
             _export(spec, staging)
+            log.info("int8 model of %s ready in %.0f s", spec.name, time.perf_counter() - started)
         except UnsupportedModel as error:
             _write_atomically(failed, str(error))
             raise
@@ -137,8 +155,10 @@ def _export(spec: ModelSpec, staging: Path) -> None:
     try:
         import torch
         from transformers import AutoModel
+        from transformers.utils import logging as transformers_logging
     except ImportError as error:  # pragma: no cover - torch ships with the package
         raise UnsupportedModel(f"cannot export to ONNX without torch/transformers: {error}") from error
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bar inside the export's own message
     try:
         model = AutoModel.from_pretrained(str(spec.folder), attn_implementation="eager").eval()
     except Exception as error:  # noqa: BLE001 - any loading failure means "use sentence-transformers"
@@ -257,14 +277,13 @@ def _quantize(source: Path, target: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    import logging
-
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser logs advice about static preprocessing
     after_gelu = _after_gelu(onnx.load(str(source), load_external_data=False).graph)
     try:
         quantize_dynamic(
             str(source), str(target), weight_type=QuantType.QInt8, per_channel=EXPORT_SETTINGS["per_channel"],
+            reduce_range=EXPORT_SETTINGS["reduce_range"],
             nodes_to_exclude=after_gelu if EXPORT_SETTINGS["float_after_gelu"] else [],
             # fused contrib ops defeat shape inference; their outputs are float
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
