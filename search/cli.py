@@ -207,18 +207,19 @@ def watch(paths: tuple[str, ...], index_dir: str, model: str | None, debounce: f
 @click.option("--path", "paths", multiple=True, metavar="GLOB", help="Only files matching GLOB ('notes/**', '*.md'; ** spans folders). Repeatable.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="Only notes with this tag or category (front matter or inline #tag). Repeatable.")
 @click.option("--type", "types", multiple=True, metavar="TYPE", help="Only files of this type (suffix: md, txt, ...). Repeatable.")
+@click.option("--cross-lingual", is_flag=True, help="Also translate the query word by word (CC-CEDICT) to find passages in the other language.")
 @click.option("--no-collapse", is_flag=True, help="Show every copy of a text instead of one hit with the count of its copies.")
 @index_option
 def query(text: str, k: int, mode: str, as_json: bool, paths: tuple[str, ...], tags: tuple[str, ...], types: tuple[str, ...],
-          no_collapse: bool, index_dir: str) -> None:
+          no_collapse: bool, cross_lingual: bool, index_dir: str) -> None:
     """Search the index for TEXT.
 
     Filters apply before the k best are picked; values of one option OR together, different
     options AND together. Passages of the same text are one hit, with where their copies are.
     """
-    from search import Engine, Filters
+    from search import Engine, Filters, SearchConfig
 
-    with Engine.open(index_dir) as engine:
+    with Engine.open(index_dir, config=SearchConfig(cross_lingual=cross_lingual)) as engine:
         result = engine.search(text, k=k, mode=mode, filters=Filters(list(paths), list(tags), list(types)), collapse=not no_collapse)
     if result.notice:
         click.echo(result.notice, err=True)
@@ -289,13 +290,16 @@ def check(index_dir: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @click.option("--per-query", "per_query", type=click.Path(dir_okay=False), help="Write each query's scores to this TSV file.")
 @click.option("--sweep", is_flag=True, help="Also score a grid of fusion settings and print a table.")
-def eval_command(dataset_dir: str, modes: tuple[str, ...], model: str | None, as_json: bool, per_query: str | None, sweep: bool) -> None:
+@click.option("--cross-lingual", is_flag=True, help="Translate queries into the other language's space as `search query --cross-lingual` does.")
+def eval_command(dataset_dir: str, modes: tuple[str, ...], model: str | None, as_json: bool, per_query: str | None, sweep: bool,
+                 cross_lingual: bool) -> None:
     """Score retrieval on a test collection (corpus.jsonl, queries.jsonl, qrels.tsv)."""
+    from search import SearchConfig
     from search.evaluation import METRICS, evaluate, load_collection, open_eval_index, sweep_configs, write_per_query
 
     collection = load_collection(dataset_dir)
     with _Bars(not as_json) as bars:
-        engine = open_eval_index(collection, model=model, progress=bars)
+        engine = open_eval_index(collection, model=model, progress=bars, config=SearchConfig(cross_lingual=cross_lingual))
         configs: dict[str, Any] = {mode: (mode, None) for mode in (modes or MODES)}
         if sweep:
             configs.update(sweep_configs(engine.config))

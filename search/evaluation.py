@@ -97,7 +97,8 @@ def roll_up(ranked_passages: Iterable[int], document_of: Sequence[str], limit: i
 # ----- running an evaluation -------------------------------------------------------------------
 
 
-def open_eval_index(collection: Collection, model: str | None = None, cache: Path = EVAL_CACHE, progress: Progress | None = None) -> Engine:
+def open_eval_index(collection: Collection, model: str | None = None, cache: Path = EVAL_CACHE, progress: Progress | None = None,
+                    config: SearchConfig | None = None) -> Engine:
     """The collection's index, built once per (corpus, encoders, build settings) and cached."""
     digest = hashlib.sha256()
     with open(collection.folder / "corpus.jsonl", "rb") as handle:
@@ -107,14 +108,15 @@ def open_eval_index(collection: Collection, model: str | None = None, cache: Pat
     digest.update(json.dumps([repr(BuildConfig()), Engine.encoder_identities(model), BUILD_VERSION]).encode())
     folder = cache / f"{collection.name}-{digest.hexdigest()[:12]}"
     try:
-        return Engine.open(folder)
+        return Engine.open(folder, config=config)
     except (IndexNotFound, IncompatibleIndex, IndexDamaged):  # a cache: build it (again)
         pass
     # an index of this collection built by other code (another tokenizer, say) lends its vectors
     lenders = sorted((path for path in cache.glob(f"{collection.name}-*/CURRENT") if path.parent != folder),
                      key=lambda path: path.stat().st_mtime, reverse=True)
     lender = lenders[0].parent if lenders else None
-    return Engine.build_documents(collection.documents(), folder, model=model, progress=progress, vectors_from=lender)[0]
+    Engine.build_documents(collection.documents(), folder, model=model, progress=progress, vectors_from=lender)[0].close()
+    return Engine.open(folder, config=config)
 
 
 # Bump when chunking, tokenising or passage text changes, so cached eval indexes are rebuilt.

@@ -100,4 +100,4 @@ def test_prepare_reports_the_backend_of_each_default_model(monkeypatch):
     monkeypatch.setenv("SEARCH_BACKEND", "onnx")  # a GPU machine would have nothing to prepare
     result = CliRunner().invoke(cli, ["prepare"])
     assert result.exit_code == 0, result.output
-    assert "m3e-small: onnx-int8" in result.output and "all-MiniLM-L6-v2: onnx-int8" in result.output
+    assert "zh: onnx-int8:m3e-small-" in result.output and "en: onnx-int8:all-MiniLM-L6-v2-" in result.output

@@ -2,7 +2,7 @@
 
 import pytest
 
-from search import Engine
+from search import Engine, SearchConfig
 from search.text.translation import translate
 
 NOTES = {
@@ -26,7 +26,8 @@ def engine(tmp_path_factory):
     root = tmp_path_factory.mktemp("xling")
     for name, text in NOTES.items():
         (root / name).write_text(text, encoding="utf-8")
-    engine, _ = Engine.build([root], root / "index")
+    Engine.build([root], root / "index")[0].close()
+    engine = Engine.open(root / "index", config=SearchConfig(cross_lingual=True))
     yield engine
     engine.close()
 
@@ -39,3 +40,8 @@ def engine(tmp_path_factory):
 ])
 def test_a_query_finds_the_other_languages_passage_first(engine, query, expected):
     assert engine.search(query, k=1).hits[0].path.endswith(expected)
+
+
+def test_without_cross_lingual_a_query_keeps_to_its_language(engine):
+    with Engine.open(engine.folder.root) as plain:
+        assert not plain.search("绿茶要泡多久", k=1).hits[0].path.endswith("tea.md")

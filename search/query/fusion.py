@@ -124,6 +124,11 @@ class SearchConfig:
     candidates: int = 100  # depth each retriever contributes to fusion
     # how much a dense space of another language than the query counts when spaces are merged
     cross_language_weight: float = 0.25
+    # Translate the query word by word (CC-CEDICT) into the other language's space and BM25 terms, so
+    # that a Chinese query finds English passages and the reverse. Off by default: on a mixed corpus
+    # the translated terms outweighed the query's own language (an English question ranked Chinese
+    # notes first), and no mixed-language eval set measures that trade yet.
+    cross_lingual: bool = False
 
 
 def standardised(scores: dict[int, float], members: set[int]) -> dict[int, float]:

@@ -60,7 +60,10 @@ class Retriever:
 
     def _translations(self, query: Query) -> dict[str, str]:
         """The query in the language of each space that does not read it and holds enough passages:
-        a Chinese query finds English passages through its words' English glosses, and the reverse."""
+        a Chinese query finds English passages through its words' English glosses, and the reverse
+        (only when SearchConfig.cross_lingual asks for it)."""
+        if not self.policy.config.cross_lingual:
+            return {}
         total = sum(len(index) for index in self.dense.values())
         spaces = [space for space, index in self.dense.items()
                   if space in ("zh", "en") and space not in query.languages and len(index) >= TRANSLATE_SHARE * total > 0]
