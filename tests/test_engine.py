@@ -127,10 +127,9 @@ def test_seeds_sequence_parallelism_first(seeds_dir, tmp_path_factory):
     assert top.line_start <= 375 <= top.line_end
 
 
-def test_query_is_embedded_only_in_the_spaces_that_read_its_languages(built, monkeypatch):
+def test_query_is_embedded_only_in_the_spaces_that_read_its_languages(built):
     engine, _, _, _ = built
-    monkeypatch.setattr("search.query.retrieval.TRANSLATE_SHARE", 2.0)  # no space is searched with a translation
-    assert set(engine.dense) == {"zh", "en"}
+    assert set(engine.dense) == {"zh", "en"}  # no space is searched with a translation: cross_lingual is off
     spaces = lambda query, depth=1: sorted(engine.retriever._spaces_to_search(engine.analyse(query), depth, None))
     assert spaces("序列并行") == ["zh"]
     assert spaces("how do I merge results") == ["en"]
@@ -152,11 +151,10 @@ def test_query_is_embedded_only_in_the_spaces_that_read_its_languages(built, mon
     assert outsider in ranked and ranked[outsider] == min(ranked.values())
 
 
-def test_a_space_searched_only_to_fill_the_depth_does_not_bring_its_cosine_scale(built, monkeypatch):
+def test_a_space_searched_only_to_fill_the_depth_does_not_bring_its_cosine_scale(built):
     from search.query.fusion import Hybrid
 
-    engine = built[0]
-    monkeypatch.setattr("search.query.retrieval.TRANSLATE_SHARE", 2.0)  # no space is searched with a translation
+    engine = built[0]  # cross_lingual off: no space is searched with a translation
     query = "how long should I brew green tea"
     # the tiny English space holds fewer passages than the depth, so the Chinese one joins, and
     # M3E-small's cosines for an English query run far above MiniLM's
@@ -174,10 +172,12 @@ def test_a_space_searched_only_to_fill_the_depth_does_not_bring_its_cosine_scale
 
 
 def test_a_space_of_the_other_language_is_searched_with_the_query_translated(built):
-    engine = built[0]
-    retrieval = engine.retrieve(engine.analyse("how long should I brew green tea"), 100)
-    chinese = set(engine.dense["zh"].ids.tolist())
-    # M3E-small reads the dictionary's Chinese words, so its cosines count, standardised apart
-    assert not retrieval.foreign and retrieval.translated == chinese & set(retrieval.cosines)
-    hits = engine.search("how long should I brew green tea", k=1)
-    assert "tea" in hits[0].text
+    from search import SearchConfig
+
+    with Engine.open(built[2] / "index", config=SearchConfig(cross_lingual=True)) as engine:
+        retrieval = engine.retrieve(engine.analyse("how long should I brew green tea"), 100)
+        chinese = set(engine.dense["zh"].ids.tolist())
+        # M3E-small reads the dictionary's Chinese words, so its cosines count, standardised apart
+        assert not retrieval.foreign and retrieval.translated == chinese & set(retrieval.cosines)
+        hits = engine.search("how long should I brew green tea", k=1)
+        assert "tea" in hits[0].text
