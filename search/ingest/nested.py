@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from search.errors import LoadError
 from search.ingest.decoding import normalize_newlines
@@ -137,37 +137,34 @@ def _scalar(value: Any) -> str:
 
 
 def _strings(value: Any) -> Iterator[str]:
-    """The text-like strings inside a value, nested lists and objects included (chat turns rendered)."""
-    if isinstance(value, str):
-        if is_text(value):
-            yield value.strip()
-    elif isinstance(value, list):
-        turns = _turns(value)
-        if turns is not None:
-            yield from turns
-            return
-        for item in value:
-            yield from _strings(item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if not _is_id_name(str(key)):
-                yield from _strings(item)
+    """The text-like strings inside a value, nested lists and objects included (chat turns rendered),
+    leaving out the values of id-like keys."""
+    return _walk(value, lambda leaf: leaf.strip() if isinstance(leaf, str) and is_text(leaf) else "", lambda key: not _is_id_name(key))
 
 
 def _all_strings(value: Any) -> Iterator[str]:
     """Every scalar inside a value as text (for fields the user chose), chat turns rendered."""
+    return _walk(value, _scalar, lambda key: True)
+
+
+def _walk(value: Any, text_of: Callable[[Any], str], keep: Callable[[str], bool]) -> Iterator[str]:
+    """The texts `text_of` gives the leaves of `value`, in order, through the objects' keys that `keep`
+    allows; a list of chat turns reads as its turns."""
     if isinstance(value, list):
         turns = _turns(value)
         if turns is not None:
             yield from turns
             return
         for item in value:
-            yield from _all_strings(item)
+            yield from _walk(item, text_of, keep)
     elif isinstance(value, dict):
-        for item in value.values():
-            yield from _all_strings(item)
-    elif _scalar(value):
-        yield _scalar(value)
+        for key, item in value.items():
+            if keep(str(key)):
+                yield from _walk(item, text_of, keep)
+    else:
+        text = text_of(value)
+        if text:
+            yield text
 
 
 def _small(value: Any) -> bool:
