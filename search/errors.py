@@ -28,3 +28,8 @@ class QueryError(SearchError):
 
 class FilterError(QueryError):
     """A filter value that cannot be used (empty, not text, or a malformed glob)."""
+
+
+class BackendError(SearchError):
+    """A search backend that cannot be used as asked: a Qdrant server that cannot be reached, refuses
+    the API key, is too old, or holds a collection of other vectors. The local index is untouched."""

@@ -243,7 +243,7 @@ def test_query_in_a_fresh_process_imports_no_torch(tmp_path, monkeypatch):
 def test_query_engine_runs_each_model_on_one_thread_with_the_same_vectors(tmp_path):
     engine, engine_summary = Engine.build([write_notes(tmp_path / "notes")], tmp_path / "index")
     queries = ["序列并行", "merge keyword and vector results"]
-    for space in engine.dense:
+    for space in engine.backend.dense:
         query_encoder = engine.retriever.encoders[space]
         assert query_encoder.impl.session.get_session_options().intra_op_num_threads == 1
         batch_encoder = Encoder(engine.plan[space])  # every core, as a build embeds
@@ -254,5 +254,5 @@ def test_query_engine_runs_each_model_on_one_thread_with_the_same_vectors(tmp_pa
     cosines = engine.retrieve(query, 5).cosines
     for space in engine.retriever._spaces_to_search(query, 5, None):
         vector = Encoder(engine.plan[space]).encode([query.text])[0]
-        ids, scores = engine.dense[space].search(vector, 5)
+        ids, scores = engine.backend.dense[space].search(vector, 5)
         assert all(np.isclose(cosines[pid], score, atol=1e-5) for pid, score in zip(ids.tolist(), scores.tolist()))

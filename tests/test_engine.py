@@ -7,6 +7,7 @@ import pytest
 
 from search import Engine, SearchError
 from search.errors import IncompatibleIndex, IndexNotFound
+from search.index.backend import Selection
 
 from conftest import write_notes
 
@@ -129,7 +130,7 @@ def test_seeds_sequence_parallelism_first(seeds_dir, tmp_path_factory):
 
 def test_query_is_embedded_only_in_the_spaces_that_read_its_languages(built):
     engine, _, _, _ = built
-    assert set(engine.dense) == {"zh", "en"}  # no space is searched with a translation: cross_lingual is off
+    assert set(engine.backend.dense) == {"zh", "en"}  # no space is searched with a translation: cross_lingual is off
     spaces = lambda query, depth=1: sorted(engine.retriever._spaces_to_search(engine.analyse(query), depth, None))
     assert spaces("序列并行") == ["zh"]
     assert spaces("how do I merge results") == ["en"]
@@ -137,10 +138,10 @@ def test_query_is_embedded_only_in_the_spaces_that_read_its_languages(built):
     assert spaces("2024") == ["en", "zh"]  # no language: every space
     assert spaces("序列并行", depth=len(engine.passages)) == ["en", "zh"]  # too few Chinese passages to fill it
     only_english = np.zeros(len(engine.passages), dtype=bool)
-    only_english[engine.dense["en"].ids] = True
-    assert sorted(engine.retriever._spaces_to_search(engine.analyse("序列并行"), 1, only_english)) == ["en"]  # a filter left no Chinese
+    only_english[engine.backend.dense["en"].ids] = True
+    assert sorted(engine.retriever._spaces_to_search(engine.analyse("序列并行"), 1, Selection(only_english))) == ["en"]  # a filter left no Chinese
     retrieval = engine.retrieve(engine.analyse("序列并行"), 1)
-    english = {pid for pid in engine.dense["en"].ids.tolist()}
+    english = {pid for pid in engine.backend.dense["en"].ids.tolist()}
     assert not english & set(retrieval.dense[0].tolist())
     # a BM25 candidate from a space the query skipped is fused with the lowest cosine seen
     outsider = min(english)
@@ -160,7 +161,7 @@ def test_a_space_searched_only_to_fill_the_depth_does_not_bring_its_cosine_scale
     # M3E-small's cosines for an English query run far above MiniLM's
     assert sorted(engine.retriever._spaces_to_search(engine.analyse(query), 100, None)) == ["en", "zh"]
     retrieval = engine.retrieve(engine.analyse(query), 100)
-    chinese, english = set(engine.dense["zh"].ids.tolist()), set(engine.dense["en"].ids.tolist())
+    chinese, english = set(engine.backend.dense["zh"].ids.tolist()), set(engine.backend.dense["en"].ids.tolist())
     assert retrieval.foreign and retrieval.foreign <= chinese
     column = Hybrid.dense_column(retrieval)
     floor = min(column[pid] for pid in english & column.keys())
@@ -176,7 +177,7 @@ def test_a_space_of_the_other_language_is_searched_with_the_query_translated(bui
 
     with Engine.open(built[2] / "index", config=SearchConfig(cross_lingual=True)) as engine:
         retrieval = engine.retrieve(engine.analyse("how long should I brew green tea"), 100)
-        chinese = set(engine.dense["zh"].ids.tolist())
+        chinese = set(engine.backend.dense["zh"].ids.tolist())
         # M3E-small reads the dictionary's Chinese words, so its cosines count, standardised apart
         assert not retrieval.foreign and retrieval.translated == chinese & set(retrieval.cosines)
         hits = engine.search("how long should I brew green tea", k=1)

@@ -51,7 +51,7 @@ def test_streaming_build_equals_in_memory_build(seeds_dir, tmp_path, monkeypatch
     assert read_tokens(engine.generation) == tokens
     in_memory = BM25Index.build(tokens, BuildConfig().bm25)
     for query in ("序列并行", "all-to-all 通信", "BM25 fusion", "番茄"):
-        np.testing.assert_array_equal(engine.retriever.bm25.scores(tokenize(query)), in_memory.scores(tokenize(query)))
+        np.testing.assert_array_equal(engine.backend.bm25.scores(tokenize(query)), in_memory.scores(tokenize(query)))
 
     assert set(engine_summary.stage_seconds) >= {"load", "chunk", "tokenize", "wait_pool", "bm25", "write"}
 
@@ -61,7 +61,7 @@ def test_vectors_embedded_in_batches_equal_direct_encoding(tmp_path, monkeypatch
     notes = write_notes(tmp_path / "notes")
     engine, engine_summary = Engine.build([notes], tmp_path / "index")
     texts = [contextual_text(p) for p in engine.passages]
-    for space, index in engine.dense.items():
+    for space, index in engine.backend.dense.items():
         assert len(index) > 0
         direct = Encoder(engine.plan[space]).encode([texts[i] for i in index.ids.tolist()])
         # int8 ONNX scales activations per batch, so batch-mates move a vector slightly (cosine >= 0.99);
@@ -69,7 +69,7 @@ def test_vectors_embedded_in_batches_equal_direct_encoding(tmp_path, monkeypatch
         similarity = np.asarray(index.vectors()) @ direct.T
         assert np.all(np.diag(similarity) >= 0.99)
         assert similarity.argmax(axis=1).tolist() == list(range(len(direct)))
-    assert sorted(pid for index in engine.dense.values() for pid in index.ids.tolist()) == list(range(len(texts)))
+    assert sorted(pid for index in engine.backend.dense.values() for pid in index.ids.tolist()) == list(range(len(texts)))
     assert set(engine_summary.stage_seconds) >= {"embed", "dense"}
 
 
@@ -80,7 +80,7 @@ def test_incremental_build_copies_vectors_from_the_previous_generation(tmp_path)
 
     def vectors_by_text(engine):
         out = {}
-        for space, dense in engine.dense.items():
+        for space, dense in engine.backend.dense.items():
             for pid, vector in zip(dense.ids.tolist(), dense.vectors()):
                 out[engine.passages.get(pid).text] = vector
         return out
@@ -96,7 +96,7 @@ def test_incremental_build_copies_vectors_from_the_previous_generation(tmp_path)
     for text in unchanged:
         np.testing.assert_array_equal(after[text], before[text])  # copied bit for bit, not re-embedded
     memory_mapped = DenseIndex.load(second.generation.dense_prefix("zh"), mmap=True)
-    np.testing.assert_array_equal(memory_mapped.vectors(), second.dense["zh"].vectors())
+    np.testing.assert_array_equal(memory_mapped.vectors(), second.backend.dense["zh"].vectors())
 
     path.write_text(path.read_text().replace("three minutes", "four minutes"), encoding="utf-8")
     third = Engine.build([notes], index)[1]

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from search.embedding.models import model_plan
 from search.errors import IndexDamaged, IndexNotFound, SearchError
+from search.index.backends import Mirror
 from search.index.bm25 import BM25Index, BM25Params
 from search.index.facets import write_facets
 from search.index.folder import FORMAT_VERSION, PASSAGE_FILES, Generation, IndexFolder, check_compatible
@@ -67,8 +68,8 @@ class Builder:
     """
 
     def __init__(self, folder: IndexFolder, model: str | None, rebuild: bool, config: BuildConfig, progress: Progress | None = None,
-                 vectors_from: IndexFolder | None = None) -> None:
-        self.folder = folder
+                 vectors_from: IndexFolder | None = None, mirror: Mirror | None = None) -> None:
+        self.folder, self.mirror = folder, mirror  # mirror: search.index.backends
         self.progress = progress
         self.config = config
         self.trust_passages, self.untrusted_spaces = True, set()
@@ -210,10 +211,13 @@ class Builder:
         with timer("bm25"):
             BM25Index.build_streaming(lambda: iter_tokens(generation), generation.bm25_folder, self.config.bm25,
                                       on_passages=lambda done: self._report("bm25", done, summary.passages))
+        manifest = self._manifest(files, models, summary)
+        if self.mirror is not None:  # another backend searches: copy the generation into it first
+            with timer("backend"):
+                manifest["backend"] = self.mirror(generation, manifest, self.progress)
         with timer("write"):
             summary.seconds = round(time.perf_counter() - started, 3)
             summary.stage_seconds = timer.rounded()
-            manifest = self._manifest(files, models, summary)
             manifest["checksums"] = seal(generation)  # the manifest is written last, over all the others
             generation.write_manifest(manifest)
             self.folder.publish(generation)

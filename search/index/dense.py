@@ -212,6 +212,11 @@ class DenseIndex:
         if self.reranks:
             np.save(prefix.with_suffix(".vectors.npy"), np.ascontiguousarray(self.vectors(), dtype=np.float32))
 
+    @staticmethod
+    def load_ids(prefix: Path) -> np.ndarray:
+        """The passage id of each row, without opening the FAISS index (a remote backend searches)."""
+        return np.load(prefix.with_suffix(".ids.npy"))
+
     @classmethod
     def load(cls, prefix: Path, mmap: bool = True) -> "DenseIndex":
         """Open a saved index, memory-mapped by default: pages are read on use, so opening costs no time

@@ -4,6 +4,7 @@ Layout (every name is spelled by `IndexFolder` and `Generation` alone)::
 
     INDEX_DIR/
       CURRENT              name of the live generation and the SHA-256 of its manifest (replaced atomically)
+      backend.json         which backend searches the index and where (search.index.backend; absent: embedded)
       .lock                flock'ed by the one build allowed at a time
       gen-<stamp>/         one complete, never-modified index state
         manifest.json      format version, models, files, counts, and the checksum of every other
@@ -13,6 +14,7 @@ Layout (every name is spelled by `IndexFolder` and `Generation` alone)::
         bm25/              BM25 score matrices (segments), vocabulary
         dense-<space>.faiss / .ids.npy / .keys.npy   vectors, their passage ids, their text keys
         facets.json        per-file path and tags for filters; passage_file.npy maps passage -> file
+        points.npy         (qdrant backend) each passage's point id in the collection, as 16 bytes
 
 A build writes a new generation beside the live one and only then points CURRENT at it, so a
 crash at any moment leaves the previous generation live and readable.
@@ -64,6 +66,7 @@ class Generation:
         self.bm25_folder = self.path / "bm25"
         self.facets_file = self.path / "facets.json"
         self.passage_file_map = self.path / "passage_file.npy"
+        self.point_ids_file = self.path / "points.npy"
 
     def dense_prefix(self, space: str) -> Path:
         """Where a space's FAISS index lives (`search.index.dense.DenseIndex` adds its suffixes)."""
@@ -142,6 +145,7 @@ class IndexFolder:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self.backend_file = self.root / "backend.json"
 
     def current(self) -> Generation:
         """The live generation; raises IndexNotFound with what to run when there is none, and

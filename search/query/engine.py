@@ -18,10 +18,10 @@ import numpy as np
 from search.embedding.encoder import Encoder
 from search.embedding.models import model_plan
 from search.errors import IndexDamaged, QueryError, SearchError
-from search.index.bm25 import BM25Index
+from search.index.backend import BackendSpec, Selection
+from search.index.backends import choose_spec, mirror_for, open_backend, record_spec, spec_of
 from search.index.build import BuildConfig, Builder
-from search.index.dense import DenseIndex
-from search.index.facets import Facets, read_facets
+from search.index.facets import Facets, normalise_tag, normalise_type, read_facets
 from search.index.folder import Generation, IndexFolder, check_compatible
 from search.index.integrity import IndexCheck, check_index, described, problems
 from search.index.passage_store import PassageStore
@@ -60,12 +60,13 @@ class Engine:
         self.passages = PassageStore(generation)
         self.keyword_only = bool(self.manifest["keyword_only"])  # built without embeddings
         self.plan: dict[str, str] = {space: info["name"] for space, info in self.manifest["models"].items()}
-        self.dense = {space: DenseIndex.load(generation.dense_prefix(space)) for space in self.plan}
+        self.backend_spec = spec_of(self.manifest)
+        self.backend = open_backend(self.backend_spec, generation, self.manifest, len(self.passages))
         # queries are embedded like the index was (e.g. int8 ONNX, no torch); one thread per model,
         # since a short query gains little from more and the models run side by side
         encoders = {space: Encoder(info["name"], backend=info["backend"], threads=1) for space, info in self.manifest["models"].items()}
         self.policy = Hybrid(self.config)
-        self.retriever = Retriever(BM25Index.load(generation.bm25_folder), self.dense, encoders, len(self.passages), self.policy)
+        self.retriever = Retriever(self.backend, encoders, self.policy)
 
     # ----- opening and building -------------------------------------------------------------
 
@@ -110,14 +111,18 @@ class Engine:
         progress: Progress | None = None,
         build_config: BuildConfig | None = None,
         wait: bool = False,
+        backend: BackendSpec | None = None,
     ) -> tuple["Engine", BuildSummary]:
-        """Index `paths` into `index_dir` (incrementally unless `rebuild`); the opened result and what changed."""
+        """Index `paths` into `index_dir` (incrementally unless `rebuild`); the opened result and what changed.
+        `backend`: where the index is searched (BackendSpec; default: as recorded in the folder, else embedded)."""
         missing = [str(p) for p in paths if not os.path.exists(p)]
         if missing:  # checked before the index folder is created or locked
             raise SearchError(f"no such file or folder: {missing[0]}")
         folder = IndexFolder(index_dir)
         with folder.build_lock(wait=wait):
-            summary = Builder(folder, model, rebuild, build_config or BuildConfig(), progress).run(paths)
+            spec = choose_spec(folder, backend, rebuild)
+            summary = Builder(folder, model, rebuild, build_config or BuildConfig(), progress, mirror=mirror_for(spec, rebuild)).run(paths)
+            record_spec(folder, spec)
         return cls.open(index_dir), summary
 
     @classmethod
@@ -129,13 +134,16 @@ class Engine:
         progress: Progress | None = None,
         build_config: BuildConfig | None = None,
         vectors_from: str | os.PathLike | None = None,
+        backend: BackendSpec | None = None,
     ) -> tuple["Engine", BuildSummary]:
         """A new index of documents that are not files of their own (records of a test collection, say).
         `vectors_from`: another index of the same models whose vectors are reused for unchanged text."""
         folder = IndexFolder(index_dir)
         lender = IndexFolder(vectors_from) if vectors_from is not None else None
         with folder.build_lock(wait=True):
-            summary = Builder(folder, model, True, build_config or BuildConfig(), progress, lender).run_documents(documents)
+            spec = choose_spec(folder, backend, True)
+            summary = Builder(folder, model, True, build_config or BuildConfig(), progress, lender, mirror_for(spec, True)).run_documents(documents)
+            record_spec(folder, spec)
         return cls.open(index_dir), summary
 
     @staticmethod
@@ -146,6 +154,7 @@ class Engine:
 
     def close(self) -> None:
         self.retriever.close()
+        self.backend.close()
         self.passages.close()
 
     def __enter__(self) -> "Engine":
@@ -194,7 +203,7 @@ class Engine:
             raise QueryError(f"filters must be search.Filters(paths=..., tags=..., types=...), not {type(filters).__name__}")
         query = query if isinstance(query, Query) else self.analyse(query, mode)
         allowed = self._allowed(filters)
-        if allowed is not None and not allowed.any():
+        if allowed is not None and not allowed.mask.any():
             return SearchResult(query, [], filtered_out=f"no passages match the filters ({filters.why_empty(self.facets)})")
         depth = max(k, self.config.candidates)
         while True:
@@ -230,9 +239,16 @@ class Engine:
             start += len(batch)
         return hits
 
-    def _allowed(self, filters: Filters | None) -> np.ndarray | None:
-        """allowed[passage id] for `filters`, or None when they do not restrict."""
-        return filters.mask(self.facets) if filters else None
+    def _allowed(self, filters: Filters | None) -> Selection | None:
+        """What `filters` let through, as a passage mask and as payload conditions; None when they do not restrict."""
+        if not filters:
+            return None
+        paths = None
+        if filters.paths:
+            matched = self.facets.row_masks(paths=filters.paths)["path"]
+            paths = tuple(sorted({path for path, ok in zip(self.facets.paths, matched.tolist()) if ok}))
+        return Selection(filters.mask(self.facets), paths, tuple(sorted({normalise_tag(tag) for tag in filters.tags})),
+                         tuple(sorted({normalise_type(kind) for kind in filters.types})))
 
     def _hits(self, ranked: list[tuple[int, float]], retrieval: Retrieval) -> list[Hit]:
         bm25_at = {pid: rank for rank, pid in enumerate(retrieval.bm25[0].tolist(), 1)}
@@ -256,7 +272,8 @@ class Engine:
             "format_version": self.manifest["format_version"],
             "files": len(self.manifest["files"]),
             "passages": len(self.passages),
-            "models": {space: {**info, "passages": len(self.dense[space])} for space, info in self.manifest["models"].items()},
+            "models": {space: {**info, "passages": self.backend.members.size(space)} for space, info in self.manifest["models"].items()},
+            "backend": self.manifest.get("backend") or {"kind": "embedded"},
             "keyword_only": self.keyword_only,
             "bm25": self.manifest["bm25"],
             "size_bytes": self.generation.size_bytes(),

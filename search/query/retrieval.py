@@ -9,8 +9,7 @@ import numpy as np
 
 from search.embedding.encoder import Encoder
 from search.embedding.models import ALL_LANGUAGES, spaces_reading
-from search.index.bm25 import BM25Index
-from search.index.dense import DenseIndex
+from search.index.backend import SearchBackend, Selection
 from search.query.candidates import EMPTY, Ranking, Retrieval
 from search.query.fusion import Hybrid
 from search.query.query import Query
@@ -26,28 +25,26 @@ TRANSLATE_SHARE = 0.05
 
 
 class Retriever:
-    """Searches one generation's BM25 index and its dense index per embedding space.
+    """Searches one generation through its backend (search.index.backend): BM25, and dense per space.
 
     Each space encodes and searches in its own thread (onnxruntime and FAISS release the GIL, so two
     models take the time of one on two cores) while BM25 scores in the calling thread.
     """
 
-    def __init__(self, bm25: BM25Index, dense: dict[str, DenseIndex], encoders: dict[str, Encoder], n_passages: int,
-                 policy: Hybrid) -> None:
-        self.bm25, self.dense, self.encoders, self.policy = bm25, dense, encoders, policy
-        self._rows = {space: index.row_of(n_passages) for space, index in dense.items()}
-        self._threads = ThreadPoolExecutor(max(1, len(dense)), thread_name_prefix="search-space")
+    def __init__(self, backend: SearchBackend, encoders: dict[str, Encoder], policy: Hybrid) -> None:
+        self.backend, self.encoders, self.policy = backend, encoders, policy
+        self.members = backend.members
+        self._threads = ThreadPoolExecutor(max(1, len(self.members.spaces())), thread_name_prefix="search-space")
 
     def close(self) -> None:
         self._threads.shutdown(wait=True)
 
-    def retrieve(self, query: Query, depth: int, allowed: np.ndarray | None = None) -> Retrieval:
-        """Candidates `depth` deep for what `query.mode` needs, among passages where `allowed` (a
-        boolean mask over passage ids) is True when given."""
+    def retrieve(self, query: Query, depth: int, allowed: Selection | None = None) -> Retrieval:
+        """Candidates `depth` deep for what `query.mode` needs, among the passages `allowed` lets through."""
         translations = self._translations(query)
         tokens = list(query.tokens) + [token for text in translations.values() for token in tokenize_query(text)]
         jobs = self._start_dense(query, depth, allowed, translations) if query.mode != "bm25" else {}
-        bm25 = self.bm25.top_k(tokens, depth, allowed) if query.mode != "dense" else EMPTY
+        bm25 = self.backend.bm25_top(tokens, depth, allowed) if query.mode != "dense" else EMPTY
         found = {space: job.result() for space, job in jobs.items()}  # space -> (query vector, ranking)
         dense = self.policy.merge_spaces({space: ranking for space, (_, ranking) in found.items()},
                                          (ALL_LANGUAGES, query.language, *translations), depth)
@@ -64,23 +61,20 @@ class Retriever:
         (only when SearchConfig.cross_lingual asks for it)."""
         if not self.policy.config.cross_lingual:
             return {}
-        total = sum(len(index) for index in self.dense.values())
-        spaces = [space for space, index in self.dense.items()
-                  if space in ("zh", "en") and space not in query.languages and len(index) >= TRANSLATE_SHARE * total > 0]
+        sizes = {space: self.members.size(space) for space in self.members.spaces()}
+        total = sum(sizes.values())
+        spaces = [space for space, size in sizes.items()
+                  if space in ("zh", "en") and space not in query.languages and size >= TRANSLATE_SHARE * total > 0]
         translations = {space: translate(query.text, space) for space in spaces}
         return {space: text for space, text in translations.items() if text}
 
-    def _start_dense(self, query: Query, depth: int, allowed: np.ndarray | None, translations: dict[str, str]) -> dict[str, Future]:
-        spaces = self._spaces_to_search(query, depth, allowed)
-        spaces.update({space: self._allowed_rows(space, allowed) for space in translations})
-        return {space: self._threads.submit(self._search_space, space, translations.get(space, query.text), depth, rows)
-                for space, rows in spaces.items()}
+    def _start_dense(self, query: Query, depth: int, allowed: Selection | None, translations: dict[str, str]) -> dict[str, Future]:
+        spaces = self._spaces_to_search(query, depth, allowed) | set(translations)
+        return {space: self._threads.submit(self._search_space, space, translations.get(space, query.text), depth, allowed)
+                for space in spaces}
 
-    def _allowed_rows(self, space: str, allowed: np.ndarray | None) -> np.ndarray | None:
-        return None if allowed is None else np.flatnonzero(allowed[self.dense[space].ids])
-
-    def _spaces_to_search(self, query: Query, depth: int, allowed: np.ndarray | None) -> dict[str, np.ndarray | None]:
-        """The spaces to embed the query in, each with its allowed rows (None: all).
+    def _spaces_to_search(self, query: Query, depth: int, allowed: Selection | None) -> set[str]:
+        """The spaces to embed the query in.
 
         Only the spaces whose model reads a language of the query (all of them when none does): a
         model asked about text in a language it cannot read returns noise (all-MiniLM-L6-v2 scores
@@ -88,16 +82,16 @@ class Retriever:
         The other spaces join when those hold fewer than `depth` allowed passages, so a filtered
         query still fills its k hits.
         """
-        rows = {space: self._allowed_rows(space, allowed) for space in self.dense}
-        size = {space: len(self.dense[space]) if r is None else len(r) for space, r in rows.items()}
-        readers = spaces_reading([space for space in rows if size[space]], query.languages)
+        mask = None if allowed is None else allowed.mask
+        size = {space: self.members.size(space, mask) for space in self.members.spaces()}
+        readers = spaces_reading([space for space in size if size[space]], query.languages)
         if sum(size[space] for space in readers) < depth:
-            readers = {space for space in rows if size[space]}
-        return {space: rows[space] for space in rows if space in readers}
+            readers = {space for space in size if size[space]}
+        return set(readers)
 
-    def _search_space(self, space: str, text: str, depth: int, rows: np.ndarray | None) -> tuple[np.ndarray, Ranking]:
+    def _search_space(self, space: str, text: str, depth: int, allowed: Selection | None) -> tuple[np.ndarray, Ranking]:
         vector = self.encoders[space].encode([text])[0]
-        return vector, self.dense[space].search(vector, depth, allowed_rows=rows)
+        return vector, self.backend.dense_search(space, vector, depth, allowed)
 
     def _complete(self, query: Query, tokens: list[str], bm25: Ranking, dense: Ranking, bm25_scores: dict[int, float], cosines: dict[int, float],
                   vectors: dict[str, np.ndarray], translated: set[str]) -> Retrieval:
@@ -105,15 +99,14 @@ class Retriever:
         treat "not retrieved" as a score of zero; mark those of spaces that do not read the query."""
         union = np.union1d(bm25[0], dense[0])
         if len(bm25_scores) < len(union):
-            all_scores = self.bm25.scores(tokens)
-            bm25_scores = dict(zip(union.tolist(), all_scores[union].tolist()))
+            bm25_scores = dict(zip(union.tolist(), self.backend.bm25_scores(tokens, union).tolist()))
         missing = np.array([pid for pid in union.tolist() if pid not in cosines], dtype=np.int64)
         cosines = dict(cosines)
         for space, vector in vectors.items():
-            rows = self._rows[space][missing] if len(missing) else missing
-            inside = rows >= 0
-            cosines.update(zip(missing[inside].tolist(), self.dense[space].scores_of(vector, rows[inside]).tolist()))
+            inside = missing[self.members.holds(space, missing)]
+            if len(inside):
+                cosines.update(zip(inside.tolist(), self.backend.dense_scores(space, vector, inside).tolist()))
         readers = spaces_reading(list(vectors), query.languages)
-        members = {space: frozenset(union[self._rows[space][union] >= 0].tolist()) for space in vectors}
+        members = {space: frozenset(union[self.members.holds(space, union)].tolist()) for space in vectors}
         foreign = frozenset().union(*(members[space] for space in set(vectors) - readers - translated))
         return Retrieval(bm25, dense, bm25_scores, cosines, foreign, frozenset().union(*(members[space] for space in translated)))

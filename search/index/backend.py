@@ -1,0 +1,121 @@
+"""What a search backend is: the stores that answer BM25 and dense candidate searches for a generation.
+
+The build pipeline (files -> passages, tokens, vectors -> a generation in the index folder) is the same
+for every backend; a backend is where a generation's passages are *searched*. The default, "embedded",
+reads the generation's own bm25s-style score matrices and FAISS indexes; "qdrant" mirrors the generation
+into a Qdrant collection (search.index.qdrant_store). The engine speaks only `SearchBackend`, so a
+third backend is a new module plus a line in search.index.backends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from search.errors import SearchError
+
+__all__ = ["BACKENDS", "BackendSpec", "SearchBackend", "Selection", "SpaceMembers"]
+
+BACKENDS = ("embedded", "qdrant")
+_COLLECTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,200}")
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Which backend an index folder searches with, recorded in its backend.json at the first build so
+    that query, stats, watch, serve and Engine.open need no flags. The API key is never recorded:
+    it comes from SEARCH_QDRANT_API_KEY."""
+
+    kind: str = "embedded"
+    url: str | None = None  # a Qdrant server or cluster (http://host:6333)
+    path: str | None = None  # Qdrant local mode: a folder, or ":memory:"
+    collection: str | None = None  # the alias queries read (the collection behind it changes on --rebuild)
+
+    def __post_init__(self) -> None:
+        if self.kind not in BACKENDS:
+            raise SearchError(f"unknown backend {self.kind!r}: choose {' or '.join(BACKENDS)}")
+        if self.kind == "embedded":
+            return
+        if bool(self.url) == bool(self.path):
+            raise SearchError("the qdrant backend needs either --qdrant-url URL (a server; env SEARCH_QDRANT_URL) "
+                              "or --qdrant-path DIR (local mode), not both")
+        if self.collection is not None and not _COLLECTION_NAME.fullmatch(self.collection):
+            raise SearchError(f"--collection {self.collection!r}: use letters, digits, '-' and '_' only")
+
+    @property
+    def api_key(self) -> str | None:
+        return os.environ.get("SEARCH_QDRANT_API_KEY") or None
+
+    def where(self) -> str:
+        """The server or local folder, for messages."""
+        return self.url or f"local folder {self.path}"
+
+    def to_json(self) -> str:
+        return json.dumps({key: value for key, value in asdict(self).items() if value is not None}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "BackendSpec":
+        data = json.loads(text)
+        return cls(**{key: data.get(key) for key in ("kind", "url", "path", "collection") if key in data})
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A filter as both backends need it: `mask[passage id]` for a store that reads the generation, and
+    the same rule as payload conditions (each given field must hold) for one that filters server-side."""
+
+    mask: np.ndarray
+    paths: tuple[str, ...] | None = None  # the indexed paths the --path patterns allow (None: any path)
+    tags: tuple[str, ...] = field(default=())  # normalised; any of them
+    types: tuple[str, ...] = field(default=())  # normalised suffixes; any of them
+
+
+Ranking = tuple[np.ndarray, np.ndarray]  # passage ids best first, their scores (search.query.candidates)
+
+
+class SearchBackend(Protocol):
+    """The searches the engine runs on one generation. Passage ids are the generation's."""
+
+    members: "SpaceMembers"
+
+    def bm25_top(self, tokens: Sequence[str], k: int, selection: Selection | None) -> Ranking:
+        """The k best BM25 passages (score > 0) allowed by `selection`, best first."""
+
+    def bm25_scores(self, tokens: Sequence[str], pids: np.ndarray) -> np.ndarray:
+        """The BM25 score of each of `pids` (0 where no query token occurs)."""
+
+    def dense_search(self, space: str, vector: np.ndarray, k: int, selection: Selection | None) -> Ranking:
+        """The k nearest passages of one embedding space by cosine, among those `selection` allows."""
+
+    def dense_scores(self, space: str, vector: np.ndarray, pids: np.ndarray) -> np.ndarray:
+        """The cosine of each of `pids` (all members of `space`)."""
+
+    def close(self) -> None:
+        ...
+
+
+class SpaceMembers:
+    """Which passages each embedding space holds (from the generation's dense ids), for every backend."""
+
+    def __init__(self, ids: dict[str, np.ndarray], n_passages: int) -> None:
+        self.ids = ids
+        self.rows = {}
+        for space, space_ids in ids.items():
+            rows = np.full(n_passages, -1, dtype=np.int64)
+            rows[space_ids] = np.arange(len(space_ids))
+            self.rows[space] = rows
+
+    def spaces(self) -> list[str]:
+        return list(self.ids)
+
+    def size(self, space: str, mask: np.ndarray | None = None) -> int:
+        """Passages of `space` (allowed by `mask`)."""
+        return len(self.ids[space]) if mask is None else int(mask[self.ids[space]].sum())
+
+    def holds(self, space: str, pids: np.ndarray) -> np.ndarray:
+        return self.rows[space][pids] >= 0

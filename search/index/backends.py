@@ -1,0 +1,74 @@
+"""The backends by name: which one an index folder uses, opening it for queries, and mirroring a new
+generation into it. A new backend is a module and a branch here; the engine does not change."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from search.errors import IncompatibleIndex, SearchError
+from search.index.backend import BackendSpec, SearchBackend
+from search.index.folder import Generation, IndexFolder, write_atomic
+from search.index.report import Progress
+
+__all__ = ["Mirror", "choose_spec", "mirror_for", "open_backend", "read_spec", "record_spec", "spec_of"]
+
+log = logging.getLogger(__name__)
+
+# Called by a build with its new generation before it is sealed and published: returns what the
+# manifest records about the backend's copy (collection, counts).
+Mirror = Callable[[Generation, dict[str, Any], Progress | None], dict[str, Any]]
+
+
+def read_spec(folder: IndexFolder) -> BackendSpec:
+    """The backend recorded in the index folder (embedded when none is)."""
+    try:
+        return BackendSpec.from_json(folder.backend_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return BackendSpec()
+    except (ValueError, TypeError) as error:
+        raise SearchError(f"{folder.backend_file} is not readable ({error}): fix or delete it, then run `search index --rebuild`") from None
+
+
+def choose_spec(folder: IndexFolder, spec: BackendSpec | None, rebuild: bool) -> BackendSpec:
+    """The backend a build uses: the recorded one, or `spec` for a new index or a --rebuild."""
+    recorded = read_spec(folder)
+    if spec is None:
+        return recorded
+    if recorded != spec and not rebuild and folder.exists():
+        where = recorded.where() if recorded.kind != "embedded" else "in the index folder"
+        raise IncompatibleIndex(f"index at {folder.root} uses the {recorded.kind} backend ({where}): "
+                                "drop the backend options to update it, or pass --rebuild to switch")
+    return spec
+
+
+def record_spec(folder: IndexFolder, spec: BackendSpec) -> None:
+    """Remember the backend for the next builds (after a build published a generation searched by it)."""
+    if read_spec(folder) != spec:
+        write_atomic(folder.backend_file, spec.to_json().encode("utf-8"))
+
+
+def spec_of(manifest: dict[str, Any]) -> BackendSpec:
+    """The backend a generation was published for: its manifest says, so that switching backends is
+    as atomic as switching generations (a generation without the record is searched embedded)."""
+    recorded = manifest.get("backend") or {}
+    return BackendSpec(**{key: recorded.get(key) for key in ("kind", "url", "path", "collection") if key in recorded})
+
+
+def open_backend(spec: BackendSpec, generation: Generation, manifest: dict[str, Any], n_passages: int) -> SearchBackend:
+    if spec.kind == "qdrant":
+        from search.index.qdrant_search import QdrantBackend
+
+        return QdrantBackend(spec, generation, manifest, n_passages)
+    from search.index.embedded import EmbeddedBackend
+
+    return EmbeddedBackend(generation, manifest, n_passages)
+
+
+def mirror_for(spec: BackendSpec, rebuild: bool) -> Mirror | None:
+    """What a build runs to copy its generation into the backend (None: the generation is the index)."""
+    if spec.kind != "qdrant":
+        return None
+    from search.index.qdrant_sync import QdrantMirror
+
+    return QdrantMirror(spec, rebuild)

@@ -1,0 +1,40 @@
+"""The default backend: the generation's own BM25 score matrices and FAISS indexes, searched in process."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from search.index.backend import Ranking, Selection, SpaceMembers
+from search.index.bm25 import BM25Index
+from search.index.dense import DenseIndex
+from search.index.folder import Generation
+
+__all__ = ["EmbeddedBackend"]
+
+
+class EmbeddedBackend:
+    """bm25s-style BM25 (search.index.bm25) and one FAISS index per space (search.index.dense)."""
+
+    def __init__(self, generation: Generation, manifest: dict[str, Any], n_passages: int) -> None:
+        self.bm25 = BM25Index.load(generation.bm25_folder)
+        self.dense = {space: DenseIndex.load(generation.dense_prefix(space)) for space in manifest["models"]}
+        self.members = SpaceMembers({space: index.ids for space, index in self.dense.items()}, n_passages)
+
+    def bm25_top(self, tokens: Sequence[str], k: int, selection: Selection | None) -> Ranking:
+        return self.bm25.top_k(tokens, k, None if selection is None else selection.mask)
+
+    def bm25_scores(self, tokens: Sequence[str], pids: np.ndarray) -> np.ndarray:
+        return self.bm25.scores(tokens)[pids]
+
+    def dense_search(self, space: str, vector: np.ndarray, k: int, selection: Selection | None) -> Ranking:
+        index = self.dense[space]
+        rows = None if selection is None else np.flatnonzero(selection.mask[index.ids])
+        return index.search(vector, k, allowed_rows=rows)
+
+    def dense_scores(self, space: str, vector: np.ndarray, pids: np.ndarray) -> np.ndarray:
+        return self.dense[space].scores_of(vector, self.members.rows[space][pids])
+
+    def close(self) -> None:
+        pass
