@@ -2,15 +2,15 @@
 
 The pipeline, one package a stage, imports pointing one way:
 ingest (files -> documents) -> text (passages, tokens) -> embedding (vectors) -> index (the folder,
-BM25, FAISS, the build) -> query (Engine, retrieval, fusion). The names below are the public API;
+BM25, FAISS, the build, the search backends) -> query (Engine, retrieval, fusion). The names below are the public API;
 the CLI, the watcher and the evaluation use nothing else.
 """
 
-from search.errors import FilterError, IncompatibleIndex, IndexDamaged, IndexNotFound, LoadError, QueryError, SearchError
+from search.errors import BackendError, FilterError, IncompatibleIndex, IndexDamaged, IndexNotFound, LoadError, QueryError, SearchError
 from search.schema import Document, Passage, Skipped
 
 __all__ = [
-    "BM25Params", "BuildConfig", "BuildSummary", "Document", "Engine", "Filters", "FilterError", "Hit",
+    "BackendError", "BackendSpec", "BM25Params", "BuildConfig", "BuildSummary", "Document", "Engine", "Filters", "FilterError", "Hit",
     "IncompatibleIndex", "IndexCheck", "IndexDamaged", "IndexNotFound", "LoadError", "LoadOptions", "MODES", "Passage", "Progress", "Query", "QueryError",
     "SearchConfig", "SearchError", "SearchResult", "Skipped", "SUPPORTED_SUFFIXES",
 ]
@@ -26,6 +26,7 @@ _LAZY = {
     "MODES": "search.query.query",
     "SearchConfig": "search.query.fusion",
     "BuildConfig": "search.index.build",
+    "BackendSpec": "search.index.backend",
     "BuildSummary": "search.index.report",
     "Progress": "search.index.report",
     "IndexCheck": "search.index.integrity",

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from search import BuildConfig, Document, Engine, IncompatibleIndex, IndexDamaged, IndexNotFound, Progress, SearchConfig, SearchError
+from search import BackendSpec, BuildConfig, Document, Engine, IncompatibleIndex, IndexDamaged, IndexNotFound, Progress, SearchConfig, SearchError
 
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 EVAL_CACHE = Path("indexes") / "eval"
@@ -98,8 +98,10 @@ def roll_up(ranked_passages: Iterable[int], document_of: Sequence[str], limit: i
 
 
 def open_eval_index(collection: Collection, model: str | None = None, cache: Path = EVAL_CACHE, progress: Progress | None = None,
-                    config: SearchConfig | None = None) -> Engine:
-    """The collection's index, built once per (corpus, encoders, build settings) and cached."""
+                    config: SearchConfig | None = None, backend: BackendSpec | None = None) -> Engine:
+    """The collection's index, built once per (corpus, encoders, build settings, backend) and cached.
+    Another backend's index borrows the default index's vectors (no re-embedding); Qdrant defaults to
+    local mode in a folder beside the cached index."""
     digest = hashlib.sha256()
     with open(collection.folder / "corpus.jsonl", "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -107,6 +109,10 @@ def open_eval_index(collection: Collection, model: str | None = None, cache: Pat
     # the encoders' identities (backend, precision, ONNX recipe) too, so a new recipe re-embeds
     digest.update(json.dumps([repr(BuildConfig()), Engine.encoder_identities(model), BUILD_VERSION]).encode())
     folder = cache / f"{collection.name}-{digest.hexdigest()[:12]}"
+    if backend is not None and backend.kind != "embedded":
+        if backend.url is None and backend.path is None:
+            backend = BackendSpec(backend.kind, path=str(folder) + f".{backend.kind}", collection=backend.collection)
+        folder = folder.with_name(f"{folder.name}-{backend.kind}")
     try:
         return Engine.open(folder, config=config)
     except (IndexNotFound, IncompatibleIndex, IndexDamaged):  # a cache: build it (again)
@@ -115,7 +121,7 @@ def open_eval_index(collection: Collection, model: str | None = None, cache: Pat
     lenders = sorted((path for path in cache.glob(f"{collection.name}-*/CURRENT") if path.parent != folder),
                      key=lambda path: path.stat().st_mtime, reverse=True)
     lender = lenders[0].parent if lenders else None
-    Engine.build_documents(collection.documents(), folder, model=model, progress=progress, vectors_from=lender)[0].close()
+    Engine.build_documents(collection.documents(), folder, model=model, progress=progress, vectors_from=lender, backend=backend)[0].close()
     return Engine.open(folder, config=config)
 
 

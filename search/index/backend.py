@@ -39,13 +39,15 @@ class BackendSpec:
     def __post_init__(self) -> None:
         if self.kind not in BACKENDS:
             raise SearchError(f"unknown backend {self.kind!r}: choose {' or '.join(BACKENDS)}")
-        if self.kind == "embedded":
-            return
-        if bool(self.url) == bool(self.path):
-            raise SearchError("the qdrant backend needs either --qdrant-url URL (a server; env SEARCH_QDRANT_URL) "
-                              "or --qdrant-path DIR (local mode), not both")
         if self.collection is not None and not _COLLECTION_NAME.fullmatch(self.collection):
             raise SearchError(f"--collection {self.collection!r}: use letters, digits, '-' and '_' only")
+
+    def located(self) -> "BackendSpec":
+        """Itself, once it says where the backend is (a build checks this before it starts)."""
+        if self.kind != "embedded" and bool(self.url) == bool(self.path):
+            raise SearchError("the qdrant backend needs either --qdrant-url URL (a server; env SEARCH_QDRANT_URL) "
+                              "or --qdrant-path DIR (local mode), not both")
+        return self
 
     @property
     def api_key(self) -> str | None:

@@ -35,6 +35,7 @@ def choose_spec(folder: IndexFolder, spec: BackendSpec | None, rebuild: bool) ->
     recorded = read_spec(folder)
     if spec is None:
         return recorded
+    spec.located()
     if recorded != spec and not rebuild and folder.exists():
         where = recorded.where() if recorded.kind != "embedded" else "in the index folder"
         raise IncompatibleIndex(f"index at {folder.root} uses the {recorded.kind} backend ({where}): "

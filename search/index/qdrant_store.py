@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import threading
 import uuid
+import warnings
 from collections import Counter
 from typing import Any, Iterator, Sequence
 
@@ -29,6 +31,8 @@ from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params, idf, te
 
 __all__ = ["LAYOUT_VERSION", "SPARSE", "check_layout", "client_for", "guarded", "point_uuid", "query_sparse",
            "release", "sparse_weights", "to_halves"]
+
+log = logging.getLogger(__name__)
 
 SPARSE = "bm25"
 LAYOUT_VERSION = 1  # bump when the vectors, weights or payload of a collection change meaning
@@ -57,7 +61,11 @@ def client_for(spec: BackendSpec) -> Any:
             return client
         with guarded(spec):
             if spec.url:
-                client = QdrantClient(url=spec.url, api_key=spec.api_key, timeout=_TIMEOUT, check_compatibility=False)
+                with warnings.catch_warnings(record=True) as caught:  # the library logs; the CLI shows it as one line
+                    warnings.simplefilter("always")
+                    client = QdrantClient(url=spec.url, api_key=spec.api_key, timeout=_TIMEOUT, check_compatibility=False)
+                for warning in caught:
+                    log.warning("qdrant: %s (%s)", warning.message, spec.url)
                 _check_version(spec, client.info().version)
             else:
                 if spec.path != ":memory:":

@@ -50,6 +50,8 @@ class QdrantMirror:
 
     def __init__(self, spec: BackendSpec, rebuild: bool) -> None:
         self.spec, self.rebuild = spec, rebuild
+        client_for(spec)  # an unreachable server or a refused key fails the build now, before any embedding
+        release(spec)
 
     def __call__(self, generation: Generation, manifest: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
         params = BM25Params(**manifest["bm25"])
@@ -91,7 +93,7 @@ class QdrantMirror:
         if fresh:
             _switch_alias(client, alias, target)
         _drop_others(client, alias, target)
-        log.info("qdrant: %d points added, %d re-weighted, %d deleted in %s (%.1fs)", added, updated, len(stale), target,
+        log.debug("qdrant: %d points added, %d re-weighted, %d deleted in %s (%.1fs)", added, updated, len(stale), target,
                  time.perf_counter() - started)
         return {"kind": "qdrant", **{key: value for key, value in (("url", self.spec.url), ("path", self.spec.path)) if value},
                 "collection": alias, "target": target, "points": int(len(ids)), "idf": idf_mode,
