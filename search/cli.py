@@ -113,34 +113,11 @@ index_option = click.option(
 )
 
 
-def backend_options(command: Any) -> Any:
-    """--backend and where Qdrant is, for `search index` and `search eval`."""
-    options = [
-        click.option("--backend", type=click.Choice(["embedded", "qdrant"]), default=None,
-                     help="Where the index is searched: embedded (FAISS + BM25 in the index folder, the default) or qdrant; recorded in the index folder."),
-        click.option("--qdrant-url", envvar="SEARCH_QDRANT_URL", default=None, metavar="URL",
-                     help="Qdrant server or cluster for --backend qdrant (env SEARCH_QDRANT_URL; API key: env SEARCH_QDRANT_API_KEY)."),
-        click.option("--qdrant-path", default=None, type=click.Path(file_okay=False), metavar="DIR",
-                     help="Qdrant local mode (in process, one process at a time) in DIR instead of a server."),
-        click.option("--collection", default=None, metavar="NAME", help="Qdrant alias the index is searched through (default: search-<index folder name>)."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _backend(kind: str | None, url: str | None, path: str | None, collection: str | None) -> Any:
-    """The BackendSpec the options ask for; None (as recorded in the index) when none is given."""
-    from search import BackendSpec
-
-    if kind is None and (path or collection):
-        kind = "qdrant"  # --qdrant-path or --collection say which backend (SEARCH_QDRANT_URL alone does not)
-    if kind is None:
-        return None
-    if kind == "embedded":
-        return BackendSpec()
-    # a local folder is recorded absolute: queries may run from another working directory
-    return BackendSpec("qdrant", url=None if path else url, path=os.path.abspath(path) if path else None, collection=collection)
+def backend_options(command: Any) -> Any:  # for `search index` and `search eval`: BackendSpec.from_options(**these)
+    command = click.option("--collection", default=None, metavar="NAME", help="Qdrant alias the index is searched through (default: search-<index folder name>).")(command)
+    command = click.option("--qdrant-path", default=None, type=click.Path(file_okay=False), metavar="DIR", help="Qdrant local mode (in process, one process at a time) in DIR instead of a server.")(command)
+    command = click.option("--qdrant-url", envvar="SEARCH_QDRANT_URL", default=None, metavar="URL", help="Qdrant server or cluster for --backend qdrant (env SEARCH_QDRANT_URL; API key: env SEARCH_QDRANT_API_KEY).")(command)
+    return click.option("--backend", type=click.Choice(["embedded", "qdrant"]), default=None, help="Where the index is searched: embedded (FAISS + BM25 in the index folder, the default) or qdrant; recorded in the index folder.")(command)
 
 
 @click.group(cls=FriendlyGroup)
@@ -177,11 +154,10 @@ def prepare(model: str | None) -> None:
 @backend_options
 def index(
     paths: tuple[str, ...], index_dir: str, model: str | None, rebuild: bool, wait: bool, as_json: bool, keyword_only: bool,
-    text_fields: str | None, max_file_size: float, notebook_outputs: bool, follow_symlinks: bool,
-    backend: str | None, qdrant_url: str | None, qdrant_path: str | None, collection: str | None,
+    text_fields: str | None, max_file_size: float, notebook_outputs: bool, follow_symlinks: bool, **backend: Any,
 ) -> None:
     """Index PATHS (files or folders; default: corpus/) into the index folder."""
-    from search import BuildConfig, Engine, LoadOptions
+    from search import BackendSpec, BuildConfig, Engine, LoadOptions
 
     fields = [f.strip() for f in text_fields.split(",") if f.strip()] if text_fields is not None else None
     if fields == []:
@@ -191,7 +167,7 @@ def index(
     config = BuildConfig(load=load, keyword_only=True if keyword_only else None, follow_symlinks=follow_symlinks)
     with _Bars(not as_json) as bars:
         engine, summary = Engine.build(paths or ("corpus",), index_dir, model=model, rebuild=rebuild, progress=bars, wait=wait, build_config=config,
-                                       backend=_backend(backend, qdrant_url, qdrant_path, collection))
+                                       backend=BackendSpec.from_options(**backend))
     engine.close()
     _echo_summary(summary, as_json)
 
@@ -326,15 +302,14 @@ def check(index_dir: str, as_json: bool) -> None:
 @click.option("--cross-lingual", is_flag=True, help="Translate queries into the other language's space as `search query --cross-lingual` does.")
 @backend_options
 def eval_command(dataset_dir: str, modes: tuple[str, ...], model: str | None, as_json: bool, per_query: str | None, sweep: bool,
-                 cross_lingual: bool, backend: str | None, qdrant_url: str | None, qdrant_path: str | None, collection: str | None) -> None:
+                 cross_lingual: bool, **backend: Any) -> None:
     """Score retrieval on a test collection (corpus.jsonl, queries.jsonl, qrels.tsv)."""
-    from search import SearchConfig
+    from search import BackendSpec, SearchConfig
     from search.evaluation import METRICS, evaluate, load_collection, open_eval_index, sweep_configs, write_per_query
 
-    spec = _backend(backend, qdrant_url, qdrant_path, collection)  # before `collection` names the test collection
     collection = load_collection(dataset_dir)
     with _Bars(not as_json) as bars:
-        engine = open_eval_index(collection, model=model, progress=bars, config=SearchConfig(cross_lingual=cross_lingual), backend=spec)
+        engine = open_eval_index(collection, model=model, progress=bars, config=SearchConfig(cross_lingual=cross_lingual), backend=BackendSpec.from_options(**backend))
         configs: dict[str, Any] = {mode: (mode, None) for mode in (modes or MODES)}
         if sweep:
             configs.update(sweep_configs(engine.config))

@@ -49,6 +49,17 @@ class BackendSpec:
                               "or --qdrant-path DIR (local mode), not both")
         return self
 
+    @classmethod
+    def from_options(cls, backend: str | None, qdrant_url: str | None, qdrant_path: str | None, collection: str | None) -> "BackendSpec | None":
+        """What `search index` / `search eval` options ask for; None (as recorded in the index) when none is given."""
+        kind, url, path = backend, qdrant_url, qdrant_path
+        if kind is None and (path or collection):
+            kind = "qdrant"  # --qdrant-path or --collection say which backend (SEARCH_QDRANT_URL alone does not)
+        if kind is None or kind == "embedded":
+            return None if kind is None else cls()
+        # a local folder is recorded absolute: queries may run from another working directory
+        return cls("qdrant", url=None if path else url, path=os.path.abspath(path) if path else None, collection=collection)
+
     @property
     def api_key(self) -> str | None:
         return os.environ.get("SEARCH_QDRANT_API_KEY") or None
