@@ -67,9 +67,10 @@ class QdrantBackend:
         indices, values = query_sparse(tokens)
         if not indices or len(pids) == 0:
             return np.zeros(len(pids))
-        from qdrant_client import models
-
-        return self._scores_of(models.SparseVector(indices=indices, values=values), SPARSE, pids)
+        weights = dict(zip(indices, values))
+        vectors = self._vectors(SPARSE, pids)
+        return np.array([sum(weights.get(i, 0.0) * v for i, v in zip(vector.indices, vector.values)) if vector is not None else 0.0
+                         for vector in vectors], dtype=np.float64)
 
     def dense_search(self, space: str, vector: np.ndarray, k: int, selection: Selection | None) -> Ranking:
         if k <= 0:
@@ -77,7 +78,9 @@ class QdrantBackend:
         return self._query(np.asarray(vector, dtype=np.float32).tolist(), space, k, self._filter(selection))
 
     def dense_scores(self, space: str, vector: np.ndarray, pids: np.ndarray) -> np.ndarray:
-        return self._scores_of(np.asarray(vector, dtype=np.float32).tolist(), space, pids)
+        found = self._vectors(space, pids)
+        query = np.asarray(vector, dtype=np.float32)
+        return np.array([float(np.asarray(v, dtype=np.float32) @ query) if v is not None else 0.0 for v in found], dtype=np.float64)
 
     # ----- helpers ------------------------------------------------------------------------------
 
@@ -92,14 +95,14 @@ class QdrantBackend:
         order = np.lexsort((pids, -scores))  # best first, lower passage id on ties (as the default backend)
         return pids[order], scores[order]
 
-    def _scores_of(self, query: Any, using: str, pids: np.ndarray) -> np.ndarray:
-        """Scores of the given passages: the same query restricted to their points."""
-        from qdrant_client import models
-
-        where = models.Filter(must=[models.HasIdCondition(has_id=from_halves(self._points[pids]))])
-        found, scores = self._query(query, using, len(pids), where)
-        by_pid = dict(zip(found.tolist(), scores.tolist()))
-        return np.array([by_pid.get(pid, 0.0) for pid in pids.tolist()], dtype=np.float64)
+    def _vectors(self, using: str, pids: np.ndarray) -> list[Any]:
+        """The stored `using` vector of each passage (None where it has none): candidates the search did not
+        return are scored here, by point id, rather than by a second search over the whole collection."""
+        names = from_halves(self._points[pids])
+        with guarded(self.spec):
+            found = self.client.retrieve(self.alias, ids=names, with_payload=False, with_vectors=[using])
+        by_id = {str(point.id): (point.vector or {}).get(using) for point in found}
+        return [by_id.get(name) for name in names]
 
     def _pids(self, names: list[Any]) -> np.ndarray:
         """Passage ids of point ids (-1 for a point this generation does not hold)."""

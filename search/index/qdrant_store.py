@@ -13,6 +13,7 @@ text, vector key, occurrence), so a rerun or a resumed build writes the same poi
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import logging
@@ -73,6 +74,18 @@ def client_for(spec: BackendSpec) -> Any:
                 client = QdrantClient(path=spec.path) if spec.path != ":memory:" else QdrantClient(":memory:")
         _clients[key] = (client, 1)
         return client
+
+
+@atexit.register
+def _close_all() -> None:
+    """Close the clients an unclosed engine left open while the interpreter can still do it (qdrant-client's
+    own __del__ then runs too late and prints an ImportError)."""
+    with _clients_lock:
+        clients = [client for client, _ in _clients.values()]
+        _clients.clear()
+    for client in clients:
+        with contextlib.suppress(Exception):
+            client.close()
 
 
 def release(spec: BackendSpec) -> None:
