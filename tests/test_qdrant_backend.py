@@ -235,8 +235,22 @@ def test_a_collection_of_other_vectors_is_refused(tmp_path):
     Engine.build([notes], tmp_path / "words", backend=spec, build_config=BuildConfig(keyword_only=True))[0].close()
     with pytest.raises(IncompatibleIndex, match=r"collection shared-.* holds vectors of none \(keyword-only\), this index uses en: .*all-MiniLM-L6-v2 \(384-dim\)"):
         Engine.build([notes], tmp_path / "vectors", backend=spec)
-    with pytest.raises(IncompatibleIndex, match="uses the qdrant backend"):  # switching needs --rebuild
-        Engine.build([notes], tmp_path / "words", backend=BackendSpec())
     with pytest.raises(SearchError, match="either --qdrant-url URL"):
         Engine.build([notes], tmp_path / "other", backend=BackendSpec("qdrant"))
     assert issubclass(BackendError, SearchError)
+
+
+def test_an_existing_index_moves_to_qdrant_and_back_without_re_embedding(tmp_path):
+    notes = write_notes(tmp_path / "notes")
+    index = tmp_path / "index"
+    before = Engine.build([notes], index)[0]
+    expected = ranked(before, "序列并行", "hybrid")
+    before.close()
+    moved, summary = Engine.build([notes], index, backend=qdrant(tmp_path / "qd"))
+    assert summary.passages_embedded == 0 and moved.manifest["backend"]["added"] == summary.passages
+    assert ranked(moved, "序列并行", "hybrid") == expected
+    moved.close()
+    back, summary = Engine.build([notes], index, backend=BackendSpec())
+    assert summary.passages_embedded == 0 and back.stats()["backend"] == {"kind": "embedded"}
+    assert ranked(back, "序列并行", "hybrid") == expected and json.loads((index / "backend.json").read_text()) == {"kind": "embedded"}
+    back.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from search.errors import IncompatibleIndex, SearchError
+from search.errors import SearchError
 from search.index.backend import BackendSpec, SearchBackend
 from search.index.folder import Generation, IndexFolder, write_atomic
 from search.index.report import Progress
@@ -30,17 +30,13 @@ def read_spec(folder: IndexFolder) -> BackendSpec:
         raise SearchError(f"{folder.backend_file} is not readable ({error}): fix or delete it, then run `search index --rebuild`") from None
 
 
-def choose_spec(folder: IndexFolder, spec: BackendSpec | None, rebuild: bool) -> BackendSpec:
-    """The backend a build uses: the recorded one, or `spec` for a new index or a --rebuild."""
-    recorded = read_spec(folder)
+def choose_spec(folder: IndexFolder, spec: BackendSpec | None) -> BackendSpec:
+    """The backend a build uses: `spec` when the options name one, else the one recorded in the folder.
+    Naming another backend for an existing index moves it there without re-embedding anything: the
+    build reuses the generation's passages and vectors and the mirror fills the new backend."""
     if spec is None:
-        return recorded
-    spec.located()
-    if recorded != spec and not rebuild and folder.exists():
-        where = recorded.where() if recorded.kind != "embedded" else "in the index folder"
-        raise IncompatibleIndex(f"index at {folder.root} uses the {recorded.kind} backend ({where}): "
-                                "drop the backend options to update it, or pass --rebuild to switch")
-    return spec
+        return read_spec(folder)
+    return spec.located()
 
 
 def record_spec(folder: IndexFolder, spec: BackendSpec) -> None:

@@ -120,7 +120,7 @@ class Engine:
             raise SearchError(f"no such file or folder: {missing[0]}")
         folder = IndexFolder(index_dir)
         with folder.build_lock(wait=wait):
-            spec = choose_spec(folder, backend, rebuild)
+            spec = choose_spec(folder, backend)
             summary = Builder(folder, model, rebuild, build_config or BuildConfig(), progress, mirror=mirror_for(spec, rebuild)).run(paths)
             record_spec(folder, spec)
         return cls.open(index_dir), summary
@@ -141,7 +141,7 @@ class Engine:
         folder = IndexFolder(index_dir)
         lender = IndexFolder(vectors_from) if vectors_from is not None else None
         with folder.build_lock(wait=True):
-            spec = choose_spec(folder, backend, True)
+            spec = choose_spec(folder, backend)
             summary = Builder(folder, model, True, build_config or BuildConfig(), progress, lender, mirror_for(spec, True)).run_documents(documents)
             record_spec(folder, spec)
         return cls.open(index_dir), summary
