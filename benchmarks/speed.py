@@ -229,7 +229,7 @@ def work_warm(payload: dict[str, Any]) -> dict[str, Any]:
     rss = self_rss_mb()
 
     recall = {}
-    for space, index in engine.dense.items():
+    for space, index in engine.backend.dense.items():
         mine = [q for q in queries if space_for(engine.plan, detect_language(q)) == space] or queries
         vectors = np.ascontiguousarray(index.vectors(), dtype=np.float32)
         if len(vectors) < 1000:

@@ -114,6 +114,7 @@ index_option = click.option(
 
 
 def backend_options(command: Any) -> Any:  # for `search index` and `search eval`: BackendSpec.from_options(**these)
+    command = click.option("--qdrant-idf", type=click.Choice(["client", "server"]), default="client", show_default=True, help="BM25 IDF: exact from the client (every point re-weighted when the corpus changes) or Qdrant's (an edit writes only changed points).")(command)
     command = click.option("--collection", default=None, metavar="NAME", help="Qdrant alias the index is searched through (default: search-<index folder name>).")(command)
     command = click.option("--qdrant-path", default=None, type=click.Path(file_okay=False), metavar="DIR", help="Qdrant local mode (in process, one process at a time) in DIR instead of a server.")(command)
     command = click.option("--qdrant-url", envvar="SEARCH_QDRANT_URL", default=None, metavar="URL", help="Qdrant server or cluster for --backend qdrant (env SEARCH_QDRANT_URL; API key: env SEARCH_QDRANT_API_KEY).")(command)

@@ -254,3 +254,21 @@ def test_an_existing_index_moves_to_qdrant_and_back_without_re_embedding(tmp_pat
     assert summary.passages_embedded == 0 and back.stats()["backend"] == {"kind": "embedded"}
     assert ranked(back, "序列并行", "hybrid") == expected and json.loads((index / "backend.json").read_text()) == {"kind": "embedded"}
     back.close()
+
+
+def test_server_idf_writes_only_the_changed_points_and_ranks_like_the_default(tmp_path, pair):
+    embedded, _ = pair
+    notes = write_notes(tmp_path / "notes")
+    spec = BackendSpec("qdrant", path=str(tmp_path / "qd"), idf="server")
+    engine = Engine.build([notes], tmp_path / "index", backend=spec)[0]
+    for query in QUERIES:  # Qdrant's IDF is Lucene's formula: the same BM25 on a fresh collection
+        assert [pid for pid, _ in ranked(engine, query, "bm25")] == [pid for pid, _ in ranked(embedded, query, "bm25")], query
+        assert ranked(engine, query, "hybrid") == ranked(embedded, query, "hybrid"), query
+    engine.close()
+    path = notes / "cooking.md"
+    path.write_text(path.read_text().replace("two minutes", "three minutes"), encoding="utf-8")
+    engine = Engine.build([notes], tmp_path / "index")[0]
+    record = engine.manifest["backend"]
+    assert (record["idf"], record["added"], record["reweighted"], record["deleted"]) == ("server", 1, 0, 1)
+    assert engine.search("three minutes", k=1, mode="bm25")[0].path == str(path)
+    engine.close()

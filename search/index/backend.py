@@ -35,12 +35,18 @@ class BackendSpec:
     url: str | None = None  # a Qdrant server or cluster (http://host:6333)
     path: str | None = None  # Qdrant local mode: a folder, or ":memory:"
     collection: str | None = None  # the alias queries read (the collection behind it changes on --rebuild)
+    # BM25 IDF: "client" weights every posting exactly as the default backend (a corpus change re-weights
+    # every point); "server" lets Qdrant apply IDF (Modifier.IDF) and keeps the mean length until a
+    # rebuild, so an edit writes only the points that changed
+    idf: str = "client"
 
     def __post_init__(self) -> None:
         if self.kind not in BACKENDS:
             raise SearchError(f"unknown backend {self.kind!r}: choose {' or '.join(BACKENDS)}")
         if self.collection is not None and not _COLLECTION_NAME.fullmatch(self.collection):
             raise SearchError(f"--collection {self.collection!r}: use letters, digits, '-' and '_' only")
+        if self.idf not in ("client", "server"):
+            raise SearchError(f"--qdrant-idf {self.idf!r}: choose client or server")
 
     def located(self) -> "BackendSpec":
         """Itself, once it says where the backend is (a build checks this before it starts)."""
@@ -50,7 +56,8 @@ class BackendSpec:
         return self
 
     @classmethod
-    def from_options(cls, backend: str | None, qdrant_url: str | None, qdrant_path: str | None, collection: str | None) -> "BackendSpec | None":
+    def from_options(cls, backend: str | None, qdrant_url: str | None, qdrant_path: str | None, collection: str | None,
+                     qdrant_idf: str = "client") -> "BackendSpec | None":
         """What `search index` / `search eval` options ask for; None (as recorded in the index) when none is given."""
         kind, url, path = backend, qdrant_url, qdrant_path
         if kind is None and (path or collection):
@@ -58,7 +65,7 @@ class BackendSpec:
         if kind is None or kind == "embedded":
             return None if kind is None else cls()
         # a local folder is recorded absolute: queries may run from another working directory
-        return cls("qdrant", url=None if path else url, path=os.path.abspath(path) if path else None, collection=collection)
+        return cls("qdrant", url=None if path else url, path=os.path.abspath(path) if path else None, collection=collection, idf=qdrant_idf)
 
     @property
     def api_key(self) -> str | None:
@@ -69,12 +76,12 @@ class BackendSpec:
         return self.url or f"local folder {self.path}"
 
     def to_json(self) -> str:
-        return json.dumps({key: value for key, value in asdict(self).items() if value is not None}, indent=1)
+        return json.dumps({key: value for key, value in asdict(self).items() if value is not None and (key != "idf" or self.kind != "embedded")}, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> "BackendSpec":
         data = json.loads(text)
-        return cls(**{key: data.get(key) for key in ("kind", "url", "path", "collection") if key in data})
+        return cls(**{key: data.get(key) for key in ("kind", "url", "path", "collection", "idf") if key in data})
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def spec_of(manifest: dict[str, Any]) -> BackendSpec:
     """The backend a generation was published for: its manifest says, so that switching backends is
     as atomic as switching generations (a generation without the record is searched embedded)."""
     recorded = manifest.get("backend") or {}
-    return BackendSpec(**{key: recorded.get(key) for key in ("kind", "url", "path", "collection") if key in recorded})
+    return BackendSpec(**{key: recorded.get(key) for key in ("kind", "url", "path", "collection", "idf") if key in recorded})
 
 
 def open_backend(spec: BackendSpec, generation: Generation, manifest: dict[str, Any], n_passages: int) -> SearchBackend:

@@ -29,6 +29,7 @@ class QdrantBackend:
     def __init__(self, spec: BackendSpec, generation: Generation, manifest: dict[str, Any], n_passages: int) -> None:
         self.spec = spec
         self.alias = manifest["backend"]["collection"]
+        self.server_idf = manifest["backend"].get("idf") == "server"
         ids = {space: DenseIndex.load_ids(generation.dense_prefix(space)) for space in manifest["models"]}
         self.members = SpaceMembers(ids, n_passages)
         points = np.load(generation.point_ids_file)
@@ -67,6 +68,13 @@ class QdrantBackend:
         indices, values = query_sparse(tokens)
         if not indices or len(pids) == 0:
             return np.zeros(len(pids))
+        from qdrant_client import models
+
+        if self.server_idf:  # only the server knows the IDF: ask it, restricted to these points
+            where = models.Filter(must=[models.HasIdCondition(has_id=from_halves(self._points[pids]))])
+            found, scores = self._query(models.SparseVector(indices=indices, values=values), SPARSE, len(pids), where)
+            by_pid = dict(zip(found.tolist(), scores.tolist()))
+            return np.array([by_pid.get(pid, 0.0) for pid in pids.tolist()], dtype=np.float64)
         weights = dict(zip(indices, values))
         vectors = self._vectors(SPARSE, pids)
         return np.array([sum(weights.get(i, 0.0) * v for i, v in zip(vector.indices, vector.values)) if vector is not None else 0.0

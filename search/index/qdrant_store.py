@@ -164,7 +164,9 @@ def check_layout(spec: BackendSpec, collection: str, found: dict[str, Any] | Non
                                 f"this index uses {named(wanted)}: run `search index --rebuild` or choose another --collection")
 
 
-def check_bm25(params: BM25Params) -> None:
+def check_bm25(params: BM25Params, idf_mode: str) -> None:
+    if idf_mode == "server" and params.method != "lucene":
+        raise BackendError(f"--qdrant-idf server computes Lucene's IDF, not {params.method}'s: use BM25 method lucene or --qdrant-idf client")
     if params.method in NONOCCURRENCE_METHODS:
         raise BackendError(f"BM25 method {params.method} adds a score to passages without the query's terms, which a "
                            "sparse vector cannot: the qdrant backend takes lucene, robertson or atire")

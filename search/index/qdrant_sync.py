@@ -55,7 +55,7 @@ class QdrantMirror:
 
     def __call__(self, generation: Generation, manifest: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
         params = BM25Params(**manifest["bm25"])
-        check_bm25(params)
+        check_bm25(params, self.spec.idf)
         alias = self.spec.collection or default_collection(str(generation.path.parent))
         client = client_for(self.spec)
         try:
@@ -71,19 +71,24 @@ class QdrantMirror:
         fresh = self.rebuild or target is None
         df, n, total = _statistics(generation)
         avg_length = total / n if n else 1.0
-        idf_mode = "client"
+        idf_mode = self.spec.idf
+        if not fresh:
+            found = client.get_collection(target).config.metadata
+            check_layout(self.spec, target, found, manifest)
+            # server IDF keeps the collection's mean length until a rebuild, so known points keep their weights
+            fresh = found.get("idf") != idf_mode or found.get("bm25") != manifest["bm25"]
+            if not fresh and idf_mode == "server":
+                avg_length = float(found["avg_length"])
         if fresh:
             target = f"{alias}-{generation.name[len('gen-'):]}"
             _create(client, target, manifest, layout(manifest, idf_mode, avg_length), server=bool(self.spec.url))
         else:
-            found = client.get_collection(target).config.metadata
-            check_layout(self.spec, target, found, manifest)
             client.update_collection(target, metadata=layout(manifest, idf_mode, avg_length))
         ids = _point_ids(generation, manifest)
         np.save(generation.point_ids_file, ids)
         existing = np.zeros((0, 2), dtype=np.uint64) if fresh else _existing(client, target)
         known = _member_of(ids, existing)
-        weights = _Weights(generation, params, idf_table(df, n, params), avg_length)
+        weights = _Weights(generation, params, idf_table(df, n, params) if idf_mode == "client" else None, avg_length)
         added, updated = self._write(client, target, generation, manifest, ids, known, weights, progress)
         stale = existing[~_member_of(existing, ids)] if len(existing) else existing
         from qdrant_client import models
@@ -114,7 +119,7 @@ class QdrantMirror:
             for pid, (passage, sparse) in enumerate(zip(weights.facets(), weights)):
                 vector = {SPARSE: models.SparseVector(indices=sparse[0], values=sparse[1])} if sparse[0] else {}
                 if known[pid]:
-                    if vector:
+                    if vector and self.spec.idf == "client":  # exact weights move with every corpus change
                         updates.append(models.PointVectors(id=names[pid], vector=vector))
                     if len(updates) >= BATCH:
                         client.update_vectors(target, points=updates, wait=True)
@@ -138,7 +143,7 @@ class QdrantMirror:
 class _Weights:
     """Each passage's BM25 sparse vector and payload, streamed in passage order."""
 
-    def __init__(self, generation: Generation, params: BM25Params, idf_of: dict[str, float], avg_length: float) -> None:
+    def __init__(self, generation: Generation, params: BM25Params, idf_of: dict[str, float] | None, avg_length: float) -> None:
         self.generation, self.params, self.idf_of, self.avg_length = generation, params, idf_of, avg_length
 
     def __iter__(self) -> Iterator[tuple[list[int], list[float]]]:
@@ -231,7 +236,8 @@ def _create(client: Any, name: str, manifest: dict[str, Any], metadata: dict[str
     if client.collection_exists(name):  # a rebuild of this same generation killed earlier
         client.delete_collection(name)
     dense = {space: models.VectorParams(size=int(info["dim"]), distance=models.Distance.DOT) for space, info in manifest["models"].items()}
-    client.create_collection(name, vectors_config=dense, sparse_vectors_config={SPARSE: models.SparseVectorParams()},
+    modifier = models.Modifier.IDF if metadata["idf"] == "server" else None  # Qdrant's IDF is Lucene's formula
+    client.create_collection(name, vectors_config=dense, sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=modifier)},
                              metadata=metadata)
     if server:  # local mode scans payloads (and warns that indexes have no effect there)
         for field in ("path", "tags", "type"):
