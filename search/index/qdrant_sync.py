@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from search.errors import SearchError
 from search.index.backend import BackendSpec
 from search.index.bm25_scoring import BM25Params
 from search.index.dense import DenseIndex
@@ -235,13 +236,33 @@ def _create(client: Any, name: str, manifest: dict[str, Any], metadata: dict[str
 
     if client.collection_exists(name):  # a rebuild of this same generation killed earlier
         client.delete_collection(name)
-    dense = {space: models.VectorParams(size=int(info["dim"]), distance=models.Distance.DOT) for space, info in manifest["models"].items()}
+    cluster = cluster_settings() if server else {}
+    on_disk = cluster.pop("on_disk", None)
+    dense = {space: models.VectorParams(size=int(info["dim"]), distance=models.Distance.DOT, on_disk=on_disk)
+             for space, info in manifest["models"].items()}
     modifier = models.Modifier.IDF if metadata["idf"] == "server" else None  # Qdrant's IDF is Lucene's formula
-    client.create_collection(name, vectors_config=dense, sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=modifier)},
-                             metadata=metadata)
+    sparse = models.SparseVectorParams(modifier=modifier, index=models.SparseIndexParams(on_disk=on_disk) if on_disk else None)
+    client.create_collection(name, vectors_config=dense, sparse_vectors_config={SPARSE: sparse}, metadata=metadata,
+                             on_disk_payload=on_disk, **cluster)
     if server:  # local mode scans payloads (and warns that indexes have no effect there)
         for field in ("path", "tags", "type"):
             client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD, wait=True)
+
+
+def cluster_settings() -> dict[str, Any]:
+    """A new collection's layout on a cluster, from the environment (read when a collection is created):
+    SEARCH_QDRANT_SHARDS (shard_number), SEARCH_QDRANT_REPLICATION_FACTOR (replication_factor, copies of
+    each shard on different nodes), SEARCH_QDRANT_ON_DISK=1 (vectors, sparse index and payload on disk)."""
+    settings: dict[str, Any] = {}
+    for variable, key in (("SEARCH_QDRANT_SHARDS", "shard_number"), ("SEARCH_QDRANT_REPLICATION_FACTOR", "replication_factor")):
+        value = os.environ.get(variable)
+        if value:
+            if not value.isdigit() or int(value) < 1:
+                raise SearchError(f"{variable}={value!r}: give a whole number of at least 1")
+            settings[key] = int(value)
+    if os.environ.get("SEARCH_QDRANT_ON_DISK", "") not in ("", "0"):
+        settings["on_disk"] = True
+    return settings
 
 
 def _switch_alias(client: Any, alias: str, target: str) -> None:
