@@ -271,6 +271,7 @@ def stats(index_dir: str, as_json: bool) -> None:
         click.echo(f"model      {space}: {model['name']} ({model['dim']}-dim, {model['passages']} passages)")
     if info["keyword_only"]:
         click.echo("model      none: keyword-only index (bm25; `search index --rebuild` adds embeddings)")
+    click.echo(f"backend    {info['backend']['kind']}" + (f": {info['backend']['collection']} at {info['backend'].get('url') or info['backend'].get('path')}" if info["backend"]["kind"] != "embedded" else ""))
     click.echo(f"size       {info['size_bytes'] / 1e6:.1f} MB")
     click.echo(f"built      {info['built_at']}")
 
