@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import write_notes
@@ -152,11 +153,16 @@ def test_sigkill_during_a_rebuild_leaves_a_queryable_collection_and_the_next_bui
         assert len(list((store / "collection").iterdir())) == 1  # the killed rebuild's collection is gone
 
 
-def test_keyword_only_build(tmp_path):
+def test_keyword_only_build_and_repeated_texts_get_their_own_points(tmp_path):
     notes = write_notes(tmp_path / "notes")
+    (notes / "twice.md").write_text("# A\n\n同一段话出现两次。\n\n# B\n\n同一段话出现两次。\n", encoding="utf-8")
     engine = Engine.build([notes], tmp_path / "index", backend=qdrant(tmp_path / "qd"),
                           build_config=BuildConfig(keyword_only=True))[0]
     assert engine.keyword_only and engine.search("序列并行", k=1)[0].path.endswith("并行.md")
+    points = np.load(engine.generation.point_ids_file)
+    assert len(np.unique(points, axis=0)) == len(points) == len(engine.passages) == engine.manifest["backend"]["points"]
+    hit = engine.search("同一段话", k=1)[0]
+    assert len(hit.duplicates) == 1  # both copies were found: two points, collapsed into one hit
     engine.close()
 
 

@@ -111,7 +111,6 @@ class QdrantMirror:
         from qdrant_client import models
 
         vectors = _Vectors(generation, manifest, len(ids))
-        names = from_halves(ids)
         updates: list[Any] = []
         added = updated = 0
 
@@ -121,7 +120,7 @@ class QdrantMirror:
                 vector = {SPARSE: models.SparseVector(indices=sparse[0], values=sparse[1])} if sparse[0] else {}
                 if known[pid]:
                     if vector and self.spec.idf == "client":  # exact weights move with every corpus change
-                        updates.append(models.PointVectors(id=names[pid], vector=vector))
+                        updates.append(models.PointVectors(id=from_halves(ids[pid : pid + 1])[0], vector=vector))
                     if len(updates) >= BATCH:
                         client.update_vectors(target, points=updates, wait=True)
                         updated += len(updates)
@@ -131,7 +130,7 @@ class QdrantMirror:
                 added += 1
                 if progress is not None:
                     progress("qdrant", 1, len(ids))
-                yield models.PointStruct(id=names[pid], vector=vector, payload=passage)
+                yield models.PointStruct(id=from_halves(ids[pid : pid + 1])[0], vector=vector, payload=passage)
 
         parallel = 1 if self.spec.path else min(4, os.cpu_count() or 1)
         client.upload_points(target, points=new_points(), batch_size=BATCH, parallel=parallel, wait=True)
@@ -195,14 +194,20 @@ def _point_ids(generation: Generation, manifest: dict[str, Any]) -> np.ndarray:
         ids = DenseIndex.load_ids(generation.dense_prefix(space))
         for pid, key in zip(ids.tolist(), np.load(generation.dense_keys_file(space)).tolist()):
             keys[pid] = key
-    seen: Counter[tuple[int, str]] = Counter()
-    points = []
-    for pid, passage in enumerate(PassageStore(generation)):
+    seen: Counter[tuple[int, str]] = Counter()  # texts repeated within a file (row) get an occurrence number
+    points = np.zeros((len(facets), 2), dtype=np.uint64)  # 16 bytes a passage, never a list of uuids
+    store = PassageStore(generation)
+    path = None
+    for pid, passage in enumerate(store):
+        if passage.path != path:  # a file's passages are consecutive: only its own texts need counting
+            seen.clear()
+            path = passage.path
         row = int(facets.passage_row[pid])
         occurrence = seen[(row, passage.text)]
         seen[(row, passage.text)] += 1
-        points.append(point_uuid(passage.path, sorted(facets.tags[row]), passage.text, keys.get(pid, 0), occurrence))
-    return to_halves(points)
+        points[pid] = to_halves([point_uuid(passage.path, sorted(facets.tags[row]), passage.text, keys.get(pid, 0), occurrence)])[0]
+    store.close()
+    return points
 
 
 def _member_of(ids: np.ndarray, among: np.ndarray) -> np.ndarray:
