@@ -169,7 +169,9 @@ def test_keyword_only_build_and_repeated_texts_get_their_own_points(tmp_path):
 def test_seeds_same_top_ten_as_the_default_backend(seeds_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("seeds")
     embedded = Engine.build([seeds_dir], root / "embedded")[0]
-    remote = Engine.build([seeds_dir], root / "qdrant", backend=qdrant(root / "qd"))[0]
+    shutil.copytree(root / "embedded", root / "qdrant")  # moved to Qdrant: the same vectors, nothing embedded again
+    remote, summary = Engine.build([seeds_dir], root / "qdrant", backend=qdrant(root / "qd"))
+    assert summary.passages_embedded == 0
     top = remote.search("序列并行", k=5)[0]
     assert top.path.endswith("002_42593514c2d838f2.txt") and "序列并行" in top.text
     for query in ("序列并行", "GAN 训练不稳定", "注意力机制", "how to merge keyword and vector results"):
