@@ -280,3 +280,11 @@ def test_server_idf_writes_only_the_changed_points_and_ranks_like_the_default(tm
     assert (record["idf"], record["added"], record["reweighted"], record["deleted"]) == ("server", 1, 0, 1)
     assert engine.search("three minutes", k=1, mode="bm25")[0].path == str(path)
     engine.close()
+
+
+def test_a_local_folder_held_by_another_process_is_one_line(tmp_path):
+    notes = write_notes(tmp_path / "notes")
+    with Engine.build([notes], tmp_path / "index", backend=qdrant(tmp_path / "qd"), build_config=BuildConfig(keyword_only=True))[0] as engine:
+        done = _cli("index", str(notes), "--index", str(tmp_path / "index"))  # this process holds the folder
+        assert done.returncode == 1 and "is open in another process" in done.stderr and "Traceback" not in done.stderr
+        assert engine.search("序列并行", k=1)[0].path.endswith("并行.md")  # nothing changed under the open engine
