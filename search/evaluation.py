@@ -110,9 +110,10 @@ def open_eval_index(collection: Collection, model: str | None = None, cache: Pat
     digest.update(json.dumps([repr(BuildConfig()), Engine.encoder_identities(model), BUILD_VERSION]).encode())
     folder = cache / f"{collection.name}-{digest.hexdigest()[:12]}"
     if backend is not None and backend.kind != "embedded":
+        kind = backend.kind + ("-server-idf" if backend.idf == "server" else "")
         if backend.url is None and backend.path is None:
-            backend = BackendSpec(backend.kind, path=str(folder) + f".{backend.kind}", collection=backend.collection)
-        folder = folder.with_name(f"{folder.name}-{backend.kind}")
+            backend = BackendSpec(backend.kind, path=str(folder) + f".{kind}", collection=backend.collection, idf=backend.idf)
+        folder = folder.with_name(f"{folder.name}-{kind}")
     try:
         return Engine.open(folder, config=config)
     except (IndexNotFound, IncompatibleIndex, IndexDamaged):  # a cache: build it (again)
