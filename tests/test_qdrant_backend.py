@@ -243,6 +243,9 @@ def test_a_collection_of_other_vectors_is_refused(tmp_path):
     Engine.build([notes], tmp_path / "words", backend=spec, build_config=BuildConfig(keyword_only=True))[0].close()
     with pytest.raises(IncompatibleIndex, match=r"collection shared-.* holds vectors of none \(keyword-only\), this index uses en: .*all-MiniLM-L6-v2 \(384-dim\)"):
         Engine.build([notes], tmp_path / "vectors", backend=spec)
+    Engine.build([notes], tmp_path / "words2", backend=spec, build_config=BuildConfig(keyword_only=True), rebuild=True)[0].close()
+    with pytest.raises(IncompatibleIndex, match=r"collection shared at .* belongs to the index at .*words2: choose another --collection"):
+        Engine.build([notes], tmp_path / "words", build_config=BuildConfig(keyword_only=True))  # one writer per collection
     with pytest.raises(SearchError, match="either --qdrant-url URL"):
         Engine.build([notes], tmp_path / "other", backend=BackendSpec("qdrant"))
     assert issubclass(BackendError, SearchError)

@@ -142,12 +142,12 @@ def _short(value: Any) -> str:
 
 # ----- the collection's configuration, and refusing one made for other vectors ---------------------
 
-def layout(manifest: dict[str, Any], idf_mode: str, avg_length: float | None) -> dict[str, Any]:
-    """What a collection's metadata records: what its vectors mean."""
+def layout(manifest: dict[str, Any], idf_mode: str, avg_length: float | None, index: str | None = None) -> dict[str, Any]:
+    """What a collection's metadata records: what its vectors mean, and the index folder that writes it."""
     models = {space: {"name": info["name"], "identity": info["identity"], "dim": info["dim"]}
               for space, info in manifest["models"].items()}
     return {"layout": LAYOUT_VERSION, "models": models, "bm25": manifest["bm25"], "idf": idf_mode,
-            "avg_length": avg_length}
+            "avg_length": avg_length, "index": index}
 
 
 def check_layout(spec: BackendSpec, collection: str, found: dict[str, Any] | None, manifest: dict[str, Any]) -> None:

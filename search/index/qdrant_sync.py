@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from search.errors import SearchError
+from search.errors import IncompatibleIndex, SearchError
 from search.index.backend import BackendSpec
 from search.index.bm25_scoring import BM25Params
 from search.index.dense import DenseIndex
@@ -68,6 +68,7 @@ class QdrantMirror:
     def _sync(self, client: Any, alias: str, generation: Generation, manifest: dict[str, Any], params: BM25Params,
               progress: Progress | None) -> dict[str, Any]:
         started = time.perf_counter()
+        root = os.path.abspath(generation.path.parent)
         target = _alias_target(client, alias)
         fresh = self.rebuild or target is None
         df, n, total = _statistics(generation)
@@ -76,15 +77,18 @@ class QdrantMirror:
         if not fresh:
             found = client.get_collection(target).config.metadata
             check_layout(self.spec, target, found, manifest)
+            if found.get("index") not in (None, root):  # its points would be taken for stale ones and deleted
+                raise IncompatibleIndex(f"collection {alias} at {self.spec.where()} belongs to the index at {found['index']}: "
+                                        "choose another --collection, or pass --rebuild to make it this index's")
             # server IDF keeps the collection's mean length until a rebuild, so known points keep their weights
             fresh = found.get("idf") != idf_mode or found.get("bm25") != manifest["bm25"]
             if not fresh and idf_mode == "server":
                 avg_length = float(found["avg_length"])
         if fresh:
             target = f"{alias}-{generation.name[len('gen-'):]}"
-            _create(client, target, manifest, layout(manifest, idf_mode, avg_length), server=bool(self.spec.url))
+            _create(client, target, manifest, layout(manifest, idf_mode, avg_length, root), server=bool(self.spec.url))
         else:
-            client.update_collection(target, metadata=layout(manifest, idf_mode, avg_length))
+            client.update_collection(target, metadata=layout(manifest, idf_mode, avg_length, root))
         ids = _point_ids(generation, manifest)
         np.save(generation.point_ids_file, ids)
         existing = np.zeros((0, 2), dtype=np.uint64) if fresh else _existing(client, target)
