@@ -146,7 +146,7 @@ def test_sigkill_during_a_rebuild_leaves_a_queryable_collection_and_the_next_bui
     process.wait()
     with Engine.open(index) as engine:  # the alias still names a complete collection
         assert ranked(engine, "序列并行 词77", "bm25") == expected, f"killed={killed}"
-        assert not killed or len(list((store / "collection").iterdir())) == 2  # the half-filled one is left over
+        assert 1 <= len(list((store / "collection").iterdir())) <= 2  # the live one, and a half-filled one if killed before the switch
     subprocess.run(command, check=True, capture_output=True)
     with Engine.open(index) as engine:
         assert ranked(engine, "序列并行 词77", "bm25") == expected
