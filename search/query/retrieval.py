@@ -10,7 +10,7 @@ import numpy as np
 from search.embedding.encoder import Encoder
 from search.embedding.models import ALL_LANGUAGES, spaces_reading
 from search.index.bm25 import BM25Index
-from search.index.dense import DenseIndex
+from search.index.dense import DenseIndex, search_one_query_per_thread
 from search.query.candidates import EMPTY, Ranking, Retrieval
 from search.query.fusion import Hybrid
 from search.query.query import Query
@@ -36,7 +36,8 @@ class Retriever:
                  policy: Hybrid) -> None:
         self.bm25, self.dense, self.encoders, self.policy = bm25, dense, encoders, policy
         self._rows = {space: index.row_of(n_passages) for space, index in dense.items()}
-        self._threads = ThreadPoolExecutor(max(1, len(dense)), thread_name_prefix="search-space")
+        self._threads = ThreadPoolExecutor(max(1, len(dense)), thread_name_prefix="search-space",
+                                           initializer=search_one_query_per_thread)
 
     def close(self) -> None:
         self._threads.shutdown(wait=True)
