@@ -8,7 +8,9 @@ prints, as a table and as JSON (also written to indexes/bench/speed.json):
 * corpus embedding throughput (passages/s, model tokens/s) of our Encoder and of plain
   sentence-transformers float32 on the same sample of passages, and their ratio;
 * warm query latency p50/p95/p99 per mode over --queries eval queries (zh and en), query-process RSS;
-* cold `search query` wall time (median of --cold-runs fresh processes) and peak RSS;
+* cold `search query` wall time (median of --cold-runs fresh processes, Chinese and English queries
+  apart) and peak RSS;
+* the rebuild job after editing one note: `search index` on the whole folder again, by stage;
 * BM25 per-query time against rank-bm25 (BM25Okapi) on the same tokens;
 * recall@10 of the approximate dense index against exact search on real query vectors, and the
   query process at 1M vectors (synthesised from the real vectors plus noise: embedding 1M passages
@@ -46,6 +48,7 @@ EN_SETS = ("scifact",)
 SECTIONS_PER_NOTE = 5
 ZH_SENTENCE = re.compile(r"[^。！？!?]+[。！？!?]?")
 EN_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
+CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
 # ----- corpus -------------------------------------------------------------------------------------
@@ -399,11 +402,13 @@ def main() -> None:
     # queries: warm per mode, then cold CLI runs
     result["warm"] = worker("warm", {"index": str(index), "queries": queries, "modes": ["hybrid", "bm25", "dense"]})
     result["cold_cli"] = {}
-    for mode in ("hybrid", "bm25"):
-        runs = [run_measured([sys.executable, "-m", "search.cli", "query", q, "--index", str(index), "--json", "--mode", mode])
-                for q in queries[: args.cold_runs]]
-        result["cold_cli"][mode] = {"runs": len(runs), "median_seconds": round(statistics.median(r[0] for r in runs), 3),
-                                    "peak_rss_mb": round(max(r[1] for r in runs), 1)}
+    chinese = [q for q in queries if CJK.search(q)][: args.cold_runs]
+    english = [q for q in queries if not CJK.search(q)][: args.cold_runs]
+    for label, mode, texts in (("hybrid zh", "hybrid", chinese), ("hybrid en", "hybrid", english), ("bm25", "bm25", queries[: args.cold_runs])):
+        runs = [run_measured([sys.executable, "-m", "search.cli", "query", q, "--index", str(index), "--json", "--mode", mode]) for q in texts]
+        result["cold_cli"][label] = {"runs": len(runs), "median_seconds": round(statistics.median(r[0] for r in runs), 3),
+                                     "peak_rss_mb": round(max(r[1] for r in runs), 1)}
+    result["one_file_reindex"] = reindex_one_file(corpus, index)
     result["bm25"] = worker("bm25", {"generation": str(generation.path), "queries": queries, "okapi_queries": args.okapi_queries})
     result["bm25"]["ratio_p50"] = round(result["bm25"]["rank_bm25_ms"]["p50"] / max(result["bm25"]["ours_ms"]["p50"], 1e-3), 1)
 
@@ -418,7 +423,7 @@ def main() -> None:
         prefix.parent.mkdir(parents=True, exist_ok=True)
         million = synthesise_million(real, args.million, prefix, args.seed)
         del real
-        mine = [q for q in queries if (space == "zh") == bool(re.search(r"[\u4e00-\u9fff]", q))] or queries
+        mine = [q for q in queries if (space == "zh") == bool(CJK.search(q))] or queries
         million.update(worker("million", {"prefix": str(prefix), "model": spaces[space]["name"], "queries": mine}))
         result["million"] = million
         shutil.rmtree(prefix.parent, ignore_errors=True)
@@ -428,10 +433,29 @@ def main() -> None:
     print(json.dumps(result, ensure_ascii=False))
 
 
+def reindex_one_file(corpus: Path, index: Path) -> dict[str, Any]:
+    """The rebuild job's everyday case: one note gains a paragraph, then `search index` runs on the
+    whole folder again (the edit stays, so the index and the corpus agree afterwards)."""
+    notes = sorted(corpus.rglob("*.md"))
+    note = notes[len(notes) // 2]
+    note.write_text(note.read_text(encoding="utf-8") + "\n\n编辑后新增的一段：序列并行沿序列维度切分注意力的计算。\n", encoding="utf-8")
+    seconds, rss, stdout = run_measured([sys.executable, "-m", "search.cli", "index", str(corpus), "--index", str(index), "--json"])
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    return {"wall_seconds": round(seconds, 2), "peak_rss_mb": round(rss, 1), "files_changed": summary["files_changed"],
+            "passages_embedded": summary["passages_embedded"], "passages_reused": summary["passages_reused"],
+            "stage_seconds": summary.get("stage_seconds")}
+
+
 def machine() -> dict[str, Any]:
+    """The machine, with the instruction sets its int8 kernels dispatch on (CPUID, masked under
+    --emulate-style runs) and the flags /proc/cpuinfo lists."""
+    from cpu_classes import cpu_class, cpuid_features, proc_cpuinfo_flags
+
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    masked = os.environ.get("CPUID_MASK")
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(), "cpuinfo_flags": proc_cpuinfo_flags(),
+            "cpu_class": cpu_class(cpuid_features()) + (f" (CPUID masked to {masked})" if masked else "")}
 
 
 def print_table(r: dict[str, Any]) -> None:
@@ -457,6 +481,10 @@ def print_table(r: dict[str, Any]) -> None:
     for mode, cold in r["cold_cli"].items():
         rows.append((f"cold `search query` {mode} (median of {cold['runs']})", f"{cold['median_seconds']} s", "", ""))
         rows.append((f"cold `search query` {mode} peak RSS", f"{cold['peak_rss_mb']:.0f} MB", "", ""))
+    re_index = r["one_file_reindex"]
+    rows.append(("re-index after editing one note", f"{re_index['wall_seconds']} s", "", f"{re_index['passages_embedded']} embedded, {re_index['passages_reused']} reused"))
+    for stage, seconds in (re_index.get("stage_seconds") or {}).items():
+        rows.append((f"  stage {stage}", f"{seconds} s", "", ""))
     bm = r["bm25"]
     rows.append(("BM25 top-100 per query p50", f"{bm['ours_ms']['p50']} ms", f"{bm['rank_bm25_ms']['p50']} ms (rank-bm25)", f"{bm['ratio_p50']}x faster"))
     for space, rec in warm["dense_recall"].items():
@@ -469,6 +497,7 @@ def print_table(r: dict[str, Any]) -> None:
         rows.append(("1M: recall@10 vs exact", f"{m['recall@10']}", "", ""))
     width = [max(len(row[i]) for row in rows) for i in range(4)]
     print(f"\nmachine: {r['machine']['cpu']}, {r['machine']['cores']} cores, {r['machine']['memory_gb']} GB; total {r['total_minutes']} min")
+    print(f"cpu flags: {' '.join(r['machine']['cpuinfo_flags'])}; int8 kernels: {r['machine']['cpu_class']}")
     for row in [("figure", "ours", "baseline", "ratio"), tuple("-" * w for w in width), *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, width)).rstrip())
     for note in r["notes"] + ([r["million"]["note"]] if "million" in r else []):

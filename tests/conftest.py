@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -6,7 +7,18 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled models must never need the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """The CPU class the int8 kernels dispatch on, read from CPUID as ONNX Runtime reads it (so a run
+    under `make test-avx2`, whose CPUID is masked, says so), and the flags /proc/cpuinfo lists."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from cpu_classes import cpu_class, cpuid_features, proc_cpuinfo_flags
+
+    masked = f" (CPUID masked to {os.environ['CPUID_MASK']})" if os.environ.get("CPUID_MASK") else ""
+    return f"cpu: {cpu_class(cpuid_features())}{masked}; /proc/cpuinfo: {' '.join(proc_cpuinfo_flags()) or '-'}"
 
 
 @pytest.fixture(scope="session")

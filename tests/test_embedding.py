@@ -256,3 +256,9 @@ def test_query_engine_runs_each_model_on_one_thread_with_the_same_vectors(tmp_pa
         vector = Encoder(engine.plan[space]).encode([query.text])[0]
         ids, scores = engine.backend.dense[space].search(vector, 5)
         assert all(np.isclose(cosines[pid], score, atol=1e-5) for pid, score in zip(ids.tolist(), scores.tolist()))
+    # FAISS searches one query per thread there (no OpenMP team spinning after each query), while
+    # the calling thread keeps its team for builds
+    import faiss
+
+    assert engine.retriever._threads.submit(faiss.omp_get_max_threads).result() == 1
+    assert faiss.omp_get_max_threads() > 1 or os.cpu_count() == 1

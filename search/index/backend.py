@@ -115,6 +115,9 @@ class SearchBackend(Protocol):
     def dense_scores(self, space: str, vector: np.ndarray, pids: np.ndarray) -> np.ndarray:
         """The cosine of each of `pids` (all members of `space`)."""
 
+    def prepare_search_thread(self) -> None:
+        """Run once in each thread that will call the dense searches (a thread pool's initializer)."""
+
     def close(self) -> None:
         ...
 

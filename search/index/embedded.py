@@ -8,7 +8,7 @@ import numpy as np
 
 from search.index.backend import Ranking, Selection, SpaceMembers
 from search.index.bm25 import BM25Index
-from search.index.dense import DenseIndex
+from search.index.dense import DenseIndex, search_one_query_per_thread
 from search.index.folder import Generation
 
 __all__ = ["EmbeddedBackend"]
@@ -35,6 +35,9 @@ class EmbeddedBackend:
 
     def dense_scores(self, space: str, vector: np.ndarray, pids: np.ndarray) -> np.ndarray:
         return self.dense[space].scores_of(vector, self.members.rows[space][pids])
+
+    def prepare_search_thread(self) -> None:
+        search_one_query_per_thread()
 
     def close(self) -> None:
         pass

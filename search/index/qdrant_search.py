@@ -49,6 +49,9 @@ class QdrantBackend:
             release(spec)
             raise
 
+    def prepare_search_thread(self) -> None:
+        pass  # the searches run on the server (or in qdrant-client's numpy): nothing per thread
+
     def close(self) -> None:
         if self.client is not None:
             self.client = None

@@ -34,7 +34,8 @@ class Retriever:
     def __init__(self, backend: SearchBackend, encoders: dict[str, Encoder], policy: Hybrid) -> None:
         self.backend, self.encoders, self.policy = backend, encoders, policy
         self.members = backend.members
-        self._threads = ThreadPoolExecutor(max(1, len(self.members.spaces())), thread_name_prefix="search-space")
+        self._threads = ThreadPoolExecutor(max(1, len(self.members.spaces())), thread_name_prefix="search-space",
+                                           initializer=backend.prepare_search_thread)
 
     def close(self) -> None:
         self._threads.shutdown(wait=True)
