@@ -189,9 +189,10 @@ def poll_current(index: Path, phase: Phase, stop: threading.Event) -> None:
     last = None
     while not stop.is_set():
         try:
-            name = (index / "CURRENT").read_text(encoding="utf-8").strip()
+            lines = (index / "CURRENT").read_text(encoding="utf-8").split()
         except OSError:
-            name = None
+            lines = []
+        name = lines[0] if lines else None  # CURRENT: the generation's name, then its manifest's digest
         if name and name != last:
             phase.published.append((time.perf_counter() - phase.started, name))
             last = name
