@@ -45,9 +45,11 @@ test: install
 
 # The suite as a CPU without AVX-512 and VNNI runs it (the int8 kernels that saturate there): CPUID is
 # masked by an LD_PRELOAD shim (benchmarks/cpuid_mask.c; x86-64 Linux with the cpuid_fault flag, and cc).
-# pytest's faulthandler would take the SIGSEGV the shim answers CPUID with, so it is off here.
+# It first prints the class CPUID reports and the kernel check (8-bit weights overflow there, 7-bit ones
+# do not); pytest's faulthandler would take the SIGSEGV the shim answers CPUID with, so it is off here.
 test-avx2: install
 	cc -O2 -shared -fPIC -o $(VENV)/cpuid_mask.so benchmarks/cpuid_mask.c
+	CPUID_MASK=avx2 LD_PRELOAD=$(abspath $(VENV))/cpuid_mask.so $(PYTHON) benchmarks/cpu_classes.py --no-models
 	CPUID_MASK=avx2 LD_PRELOAD=$(abspath $(VENV))/cpuid_mask.so $(VENV)/bin/pytest -q -p no:faulthandler
 
 bench: install
