@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from peak_memory import PeakSampler
 
@@ -52,6 +53,22 @@ def sentence_pool() -> tuple[list[str], list[str]]:
     return chinese, english
 
 
+def text_maker(rng: random.Random, chinese: list[str], english: list[str]) -> Callable[[int, int], str]:
+    """One record's text source: a language drawn once (60% Chinese), then `text(low, high)` joins
+    low..high of its sentences, and 15% of the time one sentence of the other language (records mix
+    languages, as instruction and chat sets do). Shared with large_parquet.py."""
+    pool, other = (chinese, english) if rng.random() < 0.6 else (english, chinese)
+    joiner = "" if pool is chinese else " "
+
+    def text(low: int, high: int) -> str:
+        parts = [rng.choice(pool) for _ in range(rng.randint(low, high))]
+        if rng.random() < 0.15:
+            parts.insert(rng.randrange(len(parts) + 1), rng.choice(other))
+        return joiner.join(parts)
+
+    return text
+
+
 def generate(path: Path, size_mb: float, seed: int = 0) -> int:
     """Write about `size_mb` MB of records; returns how many."""
     chinese, english = sentence_pool()
@@ -60,15 +77,7 @@ def generate(path: Path, size_mb: float, seed: int = 0) -> int:
     written = records = 0
     with open(path, "w", encoding="utf-8") as handle:
         while written < target:
-            pool = chinese if rng.random() < 0.6 else english
-            joiner = "" if pool is chinese else " "
-
-            def text(low: int, high: int) -> str:
-                parts = [rng.choice(pool) for _ in range(rng.randint(low, high))]
-                if rng.random() < 0.15:  # some records mix languages, as instruction sets do
-                    parts.insert(rng.randrange(len(parts) + 1), rng.choice(english if pool is chinese else chinese))
-                return joiner.join(parts)
-
+            text = text_maker(rng, chinese, english)
             record = {"instruction": text(1, 2), "input": text(1, 3) if rng.random() < 0.4 else "", "output": text(2, 12)}
             line = json.dumps(record, ensure_ascii=False) + "\n"
             handle.write(line)

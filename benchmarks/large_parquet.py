@@ -24,7 +24,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from large_jsonl import QUERIES, ROOT, TARGET_RSS_BYTES, index_file, query_latencies, sentence_pool, table
+from large_jsonl import QUERIES, ROOT, TARGET_RSS_BYTES, index_file, query_latencies, sentence_pool, table, text_maker
 
 SYSTEM_PROMPTS = ["You are a helpful assistant.", "你是一个乐于助人的助手。", "Answer briefly and cite the source when you can."]
 
@@ -33,15 +33,7 @@ def chat_rows(rng: random.Random, chinese: list[str], english: list[str], start:
     """`count` chat records and the characters of text they hold."""
     rows, chars = [], 0
     for i in range(start, start + count):
-        pool = chinese if rng.random() < 0.6 else english
-        joiner = "" if pool is chinese else " "
-
-        def text(low: int, high: int) -> str:
-            parts = [rng.choice(pool) for _ in range(rng.randint(low, high))]
-            if rng.random() < 0.15:  # some turns mix languages, as chat sets do
-                parts.insert(rng.randrange(len(parts) + 1), rng.choice(english if pool is chinese else chinese))
-            return joiner.join(parts)
-
+        text = text_maker(rng, chinese, english)
         messages = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < 0.3 else []
         for _ in range(rng.randint(1, 3)):
             messages.append({"role": "user", "content": text(1, 2)})
