@@ -13,7 +13,8 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, Sequence
+from functools import cached_property
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -90,9 +91,15 @@ class Selection:
     the same rule as payload conditions (each given field must hold) for one that filters server-side."""
 
     mask: np.ndarray
-    paths: tuple[str, ...] | None = None  # the indexed paths the --path patterns allow (None: any path)
     tags: tuple[str, ...] = field(default=())  # normalised; any of them
     types: tuple[str, ...] = field(default=())  # normalised suffixes; any of them
+    # The indexed paths the --path patterns allow, listed only when a backend asks (`paths`): a store
+    # that reads the mask never pays for the list (None: any path).
+    matching_paths: Callable[[], tuple[str, ...]] | None = None
+
+    @cached_property
+    def paths(self) -> tuple[str, ...] | None:
+        return None if self.matching_paths is None else self.matching_paths()
 
 
 Ranking = tuple[np.ndarray, np.ndarray]  # passage ids best first, their scores (search.query.candidates)

@@ -243,12 +243,15 @@ class Engine:
         """What `filters` let through, as a passage mask and as payload conditions; None when they do not restrict."""
         if not filters:
             return None
-        paths = None
-        if filters.paths:
-            matched = self.facets.row_masks(paths=filters.paths)["path"]
-            paths = tuple(sorted({path for path, ok in zip(self.facets.paths, matched.tolist()) if ok}))
-        return Selection(filters.mask(self.facets), paths, tuple(sorted({normalise_tag(tag) for tag in filters.tags})),
-                         tuple(sorted({normalise_type(kind) for kind in filters.types})))
+        facets = self.facets
+
+        def matching_paths() -> tuple[str, ...]:
+            matched = facets.row_masks(paths=filters.paths)["path"]
+            return tuple(sorted({path for path, ok in zip(facets.paths, matched.tolist()) if ok}))
+
+        return Selection(filters.mask(facets), tuple(sorted({normalise_tag(tag) for tag in filters.tags})),
+                         tuple(sorted({normalise_type(kind) for kind in filters.types})),
+                         matching_paths if filters.paths else None)
 
     def _hits(self, ranked: list[tuple[int, float]], retrieval: Retrieval) -> list[Hit]:
         bm25_at = {pid: rank for rank, pid in enumerate(retrieval.bm25[0].tolist(), 1)}
