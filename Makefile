@@ -56,6 +56,7 @@ bench: install
 	$(PYTHON) benchmarks/incremental.py
 	$(PYTHON) benchmarks/filters.py
 	$(PYTHON) benchmarks/speed.py
+	$(PYTHON) benchmarks/reindex.py
 
 # Not part of `bench`: generates a 1 GB JSONL and a 1 GB Parquet dataset of chat records and indexes
 # each keyword-only (long on a laptop CPU). PARQUET_MB=100 for a shorter Parquet run.

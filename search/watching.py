@@ -56,8 +56,7 @@ def watch(
     def build() -> None:
         try:
             config = BuildConfig(follow_symlinks=follow_symlinks)
-            engine, summary = Engine.build(paths, index_dir, model=model, wait=True, build_config=config)
-            engine.close()
+            summary = Engine.update(paths, index_dir, model=model, wait=True, build_config=config)
             if on_build:
                 on_build(summary)
         except Exception as error:  # noqa: BLE001 - the watcher outlives one failed build

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from rank_bm25 import BM25Plus
 
+from search.index.bm25_terms import TermStream, TermWriter
 from search.index.bm25 import BM25Index, BM25Params
 from search.text.tokenizing import tokenize
 
@@ -239,7 +240,10 @@ def test_three_segments_score_exactly_like_one(corpus, tmp_path, method):
     one = BM25Index.build(corpus, BM25Params(method=method))
     three = BM25Index.build(corpus, BM25Params(method=method), segment_passages=6)
     assert (one.n_segments, three.n_segments) == (1, 3)
-    streamed = BM25Index.build_streaming(lambda: iter(corpus), tmp_path / "s", BM25Params(method=method), segment_passages=6)
+    writer = TermWriter(tmp_path / "s")
+    for doc in corpus:
+        writer.add(doc)
+    streamed = BM25Index.build_from_terms(writer.close(), tmp_path / "s", BM25Params(method=method), segment_passages=6)
     assert streamed.n_segments == 3 and BM25Index.load(tmp_path / "s").n_segments == 3
     for text in QUERIES:
         q = tokenize(text)
@@ -277,3 +281,25 @@ def test_an_index_of_another_format_is_refused(corpus, tmp_path):
     (tmp_path / "old" / "bm25_index.json").write_text(json.dumps({**meta, "format": 1}))
     with pytest.raises(ValueError, match="rebuild"):
         BM25Index.load(tmp_path / "old")
+
+
+def test_an_incremental_stream_copies_term_ids_and_numbers_afresh_when_mostly_unused(tmp_path):
+    first = TermWriter(tmp_path / "a")
+    for doc in (["a", "b"], ["c", "d"], ["e", "f"], ["g"]):
+        first.add(doc)
+    BM25Index.build_from_terms(first.close(), tmp_path / "a")
+    second = TermWriter(tmp_path / "b", TermStream.open(tmp_path / "a"))
+    assert second.add_block(0, 1)  # ["a", "b"], as ids
+    second.add(["a", "z"])
+    index = BM25Index.build_from_terms(second.close(), tmp_path / "b")
+    assert index.vocab_size == 3  # c, d, e, f, g held by no passage: five of eight, numbered afresh
+    reference = BM25Index.build([["a", "b"], ["a", "z"]])
+    for query in (["a"], ["b", "z"], ["z", "z", "c"]):
+        np.testing.assert_array_equal(index.scores(query), reference.scores(query))
+    reopened = TermStream.open(tmp_path / "b")
+    assert reopened.vocab == {"a": 0, "b": 1, "z": 2} and reopened.terms.tolist() == [0, 1, 0, 2]
+    third = TermWriter(tmp_path / "c", reopened)
+    assert third.add_block(1, 1)
+    third.add(["b"])
+    np.testing.assert_array_equal(BM25Index.build_from_terms(third.close(), tmp_path / "c").scores(["b", "z"]),
+                                  BM25Index.build([["a", "z"], ["b"]]).scores(["b", "z"]))

@@ -2,7 +2,7 @@ import faiss
 import numpy as np
 import pytest
 
-from search.index.dense import DenseIndex, RowFile
+from search.index.dense import DenseIndex, RowFile, StoredVectors, load_vectors
 
 
 def unit(rows):
@@ -30,6 +30,23 @@ def test_save_load_round_trip(tmp_path):
     assert loaded.search(query, 5)[0].tolist() == index.search(query, 5)[0].tolist()
     np.testing.assert_array_equal(loaded.vectors(), vectors)
     np.testing.assert_array_equal(loaded.ids, ids)
+
+
+def test_vectors_without_faiss_read_back_like_an_index(tmp_path):
+    """What a Qdrant-searched generation keeps: the vectors and ids alone, read as an index's rows."""
+    rng = np.random.default_rng(1)
+    vectors = unit(rng.normal(size=(70_000, 4)))  # more rows than one copy chunk
+    staged = tmp_path / "staged.f32"
+    vectors.tofile(staged)
+    StoredVectors(np.arange(5, 70_005), np.memmap(staged, dtype=np.float32, mode="r", shape=vectors.shape)).save(tmp_path / "dense-zh")
+    DenseIndex.build(vectors[:10], np.arange(10), dim=4).save(tmp_path / "dense-en")
+    StoredVectors(np.zeros(0, dtype=np.int64), np.zeros((0, 4), dtype=np.float32)).save(tmp_path / "dense-xx")
+    stored, indexed, empty = (load_vectors(tmp_path / f"dense-{space}") for space in ("zh", "en", "xx"))
+    assert isinstance(stored, StoredVectors) and isinstance(indexed, DenseIndex) and not (tmp_path / "dense-zh.faiss").exists()
+    np.testing.assert_array_equal(stored.vectors_at(np.array([69_999, 3, 3])), vectors[[69_999, 3, 3]])
+    assert stored.ids[0] == 5 and stored.dim == 4 and len(stored) == 70_000
+    np.testing.assert_array_equal(indexed.vectors_at(np.array([9])), vectors[[9]])
+    assert len(empty) == 0 and empty.dim == 4
 
 
 def test_k_larger_than_index_and_empty_index():
@@ -97,3 +114,43 @@ def test_row_file_reads_any_rows_in_the_order_asked(tmp_path):
     np.testing.assert_array_equal(rows_of.all(), vectors)
     with pytest.raises(IndexError):
         rows_of.rows(np.array([1000]))
+
+
+def test_an_extended_graph_never_returns_a_retired_row(tmp_path):
+    vectors = clustered(600, 16)
+    graph = DenseIndex.build(vectors[:500], np.arange(500), dim=16, exact_max=100)
+    assert graph.kind == "hnsw"
+    graph.save(tmp_path / "dense-zh")
+    # the next generation: passages renumbered (+1000), rows 0-9 gone, 100 new vectors after the old rows
+    ids = np.concatenate([np.arange(500) + 1000, np.arange(2000, 2100)])
+    ids[:10] = -1
+    extended = DenseIndex.extended(tmp_path / "dense-zh", ids, vectors[500:])
+    assert extended is not None and (extended.retired, extended.live, len(extended)) == (10, 590, 600)
+    for row in (0, 5, 9):  # a retired passage's own vector finds everything but it
+        found, _ = extended.search(vectors[row], 20)
+        assert -1 not in found.tolist() and len(found) == 20
+    assert extended.search(vectors[550], 1)[0].tolist() == [2050]  # a new vector is found
+    everything, _ = extended.search(vectors[0], 600)
+    assert sorted(everything.tolist()) == sorted(ids[ids >= 0].tolist())  # k beyond the live rows: every live one
+    mask = np.zeros(2100, dtype=bool)
+    mask[[1000, 1005, 1010, 2000]] = True  # two retired, two live
+    rows = extended.rows_allowed(mask)
+    assert sorted(extended.ids[rows].tolist()) == [1010, 2000]
+    assert sorted(extended.search(vectors[0], 5, allowed_rows=rows)[0].tolist()) == [1010, 2000]
+    extended.save(tmp_path / "next")
+    loaded = DenseIndex.load(tmp_path / "next")
+    assert loaded.retired == 10 and loaded.search(vectors[3], 20)[0].tolist() == extended.search(vectors[3], 20)[0].tolist()
+    assert loaded.row_of(2100)[1010] == 10 and loaded.row_of(2100)[1000] == -1 and loaded.row_of(2100)[2050] == 550
+
+
+def test_a_graph_with_too_many_retired_rows_is_built_anew(tmp_path):
+    vectors = clustered(300, 16)
+    DenseIndex.build(vectors, np.arange(300), dim=16, exact_max=100).save(tmp_path / "graph")
+    DenseIndex.build(vectors, np.arange(300), dim=16).save(tmp_path / "flat")
+    ids = np.arange(310)
+    ids[:63] = -1  # 63 of 310 rows: over a fifth
+    assert DenseIndex.extended(tmp_path / "graph", ids, vectors[:10]) is None
+    ids[:63] = np.arange(63)
+    ids[:50] = -1
+    assert DenseIndex.extended(tmp_path / "graph", ids, vectors[:10]) is not None
+    assert DenseIndex.extended(tmp_path / "flat", ids, vectors[:10]) is None  # a flat index is rebuilt: it costs nothing

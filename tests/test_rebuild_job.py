@@ -1,6 +1,8 @@
 """The index rebuild job: incremental edits, crash safety under SIGKILL, concurrent readers, the
 build lock, and `search watch`."""
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -8,10 +10,15 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from search import Engine
+from search import BM25Params, BuildConfig, Engine
+from search.index import carry as carry_module, dense as dense_module
+from search.index.dense import DenseIndex
 from search.index.folder import IndexFolder
+from search.index.passage_store import PassageStore, TokenStore
+from search.text.tokenizing import tokenize_query
 
 from conftest import write_notes
 
@@ -51,6 +58,147 @@ def test_editing_one_paragraph_reembeds_about_one_passage(seeds_dir, tmp_path):
     assert 1 <= summary.passages_embedded <= 3
     assert summary.passages_reused == summary.passages - summary.passages_embedded
     assert edited.search("新的对照实验", k=1, mode="bm25")[0].path == str(note)
+
+
+def vectors_by_file(engine: Engine, files: dict) -> dict[str, list[np.ndarray]]:
+    """Each file's passage vectors, in passage order (each from the space that holds its passage)."""
+    backend, out = engine.backend, {}
+    for path, info in files.items():
+        pids = np.arange(info["first"], info["first"] + info["count"])
+        rows = []
+        for pid in pids.tolist():
+            space = next(space for space in backend.dense if backend.members.rows[space][pid] >= 0)
+            rows.append(backend.dense[space].vectors_at(np.array([backend.members.rows[space][pid]]))[0])
+        out[path] = rows
+    return out
+
+
+def file_lines(path: Path, offsets: Path, info: dict) -> bytes:
+    starts = np.load(offsets)
+    end = info["first"] + info["count"]
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return data[starts[info["first"]] : starts[end] if end < len(starts) else len(data)]
+
+
+def test_unchanged_files_are_copied_as_they_were(seeds_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(carry_module, "RUN_PASSAGES", 7)  # runs of unchanged files copied in many pieces
+    notes = tmp_path / "notes"
+    shutil.copytree(seeds_dir, notes / "seeds", ignore=shutil.ignore_patterns("README.md"))
+    generate_notes(notes / "generated", 30)
+    index = tmp_path / "index"
+    engine = Engine.build([notes], index)[0]
+    before = IndexFolder(index).current()
+    files_before = before.read_manifest()["files"]
+    vectors_before = vectors_by_file(engine, files_before)
+    edited = notes / "generated" / "note-003.md"
+    edited.write_text(edited.read_text(encoding="utf-8") + "\n## 新增\n\n新增一段关于专家并行的记录。\n", encoding="utf-8")
+
+    decoded = []  # an unchanged file's passages, tokens and term ids are copied, never decoded and written again
+    read_passage, read_tokens = PassageStore.get, TokenStore.get
+    monkeypatch.setattr(PassageStore, "get", lambda store, pid: decoded.append(pid) or read_passage(store, pid))
+    monkeypatch.setattr(TokenStore, "get", lambda store, pid: decoded.append(pid) or read_tokens(store, pid))
+    engine, summary = Engine.build([notes], index)
+    monkeypatch.undo()
+    assert decoded == [] and summary.files_unchanged == len(files_before) - 1 and carry_module.RUN_PASSAGES > 7
+
+    after = IndexFolder(index).current()
+    files_after = after.read_manifest()["files"]
+    assert files_after[str(edited)]["count"] == files_before[str(edited)]["count"] + 1
+    vectors_after = vectors_by_file(engine, files_after)
+    for path, info in files_before.items():
+        if path == str(edited):
+            continue
+        moved = files_after[path]
+        assert file_lines(after.passages_file, after.passage_offsets_file, moved) == file_lines(before.passages_file, before.passage_offsets_file, info)
+        assert file_lines(after.tokens_file, after.token_offsets_file, moved) == file_lines(before.tokens_file, before.token_offsets_file, info)
+        assert len(vectors_after[path]) == len(vectors_before[path])
+        assert all(np.array_equal(a, b) for a, b in zip(vectors_after[path], vectors_before[path]))
+    # and the whole index is what a fresh build of the same notes holds
+    fresh = tmp_path / "fresh"
+    fresh_engine = Engine.build([notes], fresh, build_config=BuildConfig(keyword_only=True))[0]
+    assert passages_of(index) == passages_of(fresh)
+    fresh_generation = IndexFolder(fresh).current()
+    assert after.tokens_file.read_bytes() == fresh_generation.tokens_file.read_bytes()
+    assert after.facets_file.read_bytes() == fresh_generation.facets_file.read_bytes()  # files, tags: carried, not re-read
+    assert np.array_equal(np.load(after.passage_file_map), np.load(fresh_generation.passage_file_map))
+    for text in ("专家并行", "数据并行 实验", "experiment number 21", "英文"):
+        tokens = tokenize_query(text)  # the same BM25 score for every passage, to the last bit
+        assert np.array_equal(engine.backend.bm25.scores(tokens), fresh_engine.backend.bm25.scores(tokens))
+    assert engine.search("专家并行", k=1, mode="bm25")[0].path == str(edited)
+
+
+def test_nothing_changed_writes_no_generation(tmp_path):
+    notes = write_notes(tmp_path / "notes")
+    index = tmp_path / "index"
+    Engine.build([notes], index)
+    live = IndexFolder(index).live_name()
+    engine, summary = Engine.build([notes], index)
+    assert IndexFolder(index).live_name() == live and len(list(index.glob("gen-*"))) == 1  # nothing written
+    assert (summary.files_unchanged, summary.files_changed, summary.passages) == (len(list(notes.rglob("*.*"))), 0, len(engine.passages))
+    note = next(notes.rglob("*.md"))
+    note.write_text(note.read_text(encoding="utf-8"), encoding="utf-8")  # touched, same bytes: hashed, a new generation
+    Engine.build([notes], index)
+    assert IndexFolder(index).live_name() != live
+    live = IndexFolder(index).live_name()
+    Engine.build([notes], index, build_config=BuildConfig(bm25=BM25Params(k1=1.2)))  # other settings: built again
+    assert IndexFolder(index).live_name() != live
+    live = IndexFolder(index).live_name()
+    damaged = IndexFolder(index).current().bm25_folder / "seg-0000.data.npy"
+    data = bytearray(damaged.read_bytes())
+    data[-8:] = bytes(8)  # a score zeroed: same size; the modification time put back
+    stat = damaged.stat()
+    damaged.write_bytes(bytes(data))
+    os.utime(damaged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    Engine.build([notes], index, build_config=BuildConfig(bm25=BM25Params(k1=1.2)))
+    assert IndexFolder(index).live_name() != live and Engine.check(index).ok  # repaired, not skipped
+
+
+def test_damaged_term_ids_are_rebuilt_from_the_tokens(tmp_path):
+    notes = write_notes(tmp_path / "notes")
+    generate_notes(notes / "more", 20)
+    index = tmp_path / "index"
+    Engine.build([notes], index, build_config=BuildConfig(keyword_only=True))
+    terms = IndexFolder(index).current().bm25_folder / "terms.i32"
+    data = bytearray(terms.read_bytes())
+    data[:8] = b"\xff" * 8  # term ids out of range, same size
+    terms.write_bytes(bytes(data))
+    (notes / "more" / "note-003.md").write_text("# 新笔记\n\n检索增强生成的评测。\n", encoding="utf-8")
+    engine = Engine.build([notes], index)[0]
+    fresh = Engine.build([notes], tmp_path / "fresh", build_config=BuildConfig(keyword_only=True))[0]
+    for text in ("检索增强生成", "数据并行", "序列并行"):
+        tokens = tokenize_query(text)
+        assert np.array_equal(engine.backend.bm25.scores(tokens), fresh.backend.bm25.scores(tokens))
+
+
+def test_an_edit_carries_the_graph_over_and_searches_exactly_what_is_indexed(tmp_path, monkeypatch):
+    monkeypatch.setattr(dense_module, "EXACT_MAX_VECTORS", 20)  # graphs at this small size
+    notes = tmp_path / "notes"
+    generate_notes(notes, 60)
+    index = tmp_path / "index"
+    Engine.build([notes], index)
+    edited = notes / "note-007.md"
+    edited.write_text(edited.read_text(encoding="utf-8").replace("记录了实验设置和结论", "改为记录激活重计算"), encoding="utf-8")
+    (notes / "note-011.md").unlink()
+    engine, summary = Engine.build([notes], index)
+    assert summary.files_removed == 1 and summary.passages_embedded <= 2
+    generation = IndexFolder(index).current()
+    spaces = {space: DenseIndex.load(generation.dense_prefix(space)) for space in engine.backend.dense}
+    graphs = {space: index for space, index in spaces.items() if index.kind == "hnsw"}
+    assert graphs and all(len(index) <= 20 for index in spaces.values() if index.kind != "hnsw")
+    assert sum(graph.retired for graph in graphs.values()) >= 3  # the edited passage's and the removed note's rows
+    live = {pid for index in spaces.values() for pid in index.ids.tolist() if pid >= 0}
+    assert live == set(range(len(engine.passages)))  # every passage has exactly one live row
+    for space, graph in graphs.items():
+        rows = np.flatnonzero(graph.ids >= 0)
+        for query in ("数据并行的实验结论", "mixed precision experiment", "激活重计算"):
+            vector = engine.retriever.encoders[space].encode([query])[0]
+            exact = graph.ids[rows[np.argsort(-(graph.vectors_at(rows) @ vector), kind="stable")[:10]]]
+            assert engine.backend.dense_search(space, vector, 10, None)[0].tolist() == exact.tolist()
+    for note in list(notes.glob("note-0[2-4]*.md")):  # a third of the notes: the graphs are built anew
+        note.unlink()
+    engine, _ = Engine.build([notes], index)
+    assert all(DenseIndex.load(IndexFolder(index).current().dense_prefix(space)).retired == 0 for space in engine.backend.dense)
 
 
 def test_sigkill_at_any_moment_leaves_an_index_that_answers(tmp_path):
@@ -130,7 +278,7 @@ def test_incompatible_format_is_refused_with_rebuild_hint(tmp_path, version):
     index = tmp_path / "index"
     engine, _ = Engine.build([notes], index)
     manifest = engine.generation.manifest_file
-    manifest.write_text(manifest.read_text().replace('"format_version": 3', f'"format_version": {version}'))
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": version}))
     (index / "CURRENT").write_text(engine.generation.name)  # as builds before format 3 wrote it: no manifest digest
     for command in (["query", "x"], ["index", str(notes)]):
         done = subprocess.run([SEARCH, *command, "--index", str(index)], capture_output=True, text=True)

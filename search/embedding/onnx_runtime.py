@@ -7,6 +7,7 @@ with onnxruntime, tokenises with `tokenizers` and pools in numpy.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -28,19 +29,30 @@ class OnnxEncoder:
     backend = BACKEND
 
     def __init__(self, spec: ModelSpec, onnx_file: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        self.spec = spec
+        self.spec, self.onnx_file, self.threads = spec, onnx_file, threads
         self.tokenizer = load_tokenizer(spec)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or _cores()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
         self.identity = f"{BACKEND}:{Path(onnx_file).parent.name}"  # the export folder names recipe and model files
         self.dim = spec.dim
         self.max_seq_length = spec.max_seq_length
+        self._session = None
+        self._session_lock = threading.Lock()
+
+    @property
+    def session(self):
+        """The ONNX Runtime session, made on first use (~0.3 s): a build that embeds nothing in this
+        model, and only asks its identity to reuse vectors, never pays for it."""
+        if self._session is None:
+            with self._session_lock:
+                if self._session is None:
+                    import onnxruntime as ort
+
+                    options = ort.SessionOptions()
+                    options.intra_op_num_threads = self.threads or _cores()
+                    options.inter_op_num_threads = 1
+                    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                    options.log_severity_level = 3
+                    self._session = ort.InferenceSession(str(self.onnx_file), options, providers=["CPUExecutionProvider"])
+        return self._session
 
     def encode(self, texts: Sequence[str], batch_size: int = CPU_BATCH, progress: "object | None" = None) -> np.ndarray:
         out = np.empty((len(texts), self.dim), dtype=np.float32)

@@ -4,8 +4,9 @@ Like bm25s, the index precomputes the BM25 contribution of every (term, passage)
 (one column per term) and a query sums the columns of its terms. Unlike a single bm25s index, the matrix is
 cut into *segments* of consecutive passages, so a build only ever holds one segment's postings:
 
-1. a first streaming pass over the tokens gathers the GLOBAL statistics: vocabulary, document frequency of
-   every term, number of passages and total length (hence the average length);
+1. a first pass over the passages' term ids (int32, search.index.bm25_terms: on disk for a build, so
+   memory-mapped) counts the GLOBAL statistics: document frequency of every term, number of passages
+   and total length (hence the average length), vectorised a chunk of passages at a time;
 2. a second pass scores each segment with those global statistics and writes it out.
 
 Every stored score is therefore the one a single index over the whole corpus would hold, and a query's
@@ -32,6 +33,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params, idf, term_frequency_component
+from search.index.bm25_terms import VOCAB_FILE, TermStream, term_ids
 
 __all__ = ["BM25Index", "BM25Params"]
 
@@ -54,22 +56,14 @@ class _Stats:
     total_length: int
 
     @classmethod
-    def gather(cls, corpus: Iterable[Sequence[str]]) -> "_Stats":
-        vocab: dict[str, int] = {}
-        df: list[int] = []
-        n = total = 0
-        for i, doc in enumerate(corpus):
-            if isinstance(doc, str):
-                raise TypeError(f"passage {i} is a str; pass a list of tokens per passage (see search.tokenizing.tokenize)")
-            n += 1
-            total += len(doc)
-            for token in set(doc):
-                term = vocab.setdefault(token, len(df))
-                if term == len(df):
-                    df.append(1)
-                else:
-                    df[term] += 1
-        return cls(vocab, np.asarray(df, dtype=np.int64), n, total)
+    def of_terms(cls, stream: TermStream) -> "_Stats":
+        """Document frequencies counted over the term ids, a chunk of passages at a time (vectorised)."""
+        df = np.zeros(len(stream.vocab), dtype=np.int64)
+        for first, last, terms in _chunks(stream.lengths, stream.terms, _CHUNK_TOKENS):
+            pairs = np.sort(np.repeat(np.arange(last - first, dtype=np.int64), stream.lengths[first:last]) * max(len(df), 1) + terms)
+            distinct = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]  # by sorting: numpy's hashed unique is 10x slower here
+            df += np.bincount(distinct % max(len(df), 1), minlength=len(df))
+        return cls(stream.vocab, df, len(stream.lengths), int(stream.lengths.sum()))
 
     @property
     def avg_length(self) -> float:
@@ -109,6 +103,17 @@ class _Segment:
         return cls(start, n, *arrays)
 
 
+def _chunks(lengths: np.ndarray, terms: np.ndarray, size: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(first, last, their term ids) for runs of whole passages of about `size` tokens."""
+    ends = np.cumsum(lengths)
+    first = 0
+    while first < len(lengths):
+        base = ends[first] - lengths[first]
+        last = max(first + 1, int(np.searchsorted(ends, base + size, side="right")))
+        yield first, last, np.asarray(terms[base : ends[last - 1]])
+        first = last
+
+
 class _SegmentScorer:
     """Turns consecutive passages' tokens into segments scored with the global statistics."""
 
@@ -116,41 +121,34 @@ class _SegmentScorer:
         self.stats = stats
         self.params = params
         n = stats.n_passages
-        self.idf = np.fromiter((idf(params, int(d), n) for d in stats.df), dtype=np.float64, count=len(stats.df))
+        # once per distinct document frequency (a few thousand among 100k terms), by the same scalar formula;
+        # a term no passage holds any more (search.index.bm25_terms) has no postings: any idf will do
+        dfs, term_df = np.unique(stats.df, return_inverse=True)
+        self.idf = np.array([idf(params, int(d), n) if d else 0.0 for d in dfs.tolist()], dtype=np.float64)[term_df.reshape(-1)]
         self.nonoccurrence = None
         if params.method in NONOCCURRENCE_METHODS:
             avg = stats.avg_length
             zero = term_frequency_component(params, 0, avg, avg)
             self.nonoccurrence = self.idf * zero  # idf(df) * tfc(0) per term, as bm25s's non-occurrence array
 
-    def segments(self, corpus: Iterable[Sequence[str]], max_passages: int, max_tokens: int) -> Iterator[_Segment]:
-        """Segments in passage order; a segment's tokens are held as int32 term ids (4 bytes a token),
-        never as Python strings."""
-        vocab = self.stats.vocab
-        terms, lengths = array("i"), array("q")
+    def segments(self, stream: TermStream, max_passages: int, max_tokens: int) -> Iterator[_Segment]:
+        """Segments in passage order: a segment ends after max_passages, or after the passage that brings
+        it to max_tokens tokens."""
+        ends = np.cumsum(stream.lengths)
         start = 0
-        for doc in corpus:
-            terms.extend([vocab[t] for t in doc])
-            lengths.append(len(doc))
-            if len(lengths) >= max_passages or len(terms) >= max_tokens:
-                yield self._segment(start, np.frombuffer(terms, dtype=np.int32), np.frombuffer(lengths, dtype=np.int64))
-                start += len(lengths)
-                terms, lengths = array("i"), array("q")
-        if lengths:
-            yield self._segment(start, np.frombuffer(terms, dtype=np.int32), np.frombuffer(lengths, dtype=np.int64))
+        while start < len(stream.lengths):
+            base = ends[start] - stream.lengths[start]
+            stop = min(start + max_passages, int(np.searchsorted(ends, base + max_tokens, side="left")) + 1, len(stream.lengths))
+            yield self._segment(start, np.asarray(stream.terms[base : ends[stop - 1]]), stream.lengths[start:stop])
+            start = stop
 
     def _segment(self, start: int, terms: np.ndarray, lengths: np.ndarray) -> _Segment:
         import scipy.sparse as sp
 
-        ends = np.cumsum(lengths)
         rows, cols, scores = [], [], []
-        first = 0
-        while first < len(lengths):  # vectorised over chunks of about _CHUNK_TOKENS tokens
-            base = ends[first] - lengths[first]
-            last = max(first + 1, int(np.searchsorted(ends, base + _CHUNK_TOKENS, side="right")))
-            r, c, s = self._postings(terms[base : ends[last - 1]], lengths[first:last])
+        for first, last, chunk in _chunks(lengths, terms, _CHUNK_TOKENS):  # vectorised a chunk at a time
+            r, c, s = self._postings(chunk, lengths[first:last])
             rows.append(r + first), cols.append(c), scores.append(s)
-            first = last
         row = np.concatenate(rows).astype(np.int32)
         col = np.concatenate(cols)
         data = np.concatenate(scores)
@@ -185,7 +183,7 @@ class BM25Index:
         nonoccurrence: np.ndarray | None = None,
         folder: Path | None = None,
     ) -> None:
-        # Use build(), build_streaming() or load().
+        # Use build(), build_from_terms() or load().
         self._vocab = vocab
         self._segments = segments
         self.n_passages = int(n_passages)
@@ -204,42 +202,48 @@ class BM25Index:
         segment_tokens: int = SEGMENT_TOKENS,
     ) -> "BM25Index":
         """Index ``corpus_tokens[i]`` (the tokens of passage i) in memory."""
-        stats = _Stats.gather(corpus_tokens)
-        if not stats.vocab:  # no passages, or no passage with a token: nothing can ever match
-            return cls({}, [], stats.n_passages, params)
-        scorer = _SegmentScorer(stats, params)
-        segments = list(scorer.segments(corpus_tokens, segment_passages, segment_tokens))
-        return cls(stats.vocab, segments, stats.n_passages, params, scorer.nonoccurrence)
+        vocab: dict[str, int] = {}
+        terms, lengths = array("i"), array("q")
+        for i, doc in enumerate(corpus_tokens):
+            terms.extend(term_ids(vocab, doc, i))
+            lengths.append(len(doc))
+        stream = TermStream(np.frombuffer(terms, dtype=np.int32), np.frombuffer(lengths, dtype=np.int64), vocab)
+        if not vocab:  # no passages, or no passage with a token: nothing can ever match
+            return cls({}, [], len(stream.lengths), params)
+        scorer = _SegmentScorer(_Stats.of_terms(stream), params)
+        segments = list(scorer.segments(stream, segment_passages, segment_tokens))
+        return cls(vocab, segments, len(stream.lengths), params, scorer.nonoccurrence)
 
     @classmethod
-    def build_streaming(
+    def build_from_terms(
         cls,
-        corpus: Callable[[], Iterable[Sequence[str]]],
+        stream: TermStream,
         folder: str | Path,
         params: BM25Params = BM25Params(),
         segment_passages: int = SEGMENT_PASSAGES,
         segment_tokens: int = SEGMENT_TOKENS,
         on_passages: Callable[[int], None] | None = None,
     ) -> "BM25Index":
-        """Index a corpus too big for memory: ``corpus()`` must give the same token lists on each call (it is
-        read twice, e.g. from a tokens.jsonl). Segments are written into ``folder`` as they are scored and the
-        result is returned memory-mapped. ``on_passages(n)`` reports progress of the second pass."""
+        """Score a term stream (search.index.bm25_terms, written in ``folder`` while a corpus too big for
+        memory was read once) into segments written there as they go; the result is memory-mapped."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        stats = _Stats.gather(corpus())
-        if not stats.vocab:
-            index = cls({}, [], stats.n_passages, params)
+        if not len(stream.terms):
+            index = cls({}, [], len(stream.lengths), params)
             index.save(folder)
             return index
+        stats = _Stats.of_terms(stream)
+        if (stats.df == 0).sum() > 0.5 * len(stats.df):  # mostly terms of passages gone since: number afresh
+            stream = stream.without_unused(stats.df, folder)
+            stats = _Stats(stream.vocab, stats.df[stats.df > 0], stats.n_passages, stats.total_length)
         scorer = _SegmentScorer(stats, params)
         sizes = []
-        for number, segment in enumerate(scorer.segments(corpus(), segment_passages, segment_tokens)):
+        for number, segment in enumerate(scorer.segments(stream, segment_passages, segment_tokens)):
             segment.save(folder, number)
             sizes.append(segment.n)
             if on_passages:
                 on_passages(segment.n)
             del segment  # only one segment's arrays are ever held
-        cls._write_meta(folder, stats.vocab, sizes, stats.n_passages, params, scorer.nonoccurrence)
+        cls._write_meta(folder, stream.vocab, sizes, len(stream.lengths), params, scorer.nonoccurrence)
         return cls.load(folder)
 
     # ------------------------------------------------------------------ query
@@ -316,8 +320,9 @@ class BM25Index:
                     nonoccurrence: np.ndarray | None) -> None:
         if nonoccurrence is not None:
             np.save(folder / "nonoccurrence.npy", nonoccurrence)
-        with open(folder / "vocab.json", "w", encoding="utf-8") as handle:
-            json.dump(list(vocab), handle, ensure_ascii=False)  # dicts keep insertion order = term id order
+        with open(folder / VOCAB_FILE, "w", encoding="utf-8") as handle:
+            # dicts keep insertion order = term id order; dumps, not dump: only a one-shot dump runs json's C encoder
+            handle.write(json.dumps(list(vocab), ensure_ascii=False))
         meta = {"format": _FORMAT, "n_passages": n, "params": params.to_dict(), "segments": sizes, "empty": not vocab}
         tmp = folder / (_META_NAME + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -334,6 +339,14 @@ class BM25Index:
         sizes = [segment.n for segment in self._segments]
         self._write_meta(folder, self._vocab, sizes, self.n_passages, self.params, self._nonoccurrence)
 
+    @staticmethod
+    def readable(folder: str | Path) -> bool:
+        """Whether `load` would read the index in `folder` (its format is this code's)."""
+        try:
+            return json.loads((Path(folder) / _META_NAME).read_text(encoding="utf-8")).get("format") == _FORMAT
+        except (OSError, ValueError, AttributeError):
+            return False
+
     @classmethod
     def load(cls, folder: str | Path, mmap: bool = True) -> "BM25Index":
         """Read an index written by ``save``; with ``mmap`` the score matrices stay on disk, paged in on use."""
@@ -348,7 +361,7 @@ class BM25Index:
         params = BM25Params(**meta["params"])
         if meta["empty"]:
             return cls({}, [], n, params, folder=folder)
-        with open(folder / "vocab.json", encoding="utf-8") as handle:
+        with open(folder / VOCAB_FILE, encoding="utf-8") as handle:
             vocab = {token: term for term, token in enumerate(json.load(handle))}
         segments, start = [], 0
         for number, size in enumerate(meta["segments"]):

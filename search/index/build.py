@@ -8,7 +8,6 @@ and encoder are unchanged keeps its vector (search.index.vectors).
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import shutil
@@ -17,22 +16,25 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
+from search.embedding.encoder import Encoder
 from search.embedding.models import model_plan
 from search.errors import IndexDamaged, IndexNotFound, SearchError
 from search.index.backends import Mirror
 from search.index.bm25 import BM25Index, BM25Params
-from search.index.facets import write_facets
+from search.index.bm25_terms import TERM_FILES, TermStream, TermWriter
+from search.index.carry import Carrier, Run, joined
+from search.index.facets import FacetWriter
 from search.index.folder import FORMAT_VERSION, PASSAGE_FILES, Generation, IndexFolder, check_compatible
-from search.index.integrity import described, problems, seal
-from search.index.passage_store import PassageStore, PassageWriter, TokenStore, iter_tokens
-from search.index.preparing import Prepared, prepare_documents, warm_worker
+from search.index.integrity import described, file_digest, problems, seal
+from search.index.passage_store import PassageWriter
+from search.index.preparing import POOL_AFTER, Prepared, prepare_documents, preparing_pool, unit_batches
 from search.index.report import BuildSummary, Progress, StageTimer, skip_reason
 from search.index.vectors import PreviousVectors, VectorWriter
 from search.ingest.loading import LoadOptions, discover_files, iter_documents
 from search.schema import Document, Passage, Skipped, SourceFile
 from search.text.passages import TEXT_VERSION
 
-__all__ = ["BuildConfig", "Builder", "file_hash"]
+__all__ = ["BuildConfig", "Builder"]
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +52,14 @@ class BuildConfig:
     follow_symlinks: bool = False
 
 
-def file_hash(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class Builder:
     """One build of an index folder; call `run(paths)` under the folder's build lock.
 
     A build streams: passages go to the new generation's files as they are produced (PassageWriter),
-    documents are chunked and tokenised by a process pool in order (search.passages), vectors are embedded in bounded batches into an on-disk array
-    per space (search.index.vectors), and BM25 is built in segments from tokens.jsonl. What stays in memory per
-    passage is a few integers, so a 1 GB file indexes in bounded memory.
+    documents are chunked and tokenised by a process pool in order (search.index.preparing), vectors are
+    embedded in bounded batches into an on-disk array per space (search.index.vectors), and BM25 is built
+    in segments from the term ids written meanwhile (search.index.bm25_terms); unchanged files are carried
+    over (search.index.carry). What stays in memory per passage is a few integers.
     """
 
     def __init__(self, folder: IndexFolder, model: str | None, rebuild: bool, config: BuildConfig, progress: Progress | None = None,
@@ -72,7 +67,7 @@ class Builder:
         self.folder, self.mirror = folder, mirror  # mirror: search.index.backends
         self.progress = progress
         self.config = config
-        self.trust_passages, self.untrusted_spaces = True, set()
+        self.trust_passages, self.untrusted_spaces, self.trust_terms = True, set(), True
         self.previous, old = (None, None) if rebuild else self._previous(model)
         self.failed: set[str] = set()  # paths of files a pool worker could not chunk
         # another index lends its vectors to a new one (a vector is reused only for the same model,
@@ -86,7 +81,7 @@ class Builder:
         # None keeps what the index was built with; a new index embeds unless told otherwise
         keyword_only = config.keyword_only
         if keyword_only is None and old is None and not rebuild:
-            keyword_only = self._left_keyword_only()
+            keyword_only = self.folder.left_keyword_only()
         self.keyword_only = bool(old and old.get("keyword_only")) if keyword_only is None else keyword_only
         self.timer = StageTimer()
 
@@ -104,11 +99,13 @@ class Builder:
             return None, None
         check_compatible(manifest, model, self.folder.root)
         listed = manifest.get("checksums") or {}
-        reused = [name for name in listed if name in PASSAGE_FILES or name.startswith("dense-")]
+        term_files = [generation.relative(generation.bm25_folder / name) for name in TERM_FILES]
+        reused = [name for name in listed if name in PASSAGE_FILES or name.startswith("dense-") or name in term_files]
         bad = problems(generation, manifest, full=True, names=reused)
         if "manifest.json" in bad:
             log.warning("index at %s has no checksums: building it anew", self.folder.root)
             return None, None
+        self.trust_terms = not any(name in bad for name in term_files)  # else BM25's term ids come from the tokens
         if bad:
             self.trust_passages = not any(name in bad for name in PASSAGE_FILES)
             self.untrusted_spaces = {space for space in manifest["models"] if generation.space_files(space, bad)}
@@ -129,19 +126,6 @@ class Builder:
         dense = [name for name in manifest.get("checksums") or {} if name.startswith("dense-")]
         return None if problems(generation, manifest, full=True, names=dense) else generation
 
-    def _left_keyword_only(self) -> bool | None:
-        """Whether what is left of an index that cannot be trusted (damaged manifest, garbage
-        CURRENT) was keyword-only: recovering a big keyword-only index must not start embedding it."""
-        # a generation that got as far as BM25 (written after the vectors) or its manifest tells
-        generations = [generation for generation in self.folder.generations()
-                       if generation.manifest_file.exists() or generation.bm25_folder.exists()]
-        if not generations:  # none, or only the leftovers of builds killed early
-            return None
-        try:
-            return not any(generation.has_vectors() for generation in generations)
-        except OSError:
-            return None
-
     def _report(self, stage: str, done: int, total: int | None) -> None:
         if self.progress is not None:
             self.progress(stage, done, total)
@@ -150,7 +134,27 @@ class Builder:
         started = time.perf_counter()
         summary = BuildSummary()
         sources, summary.skipped = discover_files(paths, self.config.follow_symlinks, exclude=[self.folder.root])
-        return self._write(self._collect_units(sources, summary), summary, started)
+        if self._nothing_changed(sources):  # no new generation: a build from cron costs a stat per file
+            summary.files_unchanged, summary.passages = len(sources), self.old_manifest["passages"]
+            summary.passages_reused = 0 if self.keyword_only else summary.passages  # every vector kept
+            summary.seconds = round(time.perf_counter() - started, 3)
+            return summary
+        return self._write(joined(self._collect_units(sources, summary)), summary, started)
+
+    def _nothing_changed(self, sources: list[SourceFile]) -> bool:
+        """Whether the live generation is what this build would write: every file as it recorded it (path,
+        size, mtime), all of it trusted, built with these settings and encoders, no backend to update."""
+        old = self.old_manifest
+        if old is None or self.mirror is not None or "backend" in old or not (self.trust_passages and self.trust_terms) or self.untrusted_spaces:
+            return False  # ("backend": published for another backend than the embedded one wanted now)
+        files = old["files"]
+        if _recorded_settings(old) != self._settings() or len(files) != len(sources) or not all(
+                (info := files.get(source.path)) is not None and info["sha256"] and (info["size"], info["mtime"]) == (source.size, source.mtime)
+                for source in sources):
+            return False
+        # the same export recipes, and every file whole (hashed: `search index` still repairs any damage)
+        return all(Encoder(info["name"]).identity == info["identity"] for info in old["models"].values()) and \
+            not problems(self.previous, old, full=True) and BM25Index.readable(self.previous.bm25_folder)
 
     def run_documents(self, documents: Iterable[Document]) -> BuildSummary:
         """Index documents that are not files of their own (records of a collection, say)."""
@@ -171,7 +175,7 @@ class Builder:
         a _FileDone after each source file's others, which records the file and its passage range.
         """
         self.folder.remove_stale()  # leftovers of aborted builds (the live generation stays)
-        self.summary, self.vectors = summary, None
+        self.summary, self.vectors, self.terms = summary, None, None
         generation = self.folder.new_generation()
         try:
             return self._write_generation(generation, units, summary, started)
@@ -179,6 +183,8 @@ class Builder:
             # a full disk, say: give the space back now; the live generation is untouched
             if self.vectors is not None:
                 self.vectors.abort()
+            if self.terms is not None:
+                self.terms.abort()
             shutil.rmtree(generation.path, ignore_errors=True)
             if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SearchError(f"no space left for the index at {self.folder.root} ({error.strerror}): it was not "
@@ -187,30 +193,55 @@ class Builder:
 
     def _write_generation(self, generation: Generation, units: Iterable["_Unit"], summary: BuildSummary, started: float) -> BuildSummary:
         timer = self.timer
-        vectors = self.vectors = None if self.keyword_only else VectorWriter(generation, self.plan, self._previous_vectors(), summary, timer)
+        # a backend that searches elsewhere (Qdrant) needs no FAISS or BM25 files: only the vectors, which
+        # incremental builds reuse and the mirror sends, and the passages and tokens hits are read from
+        searchable = self.mirror is None
+        vectors = self.vectors = None if self.keyword_only else VectorWriter(generation, self.plan, self._previous_vectors(), summary, timer,
+                                                                              searchable)
+        previous_terms = TermStream.open(self.previous.bm25_folder) if self.previous is not None and self.trust_terms else None
+        terms = self.terms = TermWriter(generation.bm25_folder, previous_terms)
         files: dict[str, Any] = {}
         with PassageWriter(generation) as writer:
+            facets = FacetWriter()
+            carrier = Carrier(self.previous, writer, vectors, terms, facets, timer) if self.previous is not None and self.trust_passages else None
             first = 0
             for item in self._prepared(units):
+                if isinstance(item, Run):
+                    carrier.add(item.first, item.count)
+                    for path, entry, count in item.files:
+                        files[path], first = {**entry, "first": first, "count": count}, first + count
+                    self._report("indexing", item.count, None)
+                    continue
                 if isinstance(item, _FileDone):
                     if item.path in self.failed:  # read again next build
                         item.entry["sha256"] = ""
-                    files[item.path] = {**item.entry, "first": first, "count": len(writer) - first}
-                    first = len(writer)
+                    end = len(writer) + (carrier.pending if carrier else 0)
+                    files[item.path] = {**item.entry, "first": first, "count": end - first}
+                    first = end
                     continue
+                if carrier is not None:
+                    carrier.flush()  # the unchanged files before this passage
                 passage, tokens = item
                 with timer("write"):
                     pid = writer.add(passage, tokens)
+                    terms.add(tokens)
+                    facets.add(passage)
                 if vectors is not None:
                     vectors.add(pid, passage)
                 self._report("indexing", 1, None)
+            if carrier is not None:
+                carrier.flush()
             summary.passages = len(writer)
         with timer("write"):
-            write_facets(generation, PassageStore(generation))
+            facets.save(generation)
         models = vectors.finish() if vectors is not None else {}
-        with timer("bm25"):
-            BM25Index.build_streaming(lambda: iter_tokens(generation), generation.bm25_folder, self.config.bm25,
-                                      on_passages=lambda done: self._report("bm25", done, summary.passages))
+        if searchable:
+            with timer("bm25"):
+                BM25Index.build_from_terms(terms.close(), generation.bm25_folder, self.config.bm25,
+                                           on_passages=lambda done: self._report("bm25", done, summary.passages))
+        else:
+            terms.abort()
+            shutil.rmtree(generation.bm25_folder)
         manifest = self._manifest(files, models, summary)
         if self.mirror is not None:  # another backend searches: copy the generation into it first
             with timer("backend"):
@@ -227,11 +258,8 @@ class Builder:
     def _collect_units(self, sources: list[SourceFile], summary: BuildSummary) -> Iterator["_Unit"]:
         old_files = self.old_manifest["files"] if self.old_manifest else {}
         trusted = self.previous is not None and self.trust_passages
-        old_passages = PassageStore(self.previous) if trusted else None
-        old_tokens = TokenStore(self.previous) if trusted else None
-        # options an older index did not record had their defaults then
-        if not trusted or self.old_manifest.get("text_version", 1) != TEXT_VERSION or \
-                {**asdict(LoadOptions()), **self.old_manifest["loading"]} != asdict(self.config.load):
+        built = _recorded_settings(self.old_manifest) if trusted else {}
+        if not trusted or any(built[name] != self._settings()[name] for name in TEXT_SETTINGS):
             # other load options or text rules, or passages that cannot be trusted: every file is read
             # again (as changed); vectors are still reused by text
             old_files = {path: {**info, "size": -1, "sha256": ""} for path, info in old_files.items()}
@@ -240,38 +268,37 @@ class Builder:
             old = old_files.get(source.path)
             try:
                 same_stat = old is not None and old["size"] == source.size and old["mtime"] == source.mtime
-                digest = old["sha256"] if same_stat else file_hash(source.path)
+                digest = old["sha256"] if same_stat else file_digest(source.path)
             except OSError as error:  # hashing an unreadable file
                 summary.skipped.append(Skipped(source.path, skip_reason(error)))
                 continue
             units = 0
             if old is not None and old["sha256"] and old["sha256"] == digest:  # "": read again
                 summary.files_unchanged += 1
-                for pid in range(old["first"], old["first"] + old["count"]):
-                    yield old_passages.get(pid), old_tokens.get(pid)
-                    units += 1
-            else:
-                try:
-                    for document in iter_documents(source, self.config.load):
-                        if isinstance(document, Skipped):  # one bad record of a collection file
-                            summary.skipped.append(document)
-                            continue
-                        yield document
-                        units += 1
-                except Exception as error:  # noqa: BLE001 - whatever one file does, the build goes on
-                    summary.skipped.append(Skipped(source.path, skip_reason(error)))
-                    if units == 0:
+                recorded.add(source.path)
+                yield Run(old["first"], old["count"], [(source.path, {"size": source.size, "mtime": source.mtime, "sha256": digest}, old["count"])])
+                continue
+            try:
+                for document in iter_documents(source, self.config.load):
+                    if isinstance(document, Skipped):  # one bad record of a collection file
+                        summary.skipped.append(document)
                         continue
-                    digest = ""  # failed part-way: keep what was read, and read the file again next build
-                if old is None:
-                    summary.files_added += 1
-                else:
-                    summary.files_changed += 1
+                    yield document
+                    units += 1
+            except Exception as error:  # noqa: BLE001 - whatever one file does, the build goes on
+                summary.skipped.append(Skipped(source.path, skip_reason(error)))
+                if units == 0:
+                    continue
+                digest = ""  # failed part-way: keep what was read, and read the file again next build
+            if old is None:
+                summary.files_added += 1
+            else:
+                summary.files_changed += 1
             recorded.add(source.path)
             yield _FileDone(source.path, {"size": source.size, "mtime": source.mtime, "sha256": digest})
         summary.files_removed = len(set(old_files) - recorded)
 
-    def _prepared(self, units: Iterable["_Unit"]) -> Iterator["tuple[Passage, list[str]] | _FileDone"]:
+    def _prepared(self, units: Iterable["_Unit"]) -> Iterator["tuple[Passage, list[str]] | Run | _FileDone"]:
         """`units` with every new document replaced by its passages and their tokens, in order.
 
         Chunking (which counts model tokens) and jieba cost ~3 CPU-s per MB of text; once there is
@@ -282,11 +309,11 @@ class Builder:
         pool, pending, fresh = None, deque(), 0
         read = self._timed_units(units)
         try:
-            for batch in _unit_batches(read):
+            for batch in unit_batches(read):
                 documents = [unit for unit in batch if isinstance(unit, Document)]
                 fresh += sum(len(document.text) for document in documents)
                 if pool is None and workers > 1 and fresh > POOL_AFTER:
-                    pool = _preparing_pool(workers, self.plan)
+                    pool = preparing_pool(workers, self.plan)
                 if pool is not None:
                     work = pool.submit(prepare_documents, documents, self.plan, self.config.max_tokens, self.config.overlap_tokens)
                 else:
@@ -310,7 +337,7 @@ class Builder:
                 return
             yield unit
 
-    def _merge_prepared(self, batch: list["_Unit"], work: Any) -> Iterator["tuple[Passage, list[str]] | _FileDone"]:
+    def _merge_prepared(self, batch: list["_Unit"], work: Any) -> Iterator["tuple[Passage, list[str]] | Run | _FileDone"]:
         if not isinstance(work, Prepared):
             with self.timer("wait_pool"):  # time this process waited for the workers
                 work = work.result()
@@ -337,24 +364,21 @@ class Builder:
             return None
         return PreviousVectors(self.previous, self.old_manifest, skip=self.untrusted_spaces)
 
+    def _settings(self) -> dict[str, Any]:
+        """How this build makes a generation, as its manifest records it."""
+        return {"keyword_only": self.keyword_only, "bm25": self.config.bm25.to_dict(), "text_version": TEXT_VERSION,
+                "chunking": {"max_tokens": self.config.max_tokens, "overlap_tokens": self.config.overlap_tokens},
+                "loading": asdict(self.config.load)}
+
     def _manifest(self, files: dict[str, Any], models: dict[str, dict], summary: BuildSummary) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "models": models,
-            "keyword_only": self.keyword_only,
-            "bm25": self.config.bm25.to_dict(),
-            "text_version": TEXT_VERSION,
-            "chunking": {"max_tokens": self.config.max_tokens, "overlap_tokens": self.config.overlap_tokens},
-            "loading": asdict(self.config.load),
+            **self._settings(),
             "files": files,
             "passages": summary.passages,
         }
-
-
-UNIT_BATCH = 256  # documents (or reused passages) per task of the preparing pool
-BATCH_CHARS = 1 << 20  # ... or fewer, once the batch's new text reaches this many characters
-POOL_AFTER = 1 << 20  # characters of new text before a pool pays for its start-up (~1 s per worker)
 
 
 @dataclass
@@ -365,27 +389,11 @@ class _FileDone:
     entry: dict[str, Any]  # size, mtime, sha256
 
 
-_Unit = Any  # Document (new) | tuple[Passage, list[str]] (reused) | _FileDone
+_Unit = Any  # Document (new) | Run (unchanged files) | _FileDone
+TEXT_SETTINGS = ("text_version", "loading")  # settings that make a file's passages: when they differ, all is read again
 
 
-def _unit_batches(units: Iterable[_Unit]) -> Iterator[list[_Unit]]:
-    batch, chars = [], 0
-    for unit in units:
-        batch.append(unit)
-        if isinstance(unit, Document):
-            chars += len(unit.text)
-        if len(batch) == UNIT_BATCH or chars >= BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
-
-
-def _preparing_pool(workers: int, plan: dict[str, str]):
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # forkserver: workers start from a clean process, not a fork of one running torch or tokenizers threads
-    context = multiprocessing.get_context("forkserver")
-    # the build's pid: a worker exits when that process dies, even by kill -9 (no orphans)
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=warm_worker, initargs=(plan, os.getpid()))
+def _recorded_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's `Builder._settings`, with the defaults of those an older index did not record."""
+    return {"keyword_only": bool(manifest.get("keyword_only")), "bm25": manifest.get("bm25"), "text_version": manifest.get("text_version", 1),
+            "chunking": manifest.get("chunking"), "loading": {**asdict(LoadOptions()), **manifest["loading"]}}

@@ -14,6 +14,11 @@ The index type follows the size of the space:
   final order; only a neighbour the probed lists miss can be lost (recall@10 is measured by
   benchmarks/speed.py).
 
+An HNSW graph is extended, not rebuilt, by an incremental build (`extended`): a one-note edit
+adds its new vectors to the previous graph, and the rows of passages that are gone stay in the graph
+as *retired* rows (passage id -1) that every search skips, until they would be a fifth of the graph
+and the build makes a new one. Building a 34k-vector graph costs seconds; extending it, milliseconds.
+
 IVF rather than HNSW at scale: it builds in seconds at 1M vectors on two cores (HNSW takes many
 minutes) and its lists are read memory-mapped, so a query process touches only the lists it probes.
 The float32 rows a query re-ranks are read with positional reads (RowFile), not through a memory map:
@@ -39,6 +44,8 @@ HNSW_BUILD_DEPTH = 80  # efConstruction
 # efSearch: recall@10 of real queries on the bench corpus, zh / en: 0.980 / 0.997 at 256, 0.990 /
 # 0.998 at 512 (queries sit farther from passages than passages from each other).
 HNSW_SEARCH_DEPTH = 512
+# A graph is built anew once retired rows (passages gone since it was built) would pass this share.
+MAX_RETIRED_SHARE = 0.2
 # An approximate search re-ranks this many times k candidates (at least RERANK_MIN) exactly.
 RERANK_FACTOR = 2
 RERANK_MIN = 50
@@ -91,8 +98,13 @@ class DenseIndex:
         if exact_vectors is not None and len(exact_vectors) != len(ids):
             raise ValueError(f"{len(exact_vectors)} re-rank vectors for {len(ids)} ids")
         self.index = index
-        self.ids = np.asarray(ids, dtype=np.int64)
+        self.ids = np.asarray(ids, dtype=np.int64)  # -1: a retired row (see the module docstring)
         self._exact = exact_vectors  # None for an exact index, whose own storage holds the vectors
+        self.retired = int((self.ids < 0).sum())
+        self._live = None  # bitmap of the live rows and its selector, when some rows are retired
+        if self.retired:
+            bitmap = np.packbits(self.ids >= 0, bitorder="little")
+            self._live = (bitmap, faiss.IDSelectorBitmap(bitmap))  # the bitmap must outlive the selector
 
     @classmethod
     def build(
@@ -102,12 +114,12 @@ class DenseIndex:
         EXACT_MAX_VECTORS), an HNSW graph up to `graph_max`, IVF with exact re-rank above it.
         `vectors` may be a memory-mapped file: it is added in chunks and never copied whole."""
         vectors = vectors.reshape(-1, dim)
-        limit = EXACT_MAX_VECTORS if exact_max is None else exact_max
-        if len(vectors) <= limit:
+        kind = index_kind(len(vectors), exact_max, graph_max)
+        if kind == "flat":
             index = faiss.IndexFlatIP(dim)
             _add_in_chunks(index, vectors)
             return cls(index, ids)
-        if len(vectors) <= graph_max:
+        if kind == "hnsw":
             index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = HNSW_BUILD_DEPTH
             index.hnsw.efSearch = HNSW_SEARCH_DEPTH
@@ -121,6 +133,19 @@ class DenseIndex:
         _add_in_chunks(index, vectors)
         index.nprobe = ivf_probes(nlist)
         return cls(index, ids, vectors)
+
+    @classmethod
+    def extended(cls, prefix: Path, ids: np.ndarray, vectors: np.ndarray) -> "DenseIndex | None":
+        """The saved graph at `prefix` with `vectors` added after its rows, and `ids` the passage id of
+        every row, old and new (-1 retires an old row); None when that is not worth it (not a graph, or
+        too many retired rows), so the caller builds anew."""
+        index = faiss.read_index(str(prefix.with_suffix(".faiss")))
+        total = index.ntotal + len(vectors)
+        if not isinstance(index, faiss.IndexHNSW) or len(ids) != total or (ids < 0).sum() > MAX_RETIRED_SHARE * total:
+            return None
+        index.hnsw.efSearch = HNSW_SEARCH_DEPTH
+        _add_in_chunks(index, vectors)
+        return cls(index, ids)
 
     @property
     def dim(self) -> int:
@@ -144,15 +169,26 @@ class DenseIndex:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def live(self) -> int:
+        """Rows that hold a passage (all but the retired ones)."""
+        return len(self.ids) - self.retired
+
+    def rows_allowed(self, mask: np.ndarray) -> np.ndarray:
+        """The live rows whose passage `mask` (a boolean array over passage ids) lets through."""
+        return np.flatnonzero(mask[self.ids] & (self.ids >= 0)) if self.retired else np.flatnonzero(mask[self.ids])
+
     def search(self, query: np.ndarray, k: int, allowed_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Passage ids and cosine scores of the k nearest passages, best first; with `allowed_rows`
         (row numbers, as from `row_of`) only among those rows, so a filter never cuts hits below k."""
-        k = min(k, len(self) if allowed_rows is None else len(allowed_rows))
+        k = min(k, self.live if allowed_rows is None else len(allowed_rows))
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         params = None
-        if allowed_rows is not None and len(allowed_rows) < len(self):
+        if allowed_rows is None and self._live is not None:  # every live row: skip the retired ones
+            params = _search_parameters(self.index, self._live[1])
+        elif allowed_rows is not None and len(allowed_rows) < len(self):
             if not self.exact and len(allowed_rows) <= self.EXACT_FILTER_ROWS:
                 return self._search_rows(query, k, allowed_rows)
             mask = np.zeros(len(self), dtype=bool)
@@ -161,7 +197,7 @@ class DenseIndex:
         depth = min(len(self), max(RERANK_FACTOR * k, RERANK_MIN)) if self.reranks else k
         scores, rows = self.index.search(query, depth, params=params)
         if params is not None and int((rows[0] >= 0).sum()) < k:  # an approximate index can miss allowed rows
-            return self._search_rows(query, k, allowed_rows)
+            return self._search_rows(query, k, np.flatnonzero(self.ids >= 0) if allowed_rows is None else allowed_rows)
         keep = rows[0] >= 0
         rows, scores = rows[0][keep], scores[0][keep]
         if self.reranks:
@@ -189,9 +225,7 @@ class DenseIndex:
 
     def row_of(self, n_passages: int) -> np.ndarray:
         """Row of each passage id in this index, -1 for passages of other spaces."""
-        rows = np.full(n_passages, -1, dtype=np.int64)
-        rows[self.ids] = np.arange(len(self.ids))
-        return rows
+        return passage_rows(self.ids, n_passages)
 
     def vectors_at(self, rows: np.ndarray) -> np.ndarray:
         """The stored float32 vectors at `rows` (scoring candidates; an incremental build copies them
@@ -242,6 +276,67 @@ class DenseIndex:
         if isinstance(index, faiss.IndexHNSW):
             index.hnsw.efSearch = HNSW_SEARCH_DEPTH
         return cls(index, ids)
+
+
+def index_kind(n: int, exact_max: int | None = None, graph_max: int = GRAPH_MAX_VECTORS) -> str:
+    """The kind of index (`DenseIndex.kind`) that `DenseIndex.build` makes for n vectors."""
+    return "flat" if n <= (EXACT_MAX_VECTORS if exact_max is None else exact_max) else "hnsw" if n <= graph_max else "ivf-sq8+rerank"
+
+
+def passage_rows(ids: np.ndarray, n_passages: int) -> np.ndarray:
+    """The row of each passage id, from each row's passage id (`ids`, -1 for a retired row); -1 for
+    passages without a row."""
+    rows = np.full(n_passages, -1, dtype=np.int64)
+    live = np.flatnonzero(ids >= 0)
+    rows[ids[live]] = live
+    return rows
+
+
+class StoredVectors:
+    """A space's float32 vectors in row order and the passage id of each row, without a FAISS index: what
+    a generation searched elsewhere (the Qdrant backend) keeps, for incremental builds to reuse and for
+    its mirror to send (`.vectors.npy` and `.ids.npy`, read as DenseIndex reads an IVF index's rows)."""
+
+    kind = "vectors"  # no index (see DenseIndex.kind)
+
+    def __init__(self, ids: np.ndarray, rows: "RowFile | np.ndarray") -> None:
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self._rows = rows
+
+    @property
+    def dim(self) -> int:
+        return int(self._rows.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._rows.rows(rows) if isinstance(self._rows, RowFile) else np.asarray(self._rows[rows])
+
+    def vectors(self) -> np.ndarray:
+        return self._rows.all() if isinstance(self._rows, RowFile) else self._rows
+
+    def save(self, prefix: Path) -> None:
+        """Copied a chunk at a time (the rows may be a build's memory-mapped staging file of millions)."""
+        np.save(prefix.with_suffix(".ids.npy"), self.ids)
+        path, rows = prefix.with_suffix(".vectors.npy"), self.vectors()
+        if len(rows) == 0:  # an empty file cannot be memory-mapped
+            np.save(path, np.zeros((0, self.dim), dtype=np.float32))
+            return
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(rows), self.dim))
+        for start in range(0, len(rows), _ADD_CHUNK):
+            out[start : start + _ADD_CHUNK] = rows[start : start + _ADD_CHUNK]
+        out.flush()
+        del out
+
+
+def load_vectors(prefix: Path) -> "DenseIndex | StoredVectors":
+    """A space's stored vectors, whether FAISS indexes them (DenseIndex, memory-mapped) or not
+    (StoredVectors): both answer `ids`, `dim`, `vectors_at` and `vectors`."""
+    if prefix.with_suffix(".faiss").is_file():
+        return DenseIndex.load(prefix, mmap=True)
+    return StoredVectors(np.load(prefix.with_suffix(".ids.npy")), RowFile(prefix.with_suffix(".vectors.npy")))
 
 
 class RowFile:

@@ -30,7 +30,7 @@ class EmbeddedBackend:
 
     def dense_search(self, space: str, vector: np.ndarray, k: int, selection: Selection | None) -> Ranking:
         index = self.dense[space]
-        rows = None if selection is None else np.flatnonzero(selection.mask[index.ids])
+        rows = None if selection is None else index.rows_allowed(selection.mask)
         return index.search(vector, k, allowed_rows=rows)
 
     def dense_scores(self, space: str, vector: np.ndarray, pids: np.ndarray) -> np.ndarray:

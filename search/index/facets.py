@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import unicodedata
+from array import array
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -29,7 +30,7 @@ from search.errors import FilterError
 from search.index.folder import Generation
 from search.schema import Passage
 
-__all__ = ["Facets", "facet_rows", "file_type", "normalise_tag", "normalise_type", "read_facets", "write_facets"]
+__all__ = ["FacetWriter", "Facets", "facet_rows", "file_type", "normalise_tag", "normalise_type", "read_facets"]
 
 # suffix spellings that name the same type; the key is what users may type, the value what is stored
 TYPE_ALIASES = {"markdown": "md", "mdown": "md", "mkd": "md", "text": "txt", "htm": "html", "yml": "yaml"}
@@ -148,29 +149,56 @@ class Facets:
         return {"tags": list(dict.fromkeys(tags)), "types": sorted(set(self.types) - {""}), "folders": folders}
 
 
-def facet_rows(passages: Iterable[Passage]) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Facet rows and each passage's row, reading `passages` once in order (so a streaming build can
-    pass a generator). Rows are keyed by (path, tags), which is per file for files: front matter is
-    the same for every passage of a file; documents sharing a path keep their own tags."""
-    index: dict[tuple[str, tuple[str, ...]], int] = {}
-    rows: list[dict[str, Any]] = []
-    passage_row: list[int] = []
-    for passage in passages:
+class FacetWriter:
+    """A generation's facets, made as its passages are written: a new passage's from its path and front
+    matter, an unchanged file's run from the previous generation's facets (no passage decoded).
+
+    Rows are keyed by (path, tags), which is per file for files: front matter is the same for every
+    passage of a file; documents sharing a path keep their own tags."""
+
+    def __init__(self) -> None:
+        self._row_of: dict[tuple[str, tuple[str, ...]], int] = {}
+        self.rows: list[dict[str, Any]] = []
+        self._passage_row = array("i")
+
+    def _row(self, path: str, tags: tuple[str, ...]) -> int:
+        row = self._row_of.get((path, tags))
+        if row is None:
+            row = self._row_of[(path, tags)] = len(self.rows)
+            self.rows.append({"path": path, "tags": list(tags)})
+        return row
+
+    def add(self, passage: Passage) -> None:
         values = [passage.metadata.get(key) for key in TAG_KEYS]
         tags = tuple(dict.fromkeys(str(tag) for value in values for tag in (value if isinstance(value, list) else [value]) if tag is not None))
-        key = (passage.path, tags)
-        if key not in index:
-            index[key] = len(rows)
-            rows.append({"path": passage.path, "tags": list(tags)})
-        passage_row.append(index[key])
-    return rows, np.asarray(passage_row, dtype=np.int32)
+        self._passage_row.append(self._row(passage.path, tags))
+
+    def add_run(self, previous: "Facets", first: int, count: int) -> None:
+        """The previous generation's passages [first, first + count)."""
+        old = previous.passage_row[first : first + count]
+        if not len(old):
+            return
+        distinct, seen_at = np.unique(old, return_index=True)
+        lookup = np.zeros(int(distinct[-1]) + 1, dtype=np.int32)
+        for row in distinct[np.argsort(seen_at)].tolist():  # rows in order of first sight, as `add` numbers them
+            lookup[row] = self._row(previous.rows[row]["path"], tuple(previous.rows[row]["tags"]))
+        self._passage_row.extend(lookup[old].tolist())
+
+    @property
+    def passage_row(self) -> np.ndarray:
+        return np.frombuffer(self._passage_row, dtype=np.int32)
+
+    def save(self, generation: Generation) -> None:
+        generation.facets_file.write_text(json.dumps({"files": self.rows}, ensure_ascii=False), encoding="utf-8")
+        np.save(generation.passage_file_map, self.passage_row)
 
 
-def write_facets(generation: Generation, passages: Iterable[Passage]) -> None:
-    """The facets of `passages` (read once, in passage-id order)."""
-    rows, passage_file = facet_rows(passages)
-    generation.facets_file.write_text(json.dumps({"files": rows}, ensure_ascii=False), encoding="utf-8")
-    np.save(generation.passage_file_map, passage_file)
+def facet_rows(passages: Iterable[Passage]) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Facet rows and each passage's row, reading `passages` once in order."""
+    writer = FacetWriter()
+    for passage in passages:
+        writer.add(passage)
+    return writer.rows, writer.passage_row
 
 
 def read_facets(generation: Generation) -> Facets:

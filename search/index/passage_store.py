@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from array import array
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -13,7 +14,7 @@ import numpy as np
 from search.index.folder import Generation
 from search.schema import Passage
 
-__all__ = ["PassageStore", "PassageWriter", "TokenStore", "iter_tokens", "read_tokens"]
+__all__ = ["LineBlock", "PassageStore", "PassageWriter", "TokenStore", "iter_tokens", "read_tokens"]
 
 
 class PassageWriter:
@@ -42,6 +43,18 @@ class PassageWriter:
         self._end += len(passage_line)
         self._token_end += len(token_line)
         return len(self._offsets) - 1
+
+    def add_block(self, passages: "LineBlock", tokens: "LineBlock") -> int:
+        """Append a run of passages with their tokens, copied as bytes from an earlier generation (an
+        unchanged file's); returns the first one's passage id."""
+        first = len(self._offsets)
+        self._offsets.extend((passages.starts + self._end).tolist())
+        self._token_offsets.extend((tokens.starts + self._token_end).tolist())
+        self._passages.write(passages.data)
+        self._tokens.write(tokens.data)
+        self._end += len(passages.data)
+        self._token_end += len(tokens.data)
+        return first
 
     def __len__(self) -> int:
         return len(self._offsets)
@@ -79,6 +92,14 @@ def read_tokens(generation: Generation) -> list[list[str]]:
     return list(iter_tokens(generation))
 
 
+@dataclass(frozen=True)
+class LineBlock:
+    """Consecutive lines of a JSON-lines file as bytes, with where each line starts in them."""
+
+    data: bytes
+    starts: np.ndarray
+
+
 class _Lines:
     """Line i of a JSON-lines file, found through its saved offsets and read with pread (no shared file
     position, so threads read concurrently). The file stays open, so a long-lived reader keeps working
@@ -93,10 +114,21 @@ class _Lines:
     def __len__(self) -> int:
         return len(self.offsets)
 
+    def _bounds(self, first: int, count: int) -> tuple[int, int]:
+        end = first + count
+        return int(self.offsets[first]), int(self.offsets[end]) if end < len(self.offsets) else self._end
+
     def raw(self, i: int) -> bytes:
-        start = int(self.offsets[i])
-        end = int(self.offsets[i + 1]) if i + 1 < len(self.offsets) else self._end
+        start, end = self._bounds(i, 1)
         return os.pread(self._handle.fileno(), end - start, start)
+
+    def block(self, first: int, count: int) -> "LineBlock":
+        """Lines [first, first + count) in one read."""
+        if count == 0:
+            return LineBlock(b"", np.zeros(0, dtype=np.int64))
+        start, end = self._bounds(first, count)
+        starts = np.asarray(self.offsets[first : first + count], dtype=np.int64) - start
+        return LineBlock(os.pread(self._handle.fileno(), end - start, start), starts)
 
     def close(self) -> None:
         self._handle.close()
@@ -110,6 +142,9 @@ class TokenStore:
 
     def get(self, passage_id: int) -> list[str]:
         return json.loads(self._lines.raw(passage_id))
+
+    def block(self, first: int, count: int) -> LineBlock:
+        return self._lines.block(first, count)
 
 
 class PassageStore:
@@ -128,6 +163,9 @@ class PassageStore:
 
     def get(self, passage_id: int) -> Passage:
         return Passage(**json.loads(self.get_raw(passage_id)))
+
+    def block(self, first: int, count: int) -> LineBlock:
+        return self._lines.block(first, count)
 
     def get_many(self, passage_ids: Iterable[int]) -> list[Passage]:
         return [self.get(passage_id) for passage_id in passage_ids]

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from search.embedding.models import space_for
 from search.embedding.spec import token_counter
@@ -24,7 +24,7 @@ from search.text.language import detect_language
 from search.text.passages import contextual_text
 from search.text.tokenizing import tokenize, tokenize_many
 
-__all__ = ["Prepared", "chunk_counter", "prepare_documents", "warm_worker"]
+__all__ = ["POOL_AFTER", "Prepared", "chunk_counter", "prepare_documents", "preparing_pool", "unit_batches", "warm_worker"]
 
 
 @dataclass
@@ -119,3 +119,33 @@ def _exit_with(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-build", daemon=True).start()
+
+
+UNIT_BATCH = 256  # documents (or reused passages) per task of the preparing pool
+BATCH_CHARS = 1 << 20  # ... or fewer, once the batch's new text reaches this many characters
+POOL_AFTER = 1 << 20  # characters of new text before a pool pays for its start-up (~1 s per worker)
+
+
+def unit_batches(units: Iterable[Any]) -> Iterator[list[Any]]:
+    """A build's units (new documents and the markers between them) in batches for the pool."""
+    batch, chars = [], 0
+    for unit in units:
+        batch.append(unit)
+        if isinstance(unit, Document):
+            chars += len(unit.text)
+        if len(batch) == UNIT_BATCH or chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def preparing_pool(workers: int, plan: dict[str, str]) -> Any:
+    """A process pool whose workers run `prepare_documents`."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # forkserver: workers start from a clean process, not a fork of one running torch or tokenizers threads
+    context = multiprocessing.get_context("forkserver")
+    # the build's pid: a worker exits when that process dies, even by kill -9 (no orphans)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=warm_worker, initargs=(plan, os.getpid()))

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from search.embedding.encoder import Encoder
 from search.embedding.models import space_for
-from search.index.dense import DenseIndex
+from search.index.dense import DenseIndex, StoredVectors, index_kind, load_vectors, passage_rows
 from search.index.folder import Generation
 from search.index.report import BuildSummary, StageTimer
 from search.schema import Passage
@@ -37,14 +38,19 @@ class PreviousVectors:
 
     def __init__(self, generation: Generation, manifest: dict[str, Any], skip: set[str] = frozenset()) -> None:
         """`skip`: spaces whose files failed their checksums (their vectors are embedded anew)."""
-        self.spaces: dict[str, tuple[str, str, DenseIndex, np.ndarray, np.ndarray]] = {}
+        self.spaces: dict[str, tuple[str, str, DenseIndex | StoredVectors, np.ndarray, np.ndarray]] = {}
+        self._keys: dict[str, np.ndarray] = {}  # each row's text key, in row order
+        self.prefixes: dict[str, Path] = {}
         for space, info in manifest["models"].items():
             if space in skip:
                 continue
-            index = DenseIndex.load(generation.dense_prefix(space), mmap=True)
+            self.prefixes[space] = generation.dense_prefix(space)
+            index = load_vectors(self.prefixes[space])
             keys = np.load(generation.dense_keys_file(space))
             order = np.argsort(keys, kind="stable")
             self.spaces[space] = (info["name"], info["identity"], index, keys[order], order)
+            self._keys[space] = keys
+        self._passage_rows: dict[str, np.ndarray] | None = None
 
     def dim(self, space: str, name: str) -> int | None:
         known = self.spaces.get(space)
@@ -59,6 +65,39 @@ class PreviousVectors:
         at = int(np.searchsorted(keys, key))
         return int(order[at]) if at < len(keys) and keys[at] == key else -1
 
+    def same_encoder(self, space: str, name: str, identity: str) -> bool:
+        known = self.spaces.get(space)
+        return known is not None and known[0] == name and known[1] == identity
+
+    def passage_rows(self, first: int, count: int) -> dict[str, np.ndarray]:
+        """For the previous generation's passages [first, first + count): their row in each space
+        (-1 in the spaces that do not hold them)."""
+        if self._passage_rows is None:
+            n = 1 + max((int(known[2].ids.max()) for known in self.spaces.values() if len(known[2].ids)), default=-1)
+            self._passage_rows = {space: passage_rows(known[2].ids, n) for space, known in self.spaces.items()}
+        return {space: rows[first : first + count] for space, rows in self._passage_rows.items()}
+
+    def keys_at(self, space: str, rows: np.ndarray) -> np.ndarray:
+        return self._keys[space][rows]
+
+    def extended(self, space: str, sources: np.ndarray, ids: np.ndarray, keys: np.ndarray,
+                 vectors_at: Callable[[np.ndarray], np.ndarray]) -> tuple[DenseIndex, np.ndarray] | None:
+        """The previous graph of `space` carried over to the new passages instead of building one: row
+        r of the old graph now holds the passage whose vector was copied from it (sources[i] == r,
+        the first such passage), other old rows are retired, and the remaining passages' vectors are
+        added after them. Returns the index and its rows' text keys, or None (see DenseIndex.extended)."""
+        old = self.spaces[space][2]
+        if old.kind != "hnsw":
+            return None
+        reused = np.flatnonzero(sources >= 0)
+        _, first = np.unique(sources[reused], return_index=True)
+        kept = reused[first]  # one passage per old row
+        row_ids = np.full(len(old), -1, dtype=np.int64)
+        row_ids[sources[kept]] = ids[kept]
+        added = np.setdiff1d(np.arange(len(ids)), kept)
+        index = DenseIndex.extended(self.prefixes[space], np.concatenate([row_ids, ids[added]]), vectors_at(added))
+        return None if index is None else (index, np.concatenate([self._keys[space], keys[added]]))
+
     def vectors(self, space: str, rows: list[int]) -> np.ndarray:
         return self.spaces[space][2].vectors_at(np.asarray(rows, dtype=np.int64))
 
@@ -67,13 +106,32 @@ class VectorWriter:
     """Routes each passage to the space of its language and collects the spaces' vectors."""
 
     def __init__(self, generation: Generation, plan: dict[str, str], previous: PreviousVectors | None, summary: BuildSummary,
-                 timer: StageTimer) -> None:
+                 timer: StageTimer, searchable: bool = True) -> None:
+        """`searchable`: build FAISS indexes (False: the vectors alone, for a backend that searches elsewhere)."""
         self.plan = plan
-        self.spaces = {space: _SpaceVectors(generation, space, name, previous, summary, timer) for space, name in plan.items()}
+        self.previous = previous
+        self.spaces = {space: _SpaceVectors(generation, space, name, previous, summary, timer, searchable) for space, name in plan.items()}
 
     def add(self, pid: int, passage: Passage) -> None:
         text = contextual_text(passage)
         self.spaces[space_for(self.plan, detect_language(text))].add(pid, text)
+
+    def add_block(self, first: int, old_first: int, count: int) -> bool:
+        """Passages [first, first + count) are the previous generation's [old_first, old_first + count)
+        (an unchanged file's): their vectors are copied by passage, without reading their text. False,
+        with nothing added, when some cannot be (another encoder now, or a space that failed its checksums)."""
+        previous = self.previous
+        if previous is None:
+            return False
+        rows = previous.passage_rows(old_first, count)
+        spaces = self.spaces
+        if set(rows) != set(spaces) or sum(int((space_rows >= 0).sum()) for space_rows in rows.values()) != count or \
+                not all(previous.same_encoder(space, vectors.name, vectors.encoder.identity) for space, vectors in spaces.items()):
+            return False
+        for space, space_rows in rows.items():
+            at = np.flatnonzero(space_rows >= 0)
+            spaces[space].add_rows(first + at, space_rows[at])
+        return True
 
     def finish(self) -> dict[str, dict]:
         """Build every space's FAISS index; returns the manifest's "models" entry."""
@@ -89,17 +147,21 @@ class VectorWriter:
 
 
 class _SpaceVectors:
-    """One space's vectors, appended in passage order to an on-disk float32 array, then indexed by FAISS."""
+    """One space's vectors: new ones embedded in batches into an on-disk float32 array, reused ones named
+    by their row in the previous generation, then indexed by FAISS (the previous graph extended, or a
+    new index over all of them in passage order)."""
 
     def __init__(self, generation: Generation, space: str, name: str, previous: PreviousVectors | None, summary: BuildSummary,
-                 timer: StageTimer) -> None:
-        self.generation, self.space, self.name = generation, space, name
+                 timer: StageTimer, searchable: bool) -> None:
+        self.generation, self.space, self.name, self.searchable = generation, space, name, searchable
         self.encoder = Encoder(name)  # loaded on first use: a build that only reuses vectors still needs its identity
         self.previous, self.summary, self.timer = previous, summary, timer
         self.raw_path = generation.dense_staging_file(space)
-        self.raw = open(self.raw_path, "wb")
+        self.raw = open(self.raw_path, "wb")  # the embedded vectors, in order
+        self.ordered_path = generation.dense_staging_file(f"{space}.ordered")  # all of them, when an index is built anew
         self.ids, self.keys = array("q"), array("Q")
-        self.queue: list[tuple[str | None, int]] = []  # (text to embed, or None and the previous row to copy)
+        self.sources = array("q")  # per passage: the previous generation's row its vector is, or -1 (embedded)
+        self.queue: list[str] = []  # texts waiting to be embedded
         self._dim = previous.dim(space, name) if previous else None
 
     @property
@@ -110,39 +172,88 @@ class _SpaceVectors:
 
     def add(self, pid: int, text: str) -> None:
         key = text_key(self.name, self.encoder.identity, text)
+        row = self.previous.row(self.space, self.name, self.encoder.identity, key) if self.previous else -1
         self.ids.append(pid)
         self.keys.append(key)
-        row = self.previous.row(self.space, self.name, self.encoder.identity, key) if self.previous else -1
-        self.queue.append((None, row) if row >= 0 else (text, -1))
+        self.sources.append(row)
+        if row >= 0:
+            self.summary.passages_reused += 1
+            return
+        self.queue.append(text)
         if len(self.queue) >= EMBED_BATCH:
             self._flush()
 
+    def add_rows(self, pids: np.ndarray, rows: np.ndarray) -> None:
+        """Passages whose vectors are the previous generation's `rows` of this space."""
+        self.ids.extend(pids.tolist())
+        self.keys.extend(self.previous.keys_at(self.space, rows).tolist())
+        self.sources.extend(rows.tolist())
+        self.summary.passages_reused += len(rows)
+
     def _flush(self) -> None:
-        if not self.queue:
-            return
-        block = np.empty((len(self.queue), self.dim), dtype=np.float32)
-        new = [i for i, (text, _) in enumerate(self.queue) if text is not None]
-        reused = [i for i, (text, _) in enumerate(self.queue) if text is None]
-        if new:
+        if self.queue:
             with self.timer("embed"):
-                block[new] = self.encoder.encode([self.queue[i][0] for i in new])
-        if reused:
-            block[reused] = self.previous.vectors(self.space, [self.queue[i][1] for i in reused])
-        self.raw.write(block.tobytes())
-        self.summary.passages_embedded += len(new)
-        self.summary.passages_reused += len(reused)
-        self.queue = []
+                self.raw.write(np.ascontiguousarray(self.encoder.encode(self.queue), dtype=np.float32).tobytes())
+            self.summary.passages_embedded += len(self.queue)
+            self.queue = []
 
     def finish(self) -> dict[str, Any]:
-        """Build and save the FAISS index from the on-disk array; returns the manifest entry."""
+        """Build and save the FAISS index (or only the vectors, for a backend that searches elsewhere); returns
+        the manifest entry."""
         self._flush()
         self.raw.close()
         dim = self.dim
         with self.timer("dense"):
-            count = len(self.ids)
-            matrix = np.memmap(self.raw_path, dtype=np.float32, mode="r", shape=(count, dim)) if count else np.zeros((0, dim), np.float32)
-            DenseIndex.build(matrix, np.frombuffer(self.ids, dtype=np.int64), dim).save(self.generation.dense_prefix(self.space))
-            np.save(self.generation.dense_keys_file(self.space), np.frombuffer(self.keys, dtype=np.uint64))
-            del matrix
-            self.raw_path.unlink()
+            ids, keys, sources = (np.frombuffer(values, dtype=dtype) for values, dtype in
+                                  ((self.ids, np.int64), (self.keys, np.uint64), (self.sources, np.int64)))
+            embedded = np.memmap(self.raw_path, dtype=np.float32, mode="r", shape=(int((sources < 0).sum()), dim)) \
+                if (sources < 0).any() else np.zeros((0, dim), np.float32)
+            vectors = _Vectors(sources, embedded, self.previous, self.space)
+            carried = self._carried_over(ids, keys, vectors)
+            if carried is not None:
+                index, keys = carried
+            else:
+                matrix = vectors.in_order(self.ordered_path)
+                index = DenseIndex.build(matrix, ids, dim) if self.searchable else StoredVectors(ids, matrix)
+            index.save(self.generation.dense_prefix(self.space))
+            np.save(self.generation.dense_keys_file(self.space), keys)
+            del embedded, vectors, index
+            for path in (self.raw_path, self.ordered_path):
+                path.unlink(missing_ok=True)
         return {"name": self.name, "dim": dim, "backend": self.encoder.backend, "identity": self.encoder.identity}
+
+    def _carried_over(self, ids: np.ndarray, keys: np.ndarray, vectors: "_Vectors") -> tuple[DenseIndex, np.ndarray] | None:
+        """The previous generation's graph, extended (an incremental build of a space that needs one)."""
+        previous = self.previous
+        if not self.searchable or previous is None or not previous.same_encoder(self.space, self.name, self.encoder.identity) or \
+                index_kind(len(ids)) != "hnsw":
+            return None
+        return previous.extended(self.space, vectors.sources, ids, keys, vectors.at)
+
+
+class _Vectors:
+    """A space's vectors by position (passage order): embedded ones from the staging array, reused ones
+    from the previous generation's index."""
+
+    def __init__(self, sources: np.ndarray, embedded: np.ndarray, previous: PreviousVectors | None, space: str) -> None:
+        self.sources, self.embedded, self.previous, self.space = sources, embedded, previous, space
+        self._embedded_at = np.cumsum(sources < 0) - 1  # position -> row of the staging array
+
+    def at(self, positions: np.ndarray) -> np.ndarray:
+        out = np.empty((len(positions), self.embedded.shape[1]), dtype=np.float32)
+        rows = self.sources[positions]
+        new = rows < 0
+        out[new] = self.embedded[self._embedded_at[positions[new]]]
+        if (~new).any():
+            out[~new] = self.previous.vectors(self.space, rows[~new].tolist())
+        return out
+
+    def in_order(self, path: Path) -> np.ndarray:
+        """All of them in passage order: the staging array itself when every one was embedded, else
+        copied to `path` a batch at a time (bounded memory)."""
+        if not (self.sources >= 0).any():
+            return self.embedded
+        with open(path, "wb") as handle:
+            for start in range(0, len(self.sources), 16 * EMBED_BATCH):
+                handle.write(self.at(np.arange(start, min(start + 16 * EMBED_BATCH, len(self.sources)))).tobytes())
+        return np.memmap(path, dtype=np.float32, mode="r", shape=(len(self.sources), self.embedded.shape[1])) if len(self.sources) else self.embedded

@@ -102,8 +102,13 @@ class Engine:
         return check_index(IndexFolder(index_dir))
 
     @classmethod
-    def build(
-        cls,
+    def build(cls, paths: Sequence[str | os.PathLike], index_dir: str | os.PathLike, **options: Any) -> tuple["Engine", BuildSummary]:
+        """`update` (the same options), then the opened result with what changed."""
+        summary = cls.update(paths, index_dir, **options)
+        return cls.open(index_dir), summary
+
+    @staticmethod
+    def update(
         paths: Sequence[str | os.PathLike],
         index_dir: str | os.PathLike,
         model: str | None = None,
@@ -112,9 +117,10 @@ class Engine:
         build_config: BuildConfig | None = None,
         wait: bool = False,
         backend: BackendSpec | None = None,
-    ) -> tuple["Engine", BuildSummary]:
-        """Index `paths` into `index_dir` (incrementally unless `rebuild`); the opened result and what changed.
-        `backend`: where the index is searched (BackendSpec; default: as recorded in the folder, else embedded)."""
+    ) -> BuildSummary:
+        """Index `paths` into `index_dir` (incrementally unless `rebuild`) and say what changed; the rebuild
+        job (`search index`, `search watch`) runs it. `backend`: where the index is searched (BackendSpec;
+        default: as recorded in the folder, else embedded). `Engine.build` also opens the result."""
         missing = [str(p) for p in paths if not os.path.exists(p)]
         if missing:  # checked before the index folder is created or locked
             raise SearchError(f"no such file or folder: {missing[0]}")
@@ -123,7 +129,7 @@ class Engine:
             spec = choose_spec(folder, backend)
             summary = Builder(folder, model, rebuild, build_config or BuildConfig(), progress, mirror=mirror_for(spec, rebuild)).run(paths)
             record_spec(folder, spec)
-        return cls.open(index_dir), summary
+        return summary
 
     @classmethod
     def build_documents(
