@@ -116,7 +116,8 @@ index_option = click.option(
 def backend_options(command: Any) -> Any:  # for `search index` and `search eval`: BackendSpec.from_options(**these)
     command = click.option("--qdrant-idf", type=click.Choice(["client", "server"]), default="client", show_default=True, help="BM25 IDF: exact from the client (every point re-weighted when the corpus changes) or Qdrant's (an edit writes only changed points).")(command)
     command = click.option("--collection", default=None, metavar="NAME", help="Qdrant alias the index is searched through (default: search-<index folder name>).")(command)
-    command = click.option("--qdrant-path", default=None, type=click.Path(file_okay=False), metavar="DIR", help="Qdrant local mode (in process, one process at a time) in DIR instead of a server.")(command)
+    command = click.option("--qdrant-path", default=None, type=click.Path(file_okay=False), metavar="DIR", help="qdrant-client's local mode (pure Python, one process at a time) in DIR instead of a server.")(command)
+    command = click.option("--qdrant-edge", default=None, type=click.Path(file_okay=False), metavar="DIR", help="Qdrant Edge (Qdrant's engine in process) with its shards in DIR instead of a server.")(command)
     command = click.option("--qdrant-url", envvar="SEARCH_QDRANT_URL", default=None, metavar="URL", help="Qdrant server or cluster for --backend qdrant (env SEARCH_QDRANT_URL; API key: env SEARCH_QDRANT_API_KEY).")(command)
     return click.option("--backend", type=click.Choice(["embedded", "qdrant"]), default=None, help="Where the index is searched: embedded (FAISS + BM25 in the index folder, the default) or qdrant; recorded in the index folder.")(command)
 
@@ -167,9 +168,8 @@ def index(
     # keyword_only None: as the index was built
     config = BuildConfig(load=load, keyword_only=True if keyword_only else None, follow_symlinks=follow_symlinks)
     with _Bars(not as_json) as bars:
-        engine, summary = Engine.build(paths or ("corpus",), index_dir, model=model, rebuild=rebuild, progress=bars, wait=wait, build_config=config,
-                                       backend=BackendSpec.from_options(**backend))
-    engine.close()
+        summary = Engine.update(paths or ("corpus",), index_dir, model=model, rebuild=rebuild, progress=bars, wait=wait, build_config=config,
+                                backend=BackendSpec.from_options(**backend))
     _echo_summary(summary, as_json)
 
 
@@ -271,7 +271,7 @@ def stats(index_dir: str, as_json: bool) -> None:
         click.echo(f"model      {space}: {model['name']} ({model['dim']}-dim, {model['passages']} passages)")
     if info["keyword_only"]:
         click.echo("model      none: keyword-only index (bm25; `search index --rebuild` adds embeddings)")
-    click.echo(f"backend    {info['backend']['kind']}" + (f": {info['backend']['collection']} at {info['backend'].get('url') or info['backend'].get('path')}" if info["backend"]["kind"] != "embedded" else ""))
+    click.echo(f"backend    {info['backend']['kind']}" + (f": {info['backend']['collection']} at {info['backend'].get('url') or info['backend'].get('edge') or info['backend'].get('path')}" if info["backend"]["kind"] != "embedded" else ""))
     click.echo(f"size       {info['size_bytes'] / 1e6:.1f} MB")
     click.echo(f"built      {info['built_at']}")
 

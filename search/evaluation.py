@@ -12,7 +12,7 @@ import hashlib
 import itertools
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -101,7 +101,7 @@ def open_eval_index(collection: Collection, model: str | None = None, cache: Pat
                     config: SearchConfig | None = None, backend: BackendSpec | None = None) -> Engine:
     """The collection's index, built once per (corpus, encoders, build settings, backend) and cached.
     Another backend's index borrows the default index's vectors (no re-embedding); Qdrant defaults to
-    local mode in a folder beside the cached index."""
+    Qdrant Edge with its shards in a folder beside the cached index."""
     digest = hashlib.sha256()
     with open(collection.folder / "corpus.jsonl", "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -110,9 +110,10 @@ def open_eval_index(collection: Collection, model: str | None = None, cache: Pat
     digest.update(json.dumps([repr(BuildConfig()), Engine.encoder_identities(model), BUILD_VERSION]).encode())
     folder = cache / f"{collection.name}-{digest.hexdigest()[:12]}"
     if backend is not None and backend.kind != "embedded":
-        kind = backend.kind + ("-server-idf" if backend.idf == "server" else "")
-        if backend.url is None and backend.path is None:
-            backend = BackendSpec(backend.kind, path=str(folder) + f".{kind}", collection=backend.collection, idf=backend.idf)
+        unplaced = not (backend.url or backend.path or backend.edge)  # then Qdrant Edge, the fastest local engine
+        kind = backend.kind + ("-edge" if unplaced or backend.edge else "") + ("-server-idf" if backend.idf == "server" else "")
+        if unplaced:
+            backend = replace(backend, edge=str(folder) + f".{kind}")
         folder = folder.with_name(f"{folder.name}-{kind}")
     try:
         return Engine.open(folder, config=config)

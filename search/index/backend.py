@@ -19,10 +19,12 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from search.errors import SearchError
+from search.index.dense import passage_rows
 
-__all__ = ["BACKENDS", "BackendSpec", "SearchBackend", "Selection", "SpaceMembers"]
+__all__ = ["BACKENDS", "SPEC_KEYS", "BackendSpec", "SearchBackend", "Selection", "SpaceMembers"]
 
 BACKENDS = ("embedded", "qdrant")
+SPEC_KEYS = ("kind", "url", "path", "edge", "collection", "idf")  # what backend.json and a manifest record
 _COLLECTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 
@@ -34,7 +36,8 @@ class BackendSpec:
 
     kind: str = "embedded"
     url: str | None = None  # a Qdrant server or cluster (http://host:6333)
-    path: str | None = None  # Qdrant local mode: a folder, or ":memory:"
+    path: str | None = None  # qdrant-client's local mode (pure Python): a folder, or ":memory:"
+    edge: str | None = None  # Qdrant Edge (Qdrant's engine in process): a folder of shards
     collection: str | None = None  # the alias queries read (the collection behind it changes on --rebuild)
     # BM25 IDF: "client" weights every posting exactly as the default backend (a corpus change re-weights
     # every point); "server" lets Qdrant apply IDF (Modifier.IDF) and keeps the mean length until a
@@ -51,22 +54,28 @@ class BackendSpec:
 
     def located(self) -> "BackendSpec":
         """Itself, once it says where the backend is (a build checks this before it starts)."""
-        if self.kind != "embedded" and bool(self.url) == bool(self.path):
-            raise SearchError("the qdrant backend needs either --qdrant-url URL (a server; env SEARCH_QDRANT_URL) "
-                              "or --qdrant-path DIR (local mode), not both")
+        if self.kind != "embedded" and sum(map(bool, (self.url, self.path, self.edge))) != 1:
+            raise SearchError("the qdrant backend needs either --qdrant-url URL (a server; env SEARCH_QDRANT_URL), "
+                              "--qdrant-edge DIR (Qdrant Edge, in process) or --qdrant-path DIR (qdrant-client's local mode): one of them")
         return self
+
+    @property
+    def engine(self) -> str:
+        """Which Qdrant runs the collection: "server", "edge" (search.index.qdrant_edge_engine) or "local"."""
+        return "server" if self.url else "edge" if self.edge else "local"
 
     @classmethod
     def from_options(cls, backend: str | None, qdrant_url: str | None, qdrant_path: str | None, collection: str | None,
-                     qdrant_idf: str = "client") -> "BackendSpec | None":
+                     qdrant_idf: str = "client", qdrant_edge: str | None = None) -> "BackendSpec | None":
         """What `search index` / `search eval` options ask for; None (as recorded in the index) when none is given."""
-        kind, url, path = backend, qdrant_url, qdrant_path
-        if kind is None and (path or collection):
-            kind = "qdrant"  # --qdrant-path or --collection say which backend (SEARCH_QDRANT_URL alone does not)
+        kind, url, path, edge = backend, qdrant_url, qdrant_path, qdrant_edge
+        if kind is None and (path or edge or collection):
+            kind = "qdrant"  # --qdrant-path, --qdrant-edge or --collection say which backend (SEARCH_QDRANT_URL alone does not)
         if kind is None or kind == "embedded":
             return None if kind is None else cls()
         # a local folder is recorded absolute: queries may run from another working directory
-        return cls("qdrant", url=None if path else url, path=os.path.abspath(path) if path else None, collection=collection, idf=qdrant_idf)
+        return cls("qdrant", url=None if path or edge else url, path=os.path.abspath(path) if path else None,
+                   edge=os.path.abspath(edge) if edge else None, collection=collection, idf=qdrant_idf)
 
     @property
     def api_key(self) -> str | None:
@@ -74,7 +83,7 @@ class BackendSpec:
 
     def where(self) -> str:
         """The server or local folder, for messages."""
-        return self.url or f"local folder {self.path}"
+        return self.url or (f"Qdrant Edge folder {self.edge}" if self.edge else f"local folder {self.path}")
 
     def to_json(self) -> str:
         return json.dumps({key: value for key, value in asdict(self).items() if value is not None and (key != "idf" or self.kind != "embedded")}, indent=1)
@@ -82,7 +91,7 @@ class BackendSpec:
     @classmethod
     def from_json(cls, text: str) -> "BackendSpec":
         data = json.loads(text)
-        return cls(**{key: data.get(key) for key in ("kind", "url", "path", "collection", "idf") if key in data})
+        return cls(**{key: data.get(key) for key in SPEC_KEYS if key in data})
 
 
 @dataclass(frozen=True)
@@ -133,12 +142,9 @@ class SpaceMembers:
     """Which passages each embedding space holds (from the generation's dense ids), for every backend."""
 
     def __init__(self, ids: dict[str, np.ndarray], n_passages: int) -> None:
-        self.ids = ids
-        self.rows = {}
-        for space, space_ids in ids.items():
-            rows = np.full(n_passages, -1, dtype=np.int64)
-            rows[space_ids] = np.arange(len(space_ids))
-            self.rows[space] = rows
+        """`ids`: each space's passage id per row of its dense index (-1: a retired row)."""
+        self.ids = {space: space_ids[space_ids >= 0] for space, space_ids in ids.items()}  # the members
+        self.rows = {space: passage_rows(space_ids, n_passages) for space, space_ids in ids.items()}
 
     def spaces(self) -> list[str]:
         return list(self.ids)

@@ -4,14 +4,17 @@ generation into it. A new backend is a module and a branch here; the engine does
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from search.errors import SearchError
-from search.index.backend import BackendSpec, SearchBackend
+from search.index.backend import SPEC_KEYS, BackendSpec, SearchBackend
 from search.index.folder import Generation, IndexFolder, write_atomic
 from search.index.report import Progress
 
-__all__ = ["Mirror", "choose_spec", "mirror_for", "open_backend", "read_spec", "record_spec", "spec_of"]
+if TYPE_CHECKING:
+    from search.index.qdrant_store import QdrantEngine
+
+__all__ = ["Mirror", "choose_spec", "engine_for", "mirror_for", "open_backend", "read_spec", "record_spec", "spec_of"]
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +52,14 @@ def spec_of(manifest: dict[str, Any]) -> BackendSpec:
     """The backend a generation was published for: its manifest says, so that switching backends is
     as atomic as switching generations (a generation without the record is searched embedded)."""
     recorded = manifest.get("backend") or {}
-    return BackendSpec(**{key: recorded.get(key) for key in ("kind", "url", "path", "collection", "idf") if key in recorded})
+    return BackendSpec(**{key: recorded.get(key) for key in SPEC_KEYS if key in recorded})
 
 
 def open_backend(spec: BackendSpec, generation: Generation, manifest: dict[str, Any], n_passages: int) -> SearchBackend:
     if spec.kind == "qdrant":
         from search.index.qdrant_search import QdrantBackend
 
-        return QdrantBackend(spec, generation, manifest, n_passages)
+        return QdrantBackend(spec, generation, manifest, n_passages, engine_for(spec))
     from search.index.embedded import EmbeddedBackend
 
     return EmbeddedBackend(generation, manifest, n_passages)
@@ -68,4 +71,16 @@ def mirror_for(spec: BackendSpec, rebuild: bool) -> Mirror | None:
         return None
     from search.index.qdrant_sync import QdrantMirror
 
-    return QdrantMirror(spec, rebuild)
+    return QdrantMirror(spec, rebuild, engine_for)
+
+
+def engine_for(spec: BackendSpec) -> "QdrantEngine":
+    """The Qdrant that runs a qdrant spec's collection: Qdrant Edge in process (--qdrant-edge), or the one
+    behind qdrant-client (a server, or its local mode)."""
+    if spec.edge:
+        from search.index.qdrant_edge_engine import EdgeEngine
+
+        return EdgeEngine(spec)
+    from search.index.qdrant_client_engine import ClientEngine
+
+    return ClientEngine(spec)

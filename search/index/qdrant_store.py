@@ -1,8 +1,9 @@
-"""What the Qdrant backend shares between building and searching: the client, errors a person
-understands, the collection's layout, point ids and BM25 sparse vectors.
+"""What the Qdrant backend shares between building and searching, whichever Qdrant runs it: the
+collection's layout, point ids, BM25 sparse vectors, and what an engine (the Qdrant behind qdrant-client,
+or Qdrant Edge in process) must do for the mirror and the searches.
 
-Layout of a collection (one per index, behind an alias; `--rebuild` fills a new one and switches the
-alias): a sparse vector "bm25" per passage holding this project's jieba/stemmed BM25 tokens, each
+Layout of a collection (one per index; `--rebuild` fills a new one and the engine switches queries to it
+atomically): a sparse vector "bm25" per passage holding this project's jieba/stemmed BM25 tokens, each
 weighted with the full BM25 term weight (idf x length-normalised tf, search.index.bm25_scoring), so a
 query whose sparse vector holds each query token's count scores every passage with exactly the default
 backend's BM25 (a dot product); one named dense vector per embedding space (dot product over
@@ -13,16 +14,11 @@ text, vector key, occurrence), so a rerun or a resumed build writes the same poi
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import hashlib
-import logging
-import os
-import threading
+import re
 import uuid
-import warnings
 from collections import Counter
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -30,114 +26,73 @@ from search.errors import BackendError, IncompatibleIndex
 from search.index.backend import BackendSpec
 from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params, idf, term_frequency_component
 
-__all__ = ["LAYOUT_VERSION", "SPARSE", "check_layout", "client_for", "guarded", "point_uuid", "query_sparse",
-           "release", "sparse_weights", "to_halves"]
-
-log = logging.getLogger(__name__)
+__all__ = ["BATCH", "LAYOUT_VERSION", "SPARSE", "Point", "QdrantEngine", "Sparse", "check_layout", "point_uuid",
+           "query_sparse", "sparse_weights", "target_name", "targets_of", "to_halves"]
 
 SPARSE = "bm25"
 LAYOUT_VERSION = 1  # bump when the vectors, weights or payload of a collection change meaning
-MIN_SERVER = (1, 10)  # query_points with named sparse vectors and prefetch
+BATCH = 256  # points per write request
 _NAMESPACE = uuid.UUID("6f1c1b52-7a4e-4c1e-9a53-2f3f0e1d5b15")
-_TIMEOUT = 60  # seconds a server request may take
 
-_clients: dict[str, tuple[Any, int]] = {}  # local folder or URL -> (client, users): one per process
-_clients_lock = threading.Lock()
-
-
-def _key(spec: BackendSpec) -> str:
-    return f"url:{spec.url}" if spec.url else f"path:{os.path.abspath(spec.path) if spec.path != ':memory:' else ':memory:'}"
+Sparse = tuple[list[int], list[float]]  # indices, values
+Point = tuple[str, dict[str, Any], dict[str, Any]]  # id, vectors by name, payload
 
 
-def client_for(spec: BackendSpec) -> Any:
-    """The process's client for the backend (shared: local mode lets one client hold a folder, and a
-    server gains nothing from several); checks the server's version. Give it back with `release`."""
-    from qdrant_client import QdrantClient
+class QdrantEngine(Protocol):
+    """The calls the mirror (search.index.qdrant_sync) and the searches (search.index.qdrant_search) make,
+    in engine-neutral values. A collection is named: the mirror writes a `target`, queries read a name
+    `searched` returns (the alias on a server, the shard folder itself in Qdrant Edge)."""
 
-    key = _key(spec)
-    with _clients_lock:
-        if key in _clients:
-            client, users = _clients[key]
-            _clients[key] = (client, users + 1)
-            return client
-        with guarded(spec):
-            if spec.url:
-                with warnings.catch_warnings(record=True) as caught:  # the library logs; the CLI shows it as one line
-                    warnings.simplefilter("always")
-                    client = QdrantClient(url=spec.url, api_key=spec.api_key, timeout=_TIMEOUT, check_compatibility=False)
-                for warning in caught:
-                    log.warning("qdrant: %s (%s)", warning.message, spec.url)
-                _check_version(spec, client.info().version)
-            else:
-                if spec.path != ":memory:":
-                    os.makedirs(spec.path, exist_ok=True)
-                client = QdrantClient(path=spec.path) if spec.path != ":memory:" else QdrantClient(":memory:")
-        _clients[key] = (client, 1)
-        return client
+    spec: BackendSpec
 
+    def live(self, alias: str, root: str) -> tuple[str | None, dict[str, Any] | None]:
+        """The collection an incremental build of the index at `root` updates, and its metadata (None: none)."""
 
-@atexit.register
-def _close_all() -> None:
-    """Close the clients an unclosed engine left open while the interpreter can still do it (qdrant-client's
-    own __del__ then runs too late and prints an ImportError)."""
-    with _clients_lock:
-        clients = [client for client, _ in _clients.values()]
-        _clients.clear()
-    for client in clients:
-        with contextlib.suppress(Exception):
-            client.close()
+    def create(self, target: str, manifest: dict[str, Any], metadata: dict[str, Any]) -> None:
+        """A new, empty collection laid out for `manifest`'s spaces."""
 
+    def derive(self, live: str, target: str, metadata: dict[str, Any]) -> str:
+        """The collection an incremental build writes (the live one, or a copy of it named `target`)."""
 
-def release(spec: BackendSpec) -> None:
-    """One user fewer; the last one closes the client (and frees a local folder for other processes)."""
-    key = _key(spec)
-    with _clients_lock:
-        client, users = _clients.get(key, (None, 0))
-        if client is None:
-            return
-        if users > 1:
-            _clients[key] = (client, users - 1)
-            return
-        del _clients[key]
-    with contextlib.suppress(Exception):
-        client.close()
+    def existing(self, target: str) -> np.ndarray:
+        """The ids of every point, as (n, 2) uint64 halves."""
+
+    def upsert(self, target: str, points: Iterator[Point]) -> None: ...
+
+    def reweigh(self, target: str, batch: list[tuple[str, Sparse]]) -> None:
+        """Replace the BM25 sparse vector of known points."""
+
+    def delete(self, target: str, ids: list[str]) -> None: ...
+
+    def finish(self, alias: str, target: str, fresh: bool, live: str | None) -> None:
+        """Make what was written durable and what queries will read; drop what no index state needs."""
+
+    def searched(self, record: dict[str, Any]) -> str:
+        """The name queries of a generation read, from its manifest's backend record (opened, checked to exist)."""
+
+    def metadata(self, name: str) -> dict[str, Any] | None: ...
+
+    def query(self, name: str, vector: Any, using: str, k: int, conditions: list[tuple[str, list[str]]],
+              ids: list[str] | None) -> list[tuple[Any, float]]:
+        """(point id, score) of the k best points by `using`, among those whose payload holds one of the
+        values of every condition (and, with `ids`, among those points only), best first."""
+
+    def vectors(self, name: str, ids: list[str], using: str) -> dict[str, Any]:
+        """The stored `using` vector by point id (as str; absent or None where a point has none)."""
+
+    def close(self) -> None: ...
 
 
-def _check_version(spec: BackendSpec, version: str) -> None:
-    parts = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
-    if parts < MIN_SERVER:
-        raise BackendError(f"the Qdrant server at {spec.url} runs version {version}; this backend needs "
-                           f"{'.'.join(map(str, MIN_SERVER))} or newer: upgrade the server")
+def target_name(alias: str, generation_name: str) -> str:
+    """The collection (or shard folder) a generation's build fills: ALIAS-<its stamp>."""
+    return f"{alias}-{generation_name[len('gen-'):]}"
 
 
-@contextlib.contextmanager
-def guarded(spec: BackendSpec) -> Iterator[None]:
-    """Turn what qdrant-client raises into one line that says what to do (BackendError)."""
-    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-
-    try:
-        yield
-    except BackendError:
-        raise
-    except UnexpectedResponse as error:
-        if error.status_code in (401, 403):
-            raise BackendError(f"the Qdrant server at {spec.url} refused the API key (HTTP {error.status_code}): "
-                               "set SEARCH_QDRANT_API_KEY to a key of that server") from None
-        raise BackendError(f"the Qdrant server at {spec.where()} answered HTTP {error.status_code} "
-                           f"({_short(error.content)}): check the server's log") from None
-    except (ResponseHandlingException, ConnectionError, TimeoutError) as error:
-        raise BackendError(f"cannot reach the Qdrant server at {spec.url} ({_short(error)}): start it, or check "
-                           "--qdrant-url / SEARCH_QDRANT_URL; the local index is untouched") from None
-    except RuntimeError as error:
-        if "already accessed" in str(error):
-            raise BackendError(f"the Qdrant local folder {spec.path} is open in another process (a build or a "
-                               "server): local mode allows one process at a time; use a Qdrant server to share it") from None
-        raise
-
-
-def _short(value: Any) -> str:
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(getattr(value, "source", value))
-    return " ".join(text.split())[:160] or "no detail"
+def targets_of(alias: str, names: Sequence[str]) -> list[str]:
+    """Those of `names` that are collections target_name made for `alias` (not those of an alias that
+    merely starts with it: search-notes-2 is not a collection of search-notes)."""
+    pattern = re.compile(re.escape(alias) + r"-\d{8}-\d{6}-\d{9}-\d+")
+    return [name for name in names if pattern.fullmatch(name)]
 
 
 # ----- the collection's configuration, and refusing one made for other vectors ---------------------

@@ -1,14 +1,14 @@
 """Mirroring a new generation into its Qdrant collection, as the last step of a build (before the
-generation is sealed and published).
+generation is sealed and published), through a QdrantEngine (search.index.qdrant_store): a server or
+qdrant-client's local mode (search.index.qdrant_client_engine) or Qdrant Edge (search.index.qdrant_edge_engine).
 
 Incremental: the points of passages already in the collection keep their dense vectors (nothing is sent
 again but their BM25 weights, which move with the corpus's statistics); new passages are upserted in
-parallel batches with their vectors from the generation (embedded once, by the build); passages gone
-are deleted. `--rebuild` (or a collection that does not exist yet) fills a new collection
-ALIAS-<generation> and then switches the alias to it in one atomic call, so queries never see half a
-rebuild; older collections of the alias are dropped after the switch. Point ids derive from passage
-keys, so a build killed at any point leaves the previous collection queryable (an incremental one
-partly updated) and the next build converges to what a clean build writes.
+batches with their vectors from the generation (embedded once, by the build); passages gone are deleted.
+`--rebuild` (or a collection that does not exist yet) fills a new collection ALIAS-<generation>, which
+the engine then makes the one queries read in one atomic step (an alias switch on a server; the
+generation's own CURRENT switch for Qdrant Edge). Point ids derive from passage keys, so a build killed
+at any point leaves a queryable collection and the next build converges to what a clean build writes.
 """
 
 from __future__ import annotations
@@ -17,27 +17,24 @@ import logging
 import os
 import time
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from search.errors import IncompatibleIndex, SearchError
+from search.errors import IncompatibleIndex
 from search.index.backend import BackendSpec
 from search.index.bm25_scoring import BM25Params
-from search.index.dense import DenseIndex
+from search.index.dense import DenseIndex, load_vectors, passage_rows
 from search.index.facets import read_facets
 from search.index.folder import Generation
 from search.index.passage_store import PassageStore, iter_tokens
-from search.index.qdrant_store import (SPARSE, check_bm25, check_layout, client_for, from_halves, guarded, idf_table,
-                                       layout, point_uuid, release, sparse_weights, to_halves)
+from search.index.qdrant_store import (BATCH, SPARSE, Point, QdrantEngine, check_bm25, check_layout, from_halves, idf_table, layout,
+                                       point_uuid, sparse_weights, target_name, to_halves)
 from search.index.report import Progress
 
 __all__ = ["QdrantMirror", "default_collection"]
 
 log = logging.getLogger(__name__)
-
-BATCH = 256  # points per request
-SCROLL = 4096  # point ids per page when listing a collection
 
 
 def default_collection(index_root: str) -> str:
@@ -49,34 +46,31 @@ def default_collection(index_root: str) -> str:
 class QdrantMirror:
     """Called by the Builder with the new generation; returns the manifest's "backend" record."""
 
-    def __init__(self, spec: BackendSpec, rebuild: bool) -> None:
-        self.spec, self.rebuild = spec, rebuild
-        client_for(spec)  # an unreachable server or a refused key fails the build now, before any embedding
-        release(spec)
+    def __init__(self, spec: BackendSpec, rebuild: bool, open_engine: Callable[[BackendSpec], QdrantEngine]) -> None:
+        self.spec, self.rebuild, self.open_engine = spec, rebuild, open_engine
+        open_engine(spec).close()  # an unreachable server or a refused key fails the build now, before any embedding
 
     def __call__(self, generation: Generation, manifest: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
         params = BM25Params(**manifest["bm25"])
         check_bm25(params, self.spec.idf)
         alias = self.spec.collection or default_collection(str(generation.path.parent))
-        client = client_for(self.spec)
+        engine = self.open_engine(self.spec)
         try:
-            with guarded(self.spec):
-                return self._sync(client, alias, generation, manifest, params, progress)
+            return self._sync(engine, alias, generation, manifest, params, progress)
         finally:
-            release(self.spec)
+            engine.close()
 
-    def _sync(self, client: Any, alias: str, generation: Generation, manifest: dict[str, Any], params: BM25Params,
+    def _sync(self, engine: QdrantEngine, alias: str, generation: Generation, manifest: dict[str, Any], params: BM25Params,
               progress: Progress | None) -> dict[str, Any]:
         started = time.perf_counter()
         root = os.path.abspath(generation.path.parent)
-        target = _alias_target(client, alias)
-        fresh = self.rebuild or target is None
+        live, found = engine.live(alias, root)
+        fresh = self.rebuild or live is None
         df, n, total = _statistics(generation)
         avg_length = total / n if n else 1.0
         idf_mode = self.spec.idf
         if not fresh:
-            found = client.get_collection(target).config.metadata
-            check_layout(self.spec, target, found, manifest)
+            check_layout(self.spec, live, found, manifest)
             if found.get("index") not in (None, root):  # its points would be taken for stale ones and deleted
                 raise IncompatibleIndex(f"collection {alias} at {self.spec.where()} belongs to the index at {found['index']}: "
                                         "choose another --collection, or pass --rebuild to make it this index's")
@@ -84,62 +78,56 @@ class QdrantMirror:
             fresh = found.get("idf") != idf_mode or found.get("bm25") != manifest["bm25"]
             if not fresh and idf_mode == "server":
                 avg_length = float(found["avg_length"])
+        metadata = layout(manifest, idf_mode, avg_length, root)
+        target = target_name(alias, generation.name)
         if fresh:
-            target = f"{alias}-{generation.name[len('gen-'):]}"
-            _create(client, target, manifest, layout(manifest, idf_mode, avg_length, root), server=bool(self.spec.url))
+            engine.create(target, manifest, metadata)
         else:
-            client.update_collection(target, metadata=layout(manifest, idf_mode, avg_length, root))
+            target = engine.derive(live, target, metadata)
         ids = _point_ids(generation, manifest)
         np.save(generation.point_ids_file, ids)
-        existing = np.zeros((0, 2), dtype=np.uint64) if fresh else _existing(client, target)
+        existing = np.zeros((0, 2), dtype=np.uint64) if fresh else engine.existing(target)
         known = _member_of(ids, existing)
         weights = _Weights(generation, params, idf_table(df, n, params) if idf_mode == "client" else None, avg_length)
-        added, updated = self._write(client, target, generation, manifest, ids, known, weights, progress)
+        added, updated = self._write(engine, target, generation, manifest, ids, known, weights, progress)
         stale = existing[~_member_of(existing, ids)] if len(existing) else existing
-        from qdrant_client import models
-
         for start in range(0, len(stale), BATCH):
-            client.delete(target, points_selector=models.PointIdsList(points=from_halves(stale[start : start + BATCH])), wait=True)
-        if fresh:
-            _switch_alias(client, alias, target)
-        _drop_others(client, alias, target)
+            engine.delete(target, from_halves(stale[start : start + BATCH]))
+        engine.finish(alias, target, fresh, live)
         log.debug("qdrant: %d points added, %d re-weighted, %d deleted in %s (%.1fs)", added, updated, len(stale), target,
-                 time.perf_counter() - started)
-        return {"kind": "qdrant", **{key: value for key, value in (("url", self.spec.url), ("path", self.spec.path)) if value},
-                "collection": alias, "target": target, "points": int(len(ids)), "idf": idf_mode,
+                  time.perf_counter() - started)
+        where = {key: value for key, value in (("url", self.spec.url), ("path", self.spec.path), ("edge", self.spec.edge)) if value}
+        return {"kind": "qdrant", **where, "collection": alias, "target": target, "points": int(len(ids)), "idf": idf_mode,
                 "added": added, "reweighted": updated, "deleted": int(len(stale))}
 
-    def _write(self, client: Any, target: str, generation: Generation, manifest: dict[str, Any], ids: np.ndarray,
+    def _write(self, engine: QdrantEngine, target: str, generation: Generation, manifest: dict[str, Any], ids: np.ndarray,
                known: np.ndarray, weights: "_Weights", progress: Progress | None) -> tuple[int, int]:
-        """Upsert new points whole (parallel batches to a server), re-weight the BM25 of known ones."""
-        from qdrant_client import models
-
+        """Upsert new points whole, re-weight the BM25 of known ones."""
         vectors = _Vectors(generation, manifest, len(ids))
-        updates: list[Any] = []
+        updates: list[tuple[str, Any]] = []
         added = updated = 0
 
-        def new_points() -> Iterator[Any]:
-            nonlocal added, updated
+        def new_points() -> Iterator[Point]:
+            nonlocal added, updated, updates
             for pid, (passage, sparse) in enumerate(zip(weights.facets(), weights)):
-                vector = {SPARSE: models.SparseVector(indices=sparse[0], values=sparse[1])} if sparse[0] else {}
+                vector: dict[str, Any] = {SPARSE: sparse} if sparse[0] else {}
                 if known[pid]:
                     if vector and self.spec.idf == "client":  # exact weights move with every corpus change
-                        updates.append(models.PointVectors(id=from_halves(ids[pid : pid + 1])[0], vector=vector))
+                        updates.append((from_halves(ids[pid : pid + 1])[0], sparse))
                     if len(updates) >= BATCH:
-                        client.update_vectors(target, points=updates, wait=True)
+                        engine.reweigh(target, updates)
                         updated += len(updates)
-                        updates.clear()
+                        updates = []
                     continue
                 vector.update(vectors.of(pid))
                 added += 1
                 if progress is not None:
                     progress("qdrant", 1, len(ids))
-                yield models.PointStruct(id=from_halves(ids[pid : pid + 1])[0], vector=vector, payload=passage)
+                yield from_halves(ids[pid : pid + 1])[0], vector, passage
 
-        parallel = 1 if self.spec.path else min(4, os.cpu_count() or 1)
-        client.upload_points(target, points=new_points(), batch_size=BATCH, parallel=parallel, wait=True)
+        engine.upsert(target, new_points())
         if updates:
-            client.update_vectors(target, points=updates, wait=True)
+            engine.reweigh(target, updates)
             updated += len(updates)
         return added, updated
 
@@ -167,10 +155,8 @@ class _Vectors:
     def __init__(self, generation: Generation, manifest: dict[str, Any], n: int) -> None:
         self.spaces = {}
         for space in manifest["models"]:
-            index = DenseIndex.load(generation.dense_prefix(space), mmap=True)
-            rows = np.full(n, -1, dtype=np.int64)
-            rows[index.ids] = np.arange(len(index.ids))
-            self.spaces[space] = (index, rows)
+            index = load_vectors(generation.dense_prefix(space))
+            self.spaces[space] = (index, passage_rows(index.ids, n))
 
     def of(self, pid: int) -> dict[str, list[float]]:
         for space, (index, rows) in self.spaces.items():
@@ -197,7 +183,8 @@ def _point_ids(generation: Generation, manifest: dict[str, Any]) -> np.ndarray:
     for space in manifest["models"]:
         ids = DenseIndex.load_ids(generation.dense_prefix(space))
         for pid, key in zip(ids.tolist(), np.load(generation.dense_keys_file(space)).tolist()):
-            keys[pid] = key
+            if pid >= 0:  # not a retired row
+                keys[pid] = key
     seen: Counter[tuple[int, str]] = Counter()  # texts repeated within a file (row) get an occurrence number
     points = np.zeros((len(facets), 2), dtype=np.uint64)  # 16 bytes a passage, never a list of uuids
     store = PassageStore(generation)
@@ -220,73 +207,3 @@ def _member_of(ids: np.ndarray, among: np.ndarray) -> np.ndarray:
         return np.zeros(len(ids), dtype=bool)
     view = np.dtype([("high", np.uint64), ("low", np.uint64)])
     return np.isin(np.ascontiguousarray(ids).view(view).ravel(), np.ascontiguousarray(among).view(view).ravel())
-
-
-def _existing(client: Any, collection: str) -> np.ndarray:
-    """The ids of every point in the collection."""
-    found, offset = [], None
-    while True:
-        points, offset = client.scroll(collection, limit=SCROLL, offset=offset, with_payload=False, with_vectors=False)
-        found.append(to_halves([point.id for point in points]))
-        if offset is None:
-            return np.concatenate(found)
-
-
-def _alias_target(client: Any, alias: str) -> str | None:
-    for item in client.get_aliases().aliases:
-        if item.alias_name == alias and client.collection_exists(item.collection_name):
-            return item.collection_name
-    return None
-
-
-def _create(client: Any, name: str, manifest: dict[str, Any], metadata: dict[str, Any], server: bool) -> None:
-    """A new collection: a named dense vector per space, the BM25 sparse vector, payload indexes."""
-    from qdrant_client import models
-
-    if client.collection_exists(name):  # a rebuild of this same generation killed earlier
-        client.delete_collection(name)
-    cluster = cluster_settings() if server else {}
-    on_disk = cluster.pop("on_disk", None)
-    dense = {space: models.VectorParams(size=int(info["dim"]), distance=models.Distance.DOT, on_disk=on_disk)
-             for space, info in manifest["models"].items()}
-    modifier = models.Modifier.IDF if metadata["idf"] == "server" else None  # Qdrant's IDF is Lucene's formula
-    sparse = models.SparseVectorParams(modifier=modifier, index=models.SparseIndexParams(on_disk=on_disk) if on_disk else None)
-    client.create_collection(name, vectors_config=dense, sparse_vectors_config={SPARSE: sparse}, metadata=metadata,
-                             on_disk_payload=on_disk, **cluster)
-    if server:  # local mode scans payloads (and warns that indexes have no effect there)
-        for field in ("path", "tags", "type"):
-            client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD, wait=True)
-
-
-def cluster_settings() -> dict[str, Any]:
-    """A new collection's layout on a cluster, from the environment (read when a collection is created):
-    SEARCH_QDRANT_SHARDS (shard_number), SEARCH_QDRANT_REPLICATION_FACTOR (replication_factor, copies of
-    each shard on different nodes), SEARCH_QDRANT_ON_DISK=1 (vectors, sparse index and payload on disk)."""
-    settings: dict[str, Any] = {}
-    for variable, key in (("SEARCH_QDRANT_SHARDS", "shard_number"), ("SEARCH_QDRANT_REPLICATION_FACTOR", "replication_factor")):
-        value = os.environ.get(variable)
-        if value:
-            if not value.isdigit() or int(value) < 1:
-                raise SearchError(f"{variable}={value!r}: give a whole number of at least 1")
-            settings[key] = int(value)
-    if os.environ.get("SEARCH_QDRANT_ON_DISK", "") not in ("", "0"):
-        settings["on_disk"] = True
-    return settings
-
-
-def _switch_alias(client: Any, alias: str, target: str) -> None:
-    """Point the alias at `target` in one request (delete and create are applied together)."""
-    from qdrant_client import models
-
-    operations = [models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=target, alias_name=alias))]
-    if any(item.alias_name == alias for item in client.get_aliases().aliases):
-        operations.insert(0, models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
-    client.update_collection_aliases(change_aliases_operations=operations)
-
-
-def _drop_others(client: Any, alias: str, keep: str) -> None:
-    """Collections of earlier (or killed) rebuilds of this alias."""
-    prefix = f"{alias}-"
-    for item in client.get_collections().collections:
-        if item.name.startswith(prefix) and item.name != keep and item.name[len(prefix):][:1].isdigit():
-            client.delete_collection(item.name)
