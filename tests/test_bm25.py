@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from rank_bm25 import BM25Plus
 
+from search.index import bm25_terms
 from search.index.bm25_terms import TermStream, TermWriter
 from search.index.bm25 import BM25Index, BM25Params
 from search.text.tokenizing import tokenize
@@ -236,7 +237,8 @@ def test_rejects_strings_instead_of_token_lists():
 
 
 @pytest.mark.parametrize("method", ["lucene", "bm25+", "robertson"])
-def test_three_segments_score_exactly_like_one(corpus, tmp_path, method):
+def test_three_segments_score_exactly_like_one(corpus, tmp_path, method, monkeypatch):
+    monkeypatch.setattr(bm25_terms, "_BUFFER_TOKENS", 7)  # the writer counts postings a few passages at a time
     one = BM25Index.build(corpus, BM25Params(method=method))
     three = BM25Index.build(corpus, BM25Params(method=method), segment_passages=6)
     assert (one.n_segments, three.n_segments) == (1, 3)
@@ -253,8 +255,8 @@ def test_three_segments_score_exactly_like_one(corpus, tmp_path, method):
             np.testing.assert_array_equal(a, b)
 
 
-def test_segments_cut_by_token_count_too(corpus):
-    index = BM25Index.build(corpus, segment_tokens=30)
+def test_segments_cut_by_postings_count_too(corpus):
+    index = BM25Index.build(corpus, segment_postings=30)
     assert index.n_segments > 3
     q = tokenize("all-to-all 通信 序列并行")
     np.testing.assert_array_equal(index.scores(q), BM25Index.build(corpus).scores(q))
@@ -283,7 +285,7 @@ def test_an_index_of_another_format_is_refused(corpus, tmp_path):
         BM25Index.load(tmp_path / "old")
 
 
-def test_an_incremental_stream_copies_term_ids_and_numbers_afresh_when_mostly_unused(tmp_path):
+def test_an_incremental_stream_copies_postings_and_numbers_afresh_when_mostly_unused(tmp_path):
     first = TermWriter(tmp_path / "a")
     for doc in (["a", "b"], ["c", "d"], ["e", "f"], ["g"]):
         first.add(doc)
@@ -298,6 +300,7 @@ def test_an_incremental_stream_copies_term_ids_and_numbers_afresh_when_mostly_un
         np.testing.assert_array_equal(index.scores(query), reference.scores(query))
     reopened = TermStream.open(tmp_path / "b")
     assert reopened.vocab == {"a": 0, "b": 1, "z": 2} and reopened.terms.tolist() == [0, 1, 0, 2]
+    assert reopened.counts.tolist() == [1, 1, 1, 1] and reopened.distinct.tolist() == [2, 2]
     third = TermWriter(tmp_path / "c", reopened)
     assert third.add_block(1, 1)
     third.add(["b"])

@@ -159,7 +159,7 @@ def test_damaged_term_ids_are_rebuilt_from_the_tokens(tmp_path):
     generate_notes(notes / "more", 20)
     index = tmp_path / "index"
     Engine.build([notes], index, build_config=BuildConfig(keyword_only=True))
-    terms = IndexFolder(index).current().bm25_folder / "terms.i32"
+    terms = IndexFolder(index).current().bm25_folder / "postings.i32"
     data = bytearray(terms.read_bytes())
     data[:8] = b"\xff" * 8  # term ids out of range, same size
     terms.write_bytes(bytes(data))

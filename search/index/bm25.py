@@ -4,10 +4,10 @@ Like bm25s, the index precomputes the BM25 contribution of every (term, passage)
 (one column per term) and a query sums the columns of its terms. Unlike a single bm25s index, the matrix is
 cut into *segments* of consecutive passages, so a build only ever holds one segment's postings:
 
-1. a first pass over the passages' term ids (int32, search.index.bm25_terms: on disk for a build, so
-   memory-mapped) counts the GLOBAL statistics: document frequency of every term, number of passages
-   and total length (hence the average length), vectorised a chunk of passages at a time;
-2. a second pass scores each segment with those global statistics and writes it out.
+1. a first pass over the passages' postings (distinct term ids and their counts, search.index.bm25_terms:
+   on disk for a build, so memory-mapped) counts the GLOBAL statistics: document frequency of every term
+   (a bincount), number of passages and total length (hence the average length);
+2. a second pass scores each segment's postings with those global statistics and writes it out.
 
 Every stored score is therefore the one a single index over the whole corpus would hold, and a query's
 score for a passage (its column entries summed in query-token order) is bit-for-bit the same whatever the
@@ -25,25 +25,24 @@ rank-bm25; ``top_k`` with an optional boolean ``allowed`` mask applied before th
 from __future__ import annotations
 
 import json
-from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params, idf, term_frequency_component
-from search.index.bm25_terms import VOCAB_FILE, TermStream, term_ids
+from search.index.bm25_terms import VOCAB_FILE, TermStream
 
 __all__ = ["BM25Index", "BM25Params"]
 
 _META_NAME = "bm25_index.json"
 _FORMAT = 2
-# A segment ends at this many passages or query-independent postings (tokens), whichever comes first:
-# scoring one holds ~40 bytes per token, so 8M tokens keep a build's BM25 stage near 300 MB.
+# A segment ends at this many passages or postings (distinct terms of a passage), whichever comes first:
+# scoring one holds ~40 bytes per posting, so 8M keep a build's BM25 stage near 300 MB.
 SEGMENT_PASSAGES = 200_000
-SEGMENT_TOKENS = 8_000_000
-_CHUNK_TOKENS = 1_000_000  # tokens counted per vectorised step inside a segment
+SEGMENT_POSTINGS = 8_000_000
+_CHUNK_POSTINGS = 4_000_000  # postings counted per bincount (a bounded read of the memory-mapped ids)
 
 
 @dataclass
@@ -57,12 +56,10 @@ class _Stats:
 
     @classmethod
     def of_terms(cls, stream: TermStream) -> "_Stats":
-        """Document frequencies counted over the term ids, a chunk of passages at a time (vectorised)."""
+        """Document frequencies: a bincount of the postings' term ids, a bounded slice at a time."""
         df = np.zeros(len(stream.vocab), dtype=np.int64)
-        for first, last, terms in _chunks(stream.lengths, stream.terms, _CHUNK_TOKENS):
-            pairs = np.sort(np.repeat(np.arange(last - first, dtype=np.int64), stream.lengths[first:last]) * max(len(df), 1) + terms)
-            distinct = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]  # by sorting: numpy's hashed unique is 10x slower here
-            df += np.bincount(distinct % max(len(df), 1), minlength=len(df))
+        for start in range(0, len(stream.terms), _CHUNK_POSTINGS):
+            df += np.bincount(stream.terms[start : start + _CHUNK_POSTINGS], minlength=len(df))
         return cls(stream.vocab, df, len(stream.lengths), int(stream.lengths.sum()))
 
     @property
@@ -103,17 +100,6 @@ class _Segment:
         return cls(start, n, *arrays)
 
 
-def _chunks(lengths: np.ndarray, terms: np.ndarray, size: int) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(first, last, their term ids) for runs of whole passages of about `size` tokens."""
-    ends = np.cumsum(lengths)
-    first = 0
-    while first < len(lengths):
-        base = ends[first] - lengths[first]
-        last = max(first + 1, int(np.searchsorted(ends, base + size, side="right")))
-        yield first, last, np.asarray(terms[base : ends[last - 1]])
-        first = last
-
-
 class _SegmentScorer:
     """Turns consecutive passages' tokens into segments scored with the global statistics."""
 
@@ -131,44 +117,33 @@ class _SegmentScorer:
             zero = term_frequency_component(params, 0, avg, avg)
             self.nonoccurrence = self.idf * zero  # idf(df) * tfc(0) per term, as bm25s's non-occurrence array
 
-    def segments(self, stream: TermStream, max_passages: int, max_tokens: int) -> Iterator[_Segment]:
+    def segments(self, stream: TermStream, max_passages: int, max_postings: int) -> Iterator[_Segment]:
         """Segments in passage order: a segment ends after max_passages, or after the passage that brings
-        it to max_tokens tokens."""
-        ends = np.cumsum(stream.lengths)
+        it to max_postings postings."""
+        ends = np.cumsum(stream.distinct)
         start = 0
         while start < len(stream.lengths):
-            base = ends[start] - stream.lengths[start]
-            stop = min(start + max_passages, int(np.searchsorted(ends, base + max_tokens, side="left")) + 1, len(stream.lengths))
-            yield self._segment(start, np.asarray(stream.terms[base : ends[stop - 1]]), stream.lengths[start:stop])
+            base = ends[start] - stream.distinct[start]
+            stop = min(start + max_passages, int(np.searchsorted(ends, base + max_postings, side="left")) + 1, len(stream.lengths))
+            yield self._segment(start, stop, base, int(ends[stop - 1]), stream)
             start = stop
 
-    def _segment(self, start: int, terms: np.ndarray, lengths: np.ndarray) -> _Segment:
+    def _segment(self, start: int, stop: int, first_posting: int, end_posting: int, stream: TermStream) -> _Segment:
+        """Passages [start, stop), whose postings are [first_posting, end_posting) of the stream."""
         import scipy.sparse as sp
 
-        rows, cols, scores = [], [], []
-        for first, last, chunk in _chunks(lengths, terms, _CHUNK_TOKENS):  # vectorised a chunk at a time
-            r, c, s = self._postings(chunk, lengths[first:last])
-            rows.append(r + first), cols.append(c), scores.append(s)
-        row = np.concatenate(rows).astype(np.int32)
-        col = np.concatenate(cols)
-        data = np.concatenate(scores)
-        del rows, cols, scores
-        # (passage, term) pairs are unique, so nothing is summed: every entry is one stored score
-        matrix = sp.csc_matrix((data, (row, col)), shape=(len(lengths), len(self.stats.vocab)), dtype=np.float64)
-        return _Segment(start, len(lengths), matrix.data, matrix.indices.astype(np.int32, copy=False), matrix.indptr.astype(np.int64, copy=False))
-
-    def _postings(self, terms: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(passage, term, score) of every distinct term of each passage; passages count from 0."""
-        n_vocab = max(len(self.stats.vocab), 1)
-        passage = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-        pairs, tf = np.unique(passage * n_vocab + terms, return_counts=True)
-        del passage
-        row, col = pairs // n_vocab, pairs % n_vocab
-        tfc = term_frequency_component(self.params, tf.astype(np.float64), lengths[row].astype(np.float64), self.stats.avg_length)
-        scores = self.idf[col] * tfc
+        row = np.repeat(np.arange(stop - start, dtype=np.int32), stream.distinct[start:stop])
+        col = np.asarray(stream.terms[first_posting:end_posting])
+        tf = np.asarray(stream.counts[first_posting:end_posting], dtype=np.float64)
+        lengths = stream.lengths[start:stop].astype(np.float64)
+        scores = self.idf[col] * term_frequency_component(self.params, tf, lengths[row], self.stats.avg_length)
+        del tf
         if self.nonoccurrence is not None:
             scores -= self.nonoccurrence[col]  # added back for every passage at query time, as in bm25s
-        return row, col.astype(np.int32), scores
+        # (passage, term) pairs are unique, so nothing is summed: every entry is one stored score; scipy
+        # turns these passage-major entries into columns by a linear counting pass, no sort
+        matrix = sp.csc_matrix((scores, (row, col)), shape=(stop - start, len(self.stats.vocab)), dtype=np.float64)
+        return _Segment(start, stop - start, matrix.data, matrix.indices.astype(np.int32, copy=False), matrix.indptr.astype(np.int64, copy=False))
 
 
 class BM25Index:
@@ -199,20 +174,15 @@ class BM25Index:
         corpus_tokens: Sequence[Sequence[str]],
         params: BM25Params = BM25Params(),
         segment_passages: int = SEGMENT_PASSAGES,
-        segment_tokens: int = SEGMENT_TOKENS,
+        segment_postings: int = SEGMENT_POSTINGS,
     ) -> "BM25Index":
         """Index ``corpus_tokens[i]`` (the tokens of passage i) in memory."""
-        vocab: dict[str, int] = {}
-        terms, lengths = array("i"), array("q")
-        for i, doc in enumerate(corpus_tokens):
-            terms.extend(term_ids(vocab, doc, i))
-            lengths.append(len(doc))
-        stream = TermStream(np.frombuffer(terms, dtype=np.int32), np.frombuffer(lengths, dtype=np.int64), vocab)
-        if not vocab:  # no passages, or no passage with a token: nothing can ever match
+        stream = TermStream.of_tokens(corpus_tokens)
+        if not stream.vocab:  # no passages, or no passage with a token: nothing can ever match
             return cls({}, [], len(stream.lengths), params)
         scorer = _SegmentScorer(_Stats.of_terms(stream), params)
-        segments = list(scorer.segments(stream, segment_passages, segment_tokens))
-        return cls(vocab, segments, len(stream.lengths), params, scorer.nonoccurrence)
+        segments = list(scorer.segments(stream, segment_passages, segment_postings))
+        return cls(stream.vocab, segments, len(stream.lengths), params, scorer.nonoccurrence)
 
     @classmethod
     def build_from_terms(
@@ -221,7 +191,7 @@ class BM25Index:
         folder: str | Path,
         params: BM25Params = BM25Params(),
         segment_passages: int = SEGMENT_PASSAGES,
-        segment_tokens: int = SEGMENT_TOKENS,
+        segment_postings: int = SEGMENT_POSTINGS,
         on_passages: Callable[[int], None] | None = None,
     ) -> "BM25Index":
         """Score a term stream (search.index.bm25_terms, written in ``folder`` while a corpus too big for
@@ -237,14 +207,17 @@ class BM25Index:
             stats = _Stats(stream.vocab, stats.df[stats.df > 0], stats.n_passages, stats.total_length)
         scorer = _SegmentScorer(stats, params)
         sizes = []
-        for number, segment in enumerate(scorer.segments(stream, segment_passages, segment_tokens)):
+        for number, segment in enumerate(scorer.segments(stream, segment_passages, segment_postings)):
             segment.save(folder, number)
             sizes.append(segment.n)
             if on_passages:
                 on_passages(segment.n)
             del segment  # only one segment's arrays are ever held
         cls._write_meta(folder, stream.vocab, sizes, len(stream.lengths), params, scorer.nonoccurrence)
-        return cls.load(folder)
+        # memory-mapped as load() would, with the vocabulary in hand (reading it back: 0.1 s at 100k passages)
+        starts = np.cumsum([0, *sizes])
+        segments = [_Segment.load(folder, number, int(starts[number]), size, mmap=True) for number, size in enumerate(sizes)]
+        return cls(stream.vocab, segments, len(stream.lengths), params, scorer.nonoccurrence, folder=folder)
 
     # ------------------------------------------------------------------ query
     def _query_ids(self, query_tokens: Sequence[str]) -> list[int]:
