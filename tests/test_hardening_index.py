@@ -292,3 +292,27 @@ def test_a_read_only_index_folder_is_one_line(keyword_index, tmp_path):
         assert ranking(query(index).stdout) == ranking(expected)
     finally:
         index.chmod(0o755)
+
+
+def test_a_generation_sealed_with_sha256_by_an_older_build_is_still_checked(keyword_index, tmp_path):
+    """Older builds recorded SHA-256 checksums; this one records XXH3: both are verified, by their own hash."""
+    import hashlib
+
+    from search.index.folder import IndexFolder
+    from search.index.integrity import problems
+
+    _, pristine, _ = keyword_index
+    index = tmp_path / "old"
+    shutil.copytree(pristine, index)
+    generation = IndexFolder(index).current()
+    manifest = generation.read_manifest()
+    assert all(set(entry) == {"size", "mtime_ns", "xxh3"} for entry in manifest["checksums"].values())
+    older = {**manifest, "checksums": {name: {"size": entry["size"], "mtime_ns": entry["mtime_ns"],
+                                               "sha256": hashlib.sha256((generation.path / name).read_bytes()).hexdigest()}
+                                       for name, entry in manifest["checksums"].items()}}
+    assert problems(generation, older, full=True) == {} == problems(generation, manifest, full=True)
+    name = "passages.jsonl"
+    corrupt(generation.path / name, "garble")
+    assert problems(generation, older, full=True) == {name: "does not match its checksum"} == problems(generation, manifest, full=True)
+    del older["checksums"][name]["sha256"]
+    assert problems(generation, older, full=True)[name] == "has no readable checksum"
