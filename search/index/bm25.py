@@ -42,7 +42,8 @@ _FORMAT = 2
 # scoring one holds ~40 bytes per posting, so 8M keep a build's BM25 stage near 300 MB.
 SEGMENT_PASSAGES = 200_000
 SEGMENT_POSTINGS = 8_000_000
-_CHUNK_POSTINGS = 4_000_000  # postings counted per bincount (a bounded read of the memory-mapped ids)
+_CHUNK_POSTINGS = 2_000_000  # postings counted per bincount (a bounded read of the memory-mapped ids)
+_SCORE_POSTINGS = 1_000_000  # postings scored at a time (8 MB temporaries, below malloc's mmap threshold)
 
 
 @dataclass
@@ -132,18 +133,34 @@ class _SegmentScorer:
         """Passages [start, stop), whose postings are [first_posting, end_posting) of the stream."""
         import scipy.sparse as sp
 
-        row = np.repeat(np.arange(stop - start, dtype=np.int32), stream.distinct[start:stop])
-        col = np.asarray(stream.terms[first_posting:end_posting])
-        tf = np.asarray(stream.counts[first_posting:end_posting], dtype=np.float64)
+        distinct = stream.distinct[start:stop]
+        indptr = np.zeros(stop - start + 1, dtype=np.int64)
+        np.cumsum(distinct, out=indptr[1:])
         lengths = stream.lengths[start:stop].astype(np.float64)
-        scores = self.idf[col] * term_frequency_component(self.params, tf, lengths[row], self.stats.avg_length)
-        del tf
-        if self.nonoccurrence is not None:
-            scores -= self.nonoccurrence[col]  # added back for every passage at query time, as in bm25s
-        # (passage, term) pairs are unique, so nothing is summed: every entry is one stored score; scipy
-        # turns these passage-major entries into columns by a linear counting pass, no sort
-        matrix = sp.csc_matrix((scores, (row, col)), shape=(stop - start, len(self.stats.vocab)), dtype=np.float64)
+        terms = np.asarray(stream.terms[first_posting:end_posting])
+        scores = np.empty(end_posting - first_posting, dtype=np.float64)
+        # scored a bounded run of passages at a time: the formulas' temporaries stay small and are reused
+        # (whole-segment temporaries are fresh memory each, and page faults cost more than the arithmetic)
+        for a, b in _runs(indptr, _SCORE_POSTINGS):
+            col = terms[indptr[a] : indptr[b]]
+            tf = np.asarray(stream.counts[first_posting + indptr[a] : first_posting + indptr[b]], dtype=np.float64)
+            chunk = self.idf[col] * term_frequency_component(self.params, tf, np.repeat(lengths[a:b], distinct[a:b]), self.stats.avg_length)
+            if self.nonoccurrence is not None:
+                chunk -= self.nonoccurrence[col]  # added back for every passage at query time, as in bm25s
+            scores[indptr[a] : indptr[b]] = chunk
+        # the postings are already a CSR matrix (a row per passage, each (passage, term) once); scipy turns it
+        # into columns by a linear counting pass, no sort
+        matrix = sp.csr_matrix((scores, terms, indptr), shape=(stop - start, len(self.stats.vocab))).tocsc()
         return _Segment(start, stop - start, matrix.data, matrix.indices.astype(np.int32, copy=False), matrix.indptr.astype(np.int64, copy=False))
+
+
+def _runs(indptr: np.ndarray, size: int) -> Iterator[tuple[int, int]]:
+    """(a, b): runs of whole passages holding about `size` postings (at least one passage each)."""
+    a, n = 0, len(indptr) - 1
+    while a < n:
+        b = max(a + 1, int(np.searchsorted(indptr, indptr[a] + size, side="right")) - 1)
+        yield a, min(b, n)
+        a = min(b, n)
 
 
 class BM25Index:
