@@ -2,7 +2,8 @@ import faiss
 import numpy as np
 import pytest
 
-from search.index.dense import DenseIndex, RowFile, StoredVectors, load_vectors
+from search.index.dense import DenseIndex, load_vectors
+from search.index.row_files import RowFile, StoredVectors
 
 
 def unit(rows):

@@ -201,6 +201,33 @@ def test_an_edit_carries_the_graph_over_and_searches_exactly_what_is_indexed(tmp
     assert all(DenseIndex.load(IndexFolder(index).current().dense_prefix(space)).retired == 0 for space in engine.backend.dense)
 
 
+def test_a_graph_no_edit_touches_is_linked_not_written_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(dense_module, "EXACT_MAX_VECTORS", 5)  # graphs at this small size, in both spaces
+    notes = tmp_path / "notes"
+    generate_notes(notes, 20)  # Chinese passages
+    for i in range(20):
+        (notes / f"en-{i:02d}.md").write_text(f"# Run {i}\n\nMixed precision training keeps a float32 master copy of the weights; run {i} used loss scale {2 ** i}.\n",
+                                             encoding="utf-8")
+    index = tmp_path / "index"
+    engine, _ = Engine.build([notes], index)
+    assert all(DenseIndex.load(IndexFolder(index).current().dense_prefix(space)).kind == "hnsw" for space in engine.backend.dense)
+    before = IndexFolder(index).current()
+    old_checksums = before.read_manifest()["checksums"]
+    (notes / "新笔记.md").write_text("# 激活重计算\n\n激活重计算用额外的前向计算换取显存，长序列训练时常用。\n", encoding="utf-8")
+    engine, summary = Engine.build([notes], index)
+    assert summary.passages_embedded == 1
+    after = IndexFolder(index).current()
+    checksums = after.read_manifest()["checksums"]
+    zh, en = (after.relative(after.dense_prefix(space).with_suffix(".faiss")) for space in ("zh", "en"))
+    assert os.stat(after.path / en).st_ino == os.stat(before.path / en).st_ino and checksums[en] == old_checksums[en]
+    assert os.stat(after.path / zh).st_ino != os.stat(before.path / zh).st_ino and checksums[zh] != old_checksums[zh]
+    assert Engine.check(index).ok
+    top = engine.search("激活重计算", k=1, mode="dense").hits[0]
+    assert top.path.endswith("新笔记.md")
+    shutil.rmtree(before.path)  # the older generation goes (as a later build removes it): the link keeps the file
+    assert Engine.check(index).ok and Engine.open(index).search("mixed precision", k=3, mode="dense").hits
+
+
 def test_sigkill_at_any_moment_leaves_an_index_that_answers(tmp_path):
     notes = write_notes(tmp_path / "notes")
     generate_notes(notes / "more", 40)

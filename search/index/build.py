@@ -249,7 +249,7 @@ class Builder:
         with timer("write"):
             summary.seconds = round(time.perf_counter() - started, 3)
             summary.stage_seconds = timer.rounded()
-            manifest["checksums"] = seal(generation)  # the manifest is written last, over all the others
+            manifest["checksums"] = seal(generation, self.previous, (self.old_manifest or {}).get("checksums"))  # written last, over all the others
             generation.write_manifest(manifest)
             self.folder.publish(generation)
         return summary

@@ -21,19 +21,19 @@ and the build makes a new one. Building a 34k-vector graph costs seconds; extend
 
 IVF rather than HNSW at scale: it builds in seconds at 1M vectors on two cores (HNSW takes many
 minutes) and its lists are read memory-mapped, so a query process touches only the lists it probes.
-The float32 rows a query re-ranks are read with positional reads (RowFile), not through a memory map:
-each page fault on a mapped file maps its cached neighbours too (the kernel's fault-around, 64 KiB),
-so 30k scattered 2 KiB rows mapped 1.9 GB of a 1M-vector file into the process, where reads keep
-them in the shared page cache and out of the query process's RSS.
+The float32 rows a query re-ranks are read with positional reads (search.index.row_files).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from search.index.row_files import RowFile, StoredVectors
 
 # Above this many vectors in one space, build an approximate index (see the module docstring) ...
 EXACT_MAX_VECTORS = 20_000
@@ -92,7 +92,9 @@ class DenseIndex:
     # and costs in proportion to the allowed rows (benchmarks/filters.py).
     EXACT_FILTER_ROWS = 5_000
 
-    def __init__(self, index: faiss.Index, ids: np.ndarray, exact_vectors: "np.ndarray | RowFile | None" = None) -> None:
+    def __init__(self, index: faiss.Index, ids: np.ndarray, exact_vectors: "np.ndarray | RowFile | None" = None,
+                 same_graph_as: Path | None = None) -> None:
+        self._same_graph_as = same_graph_as  # a saved file that holds this very index (see `save`)
         if index.ntotal != len(ids):
             raise ValueError(f"FAISS index has {index.ntotal} vectors but {len(ids)} ids")
         if exact_vectors is not None and len(exact_vectors) != len(ids):
@@ -135,14 +137,18 @@ class DenseIndex:
         return cls(index, ids, vectors)
 
     @classmethod
-    def extended(cls, prefix: Path, ids: np.ndarray, vectors: np.ndarray) -> "DenseIndex | None":
-        """The saved graph at `prefix` with `vectors` added after its rows, and `ids` the passage id of
-        every row, old and new (-1 retires an old row); None when that is not worth it (not a graph, or
-        too many retired rows), so the caller builds anew."""
-        index = faiss.read_index(str(prefix.with_suffix(".faiss")))
+    def extended(cls, prefix: Path, ids: np.ndarray, vectors: np.ndarray, opened: "DenseIndex | None" = None) -> "DenseIndex | None":
+        """The saved graph at `prefix` (`opened`: that index, memory-mapped) with `vectors` added after its
+        rows, and `ids` the passage id of every row, old and new (-1 retires an old row); None when that is
+        not worth it (not a graph, or too many retired rows), so the caller builds anew. With nothing to
+        add, the graph is the saved one as it is: `save` links its file instead of writing it again."""
+        graph = prefix.with_suffix(".faiss")
+        index = opened.index if opened is not None and not len(vectors) else faiss.read_index(str(graph))
         total = index.ntotal + len(vectors)
         if not isinstance(index, faiss.IndexHNSW) or len(ids) != total or (ids < 0).sum() > MAX_RETIRED_SHARE * total:
             return None
+        if not len(vectors):
+            return cls(index, ids, same_graph_as=graph)
         index.hnsw.efSearch = HNSW_SEARCH_DEPTH
         _add_in_chunks(index, vectors)
         return cls(index, ids)
@@ -250,7 +256,11 @@ class DenseIndex:
         return self.index.reconstruct_n(0, len(self))
 
     def save(self, prefix: Path) -> None:
-        faiss.write_index(self.index, str(prefix.with_suffix(".faiss")))
+        path = prefix.with_suffix(".faiss")
+        if self._same_graph_as is not None:
+            _link_or_copy(self._same_graph_as, path)  # a generation is never written after its build: sharing is safe
+        else:
+            faiss.write_index(self.index, str(path))
         np.save(prefix.with_suffix(".ids.npy"), self.ids)
         if self.reranks:
             np.save(prefix.with_suffix(".vectors.npy"), np.ascontiguousarray(self.vectors(), dtype=np.float32))
@@ -278,6 +288,14 @@ class DenseIndex:
         return cls(index, ids)
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (no bytes written), or a copy where the filesystem has none."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def index_kind(n: int, exact_max: int | None = None, graph_max: int = GRAPH_MAX_VECTORS) -> str:
     """The kind of index (`DenseIndex.kind`) that `DenseIndex.build` makes for n vectors."""
     return "flat" if n <= (EXACT_MAX_VECTORS if exact_max is None else exact_max) else "hnsw" if n <= graph_max else "ivf-sq8+rerank"
@@ -292,94 +310,12 @@ def passage_rows(ids: np.ndarray, n_passages: int) -> np.ndarray:
     return rows
 
 
-class StoredVectors:
-    """A space's float32 vectors in row order and the passage id of each row, without a FAISS index: what
-    a generation searched elsewhere (the Qdrant backend) keeps, for incremental builds to reuse and for
-    its mirror to send (`.vectors.npy` and `.ids.npy`, read as DenseIndex reads an IVF index's rows)."""
-
-    kind = "vectors"  # no index (see DenseIndex.kind)
-
-    def __init__(self, ids: np.ndarray, rows: "RowFile | np.ndarray") -> None:
-        self.ids = np.asarray(ids, dtype=np.int64)
-        self._rows = rows
-
-    @property
-    def dim(self) -> int:
-        return int(self._rows.shape[1])
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows, dtype=np.int64)
-        return self._rows.rows(rows) if isinstance(self._rows, RowFile) else np.asarray(self._rows[rows])
-
-    def vectors(self) -> np.ndarray:
-        return self._rows.all() if isinstance(self._rows, RowFile) else self._rows
-
-    def save(self, prefix: Path) -> None:
-        """Copied a chunk at a time (the rows may be a build's memory-mapped staging file of millions)."""
-        np.save(prefix.with_suffix(".ids.npy"), self.ids)
-        path, rows = prefix.with_suffix(".vectors.npy"), self.vectors()
-        if len(rows) == 0:  # an empty file cannot be memory-mapped
-            np.save(path, np.zeros((0, self.dim), dtype=np.float32))
-            return
-        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(rows), self.dim))
-        for start in range(0, len(rows), _ADD_CHUNK):
-            out[start : start + _ADD_CHUNK] = rows[start : start + _ADD_CHUNK]
-        out.flush()
-        del out
-
-
 def load_vectors(prefix: Path) -> "DenseIndex | StoredVectors":
     """A space's stored vectors, whether FAISS indexes them (DenseIndex, memory-mapped) or not
     (StoredVectors): both answer `ids`, `dim`, `vectors_at` and `vectors`."""
     if prefix.with_suffix(".faiss").is_file():
         return DenseIndex.load(prefix, mmap=True)
     return StoredVectors(np.load(prefix.with_suffix(".ids.npy")), RowFile(prefix.with_suffix(".vectors.npy")))
-
-
-class RowFile:
-    """Rows of a 2-D float32 .npy file, read on demand with positional reads (see the module docstring
-    for why not a memory map). `all()` maps the whole file, for the callers that scan every row."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        header = np.load(path, mmap_mode="r")  # numpy parses the header; no page is read here
-        shape, dtype, fortran, self.offset = header.shape, header.dtype, np.isfortran(header), header.offset
-        del header
-        if len(shape) != 2 or fortran or dtype != np.float32:
-            raise ValueError(f"{path}: expected a C-ordered 2-D float32 array, found {dtype} {shape}")
-        self.shape = shape
-        self.row_bytes = shape[1] * 4
-        self._fd = os.open(path, os.O_RDONLY)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __del__(self) -> None:
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            os.close(fd)
-
-    def rows(self, rows: np.ndarray) -> np.ndarray:
-        """The vectors at `rows` (any order, repeats allowed); runs of consecutive rows are one read."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == 0:
-            return np.zeros((0, self.shape[1]), dtype=np.float32)
-        if rows.min() < 0 or rows.max() >= len(self):
-            raise IndexError(f"row out of range for {len(self)} vectors")
-        unique, where = np.unique(rows, return_inverse=True)
-        out = np.empty((len(unique), self.shape[1]), dtype=np.float32)
-        breaks = np.flatnonzero(np.diff(unique) != 1) + 1
-        for start, end in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(unique)].tolist()):
-            size = (end - start) * self.row_bytes
-            data = os.pread(self._fd, size, self.offset + int(unique[start]) * self.row_bytes)
-            out[start:end] = np.frombuffer(data, dtype=np.float32).reshape(end - start, -1)
-        return out[where.reshape(-1)]
-
-    def all(self) -> np.ndarray:
-        return np.load(self.path, mmap_mode="r")
 
 
 def _add_in_chunks(index: faiss.Index, vectors: np.ndarray) -> None:

@@ -66,16 +66,38 @@ def _unreadable(error: OSError) -> str:
     return "is missing" if isinstance(error, FileNotFoundError) else f"cannot be read ({error.strerror or error})"
 
 
-def seal(generation: Generation) -> dict[str, dict[str, Any]]:
-    """The manifest's "checksums": every file of the generation but the manifest, by relative name."""
-    paths = [path for path in generation.files() if path != generation.manifest_file]
-    sealed = {}
-    for path, digest in file_digests(paths).items():
+def seal(generation: Generation, previous: Generation | None = None, previous_checksums: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The manifest's "checksums": every file of the generation but the manifest, by relative name. A
+    file that is the previous generation's own (a hard link: a graph no edit touched) keeps the digest
+    recorded there, which this build verified before reusing it, instead of being read again."""
+    sealed, to_hash = {}, []
+    for path in generation.files():
+        if path == generation.manifest_file:
+            continue
+        name = generation.relative(path)
+        shared = _shared_entry(path, previous.path / name, (previous_checksums or {}).get(name)) if previous is not None else None
+        if shared is not None:
+            sealed[name] = shared
+        else:
+            to_hash.append(path)
+    for path, digest in file_digests(to_hash).items():
         if isinstance(digest, OSError):  # the build's own file: nothing to say but that
             raise digest
         info = path.stat()
         sealed[generation.relative(path)] = {"size": info.st_size, "mtime_ns": info.st_mtime_ns, INDEX_DIGEST: digest}
-    return sealed
+    return dict(sorted(sealed.items()))
+
+
+def _shared_entry(path: Path, previous_file: Path, entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The previous generation's checksum entry when `path` is that very file (the same inode, as recorded)."""
+    if not isinstance(entry, dict):
+        return None
+    try:
+        mine, theirs = path.stat(), previous_file.stat()
+    except OSError:
+        return None
+    same = (mine.st_ino, mine.st_dev, mine.st_size, mine.st_mtime_ns) == (theirs.st_ino, theirs.st_dev, entry.get("size"), entry.get("mtime_ns"))
+    return dict(entry) if same else None
 
 
 def problems(generation: Generation, manifest: dict[str, Any], full: bool, names: Iterable[str] | None = None) -> dict[str, str]:

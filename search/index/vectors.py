@@ -12,7 +12,8 @@ import numpy as np
 
 from search.embedding.encoder import Encoder
 from search.embedding.models import space_for
-from search.index.dense import DenseIndex, StoredVectors, index_kind, load_vectors, passage_rows
+from search.index.dense import DenseIndex, index_kind, load_vectors, passage_rows
+from search.index.row_files import StoredVectors
 from search.index.folder import Generation
 from search.index.report import BuildSummary, StageTimer
 from search.schema import Passage
@@ -95,7 +96,7 @@ class PreviousVectors:
         row_ids = np.full(len(old), -1, dtype=np.int64)
         row_ids[sources[kept]] = ids[kept]
         added = np.setdiff1d(np.arange(len(ids)), kept)
-        index = DenseIndex.extended(self.prefixes[space], np.concatenate([row_ids, ids[added]]), vectors_at(added))
+        index = DenseIndex.extended(self.prefixes[space], np.concatenate([row_ids, ids[added]]), vectors_at(added), opened=old)
         return None if index is None else (index, np.concatenate([self._keys[space], keys[added]]))
 
     def vectors(self, space: str, rows: list[int]) -> np.ndarray:
