@@ -18,7 +18,8 @@ prints, as a table and as JSON (also written to indexes/bench/speed.json):
 
 Every measurement that loads models or indexes runs in a fresh subprocess (this script re-invoked with
 --worker), so peak RSS is that process's own (os.wait4). Usage:
-    python benchmarks/speed.py [--passages 100000] [--queries 300] [--cold-runs 5] [--million]
+    python benchmarks/speed.py [--passages 100000] [--queries 300] [--cold-runs 5] [--million N]
+    python benchmarks/speed.py --built indexes/r100k [--million 0]   # on an index built before
 """
 
 from __future__ import annotations
@@ -357,6 +358,8 @@ def main() -> None:
     parser.add_argument("--okapi-queries", type=int, default=50, help="queries timed on rank-bm25 (~0.1 s each at 100k)")
     parser.add_argument("--million", type=int, default=1_000_000, help="vectors of the synthetic dense index (0: skip)")
     parser.add_argument("--work", type=Path, default=ROOT / "indexes" / "bench")
+    parser.add_argument("--built", type=Path, help="a folder holding corpus/ and index/ built before (by a run of this script, "
+                        "or `search index`): measure queries and the re-index there, without building (no build figures)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -378,26 +381,17 @@ def main() -> None:
     ours = worker("encode", {"texts": sample, "baseline": False})
     baseline = worker("encode", {"texts": sample, "baseline": True}, env={"SEARCH_BACKEND": "torch"})
     result["embedding"] = {"ours": ours, "sentence_transformers_fp32": baseline, "ratio": round(ours["passages_per_s"] / baseline["passages_per_s"], 2)}
-    passages = args.passages
-    fits = int(ours["passages_per_s"] * args.embed_budget) // 1000 * 1000
-    if fits < passages:
-        result["notes"].append(f"{passages} passages would take ~{passages / ours['passages_per_s'] / 60:.0f} min to embed at "
-                               f"{ours['passages_per_s']} passages/s; indexed {max(fits, 1000)} (--embed-budget {args.embed_budget:.0f} s)")
-        passages = max(fits, 1000)
-
-    # build
-    corpus, index = args.work / "corpus", args.work / "index"
-    result["corpus"] = {"passages_requested": passages, "notes": generate_corpus(corpus, passages, args.seed)}
-    seconds, rss, stdout = run_measured([sys.executable, "-m", "search.cli", "index", str(corpus), "--index", str(index), "--rebuild", "--json"])
-    summary = json.loads(stdout.strip().splitlines()[-1])
     from search.index.folder import IndexFolder
 
-    generation = IndexFolder(index).current()
-    result["build"] = {"passages": summary["passages"], "wall_seconds": round(seconds, 1), "stage_seconds": summary.get("stage_seconds"),
-                       "peak_rss_mb": round(rss, 1), "index_bytes": generation.size_bytes()}
-    embed_seconds = (summary.get("stage_seconds") or {}).get("embed")
-    if embed_seconds:
-        result["build"]["embed_passages_per_s"] = round(summary["passages_embedded"] / embed_seconds, 1)
+    if args.built:
+        corpus, index = args.built / "corpus", args.built / "index"
+        generation = IndexFolder(index).current()
+        result["build"] = {"passages": generation.read_manifest()["passages"], "index_bytes": generation.size_bytes()}
+        result["notes"].append(f"measured on {args.built}, built before: no build figures")
+    else:
+        corpus, index = args.work / "corpus", args.work / "index"
+        result["build"] = build_measured(corpus, index, capped_passages(args, ours, result["notes"]), args.seed)
+        generation = IndexFolder(index).current()
 
     # queries: warm per mode, then cold CLI runs
     result["warm"] = worker("warm", {"index": str(index), "queries": queries, "modes": ["hybrid", "bm25", "dense"]})
@@ -433,6 +427,32 @@ def main() -> None:
     print(json.dumps(result, ensure_ascii=False))
 
 
+def capped_passages(args: argparse.Namespace, ours: dict[str, Any], notes: list[str]) -> int:
+    """--passages, or fewer when embedding them would take longer than --embed-budget."""
+    passages = args.passages
+    fits = int(ours["passages_per_s"] * args.embed_budget) // 1000 * 1000
+    if fits < passages:
+        notes.append(f"{passages} passages would take ~{passages / ours['passages_per_s'] / 60:.0f} min to embed at "
+                     f"{ours['passages_per_s']} passages/s; indexed {max(fits, 1000)} (--embed-budget {args.embed_budget:.0f} s)")
+        passages = max(fits, 1000)
+    return passages
+
+
+def build_measured(corpus: Path, index: Path, passages: int, seed: int) -> dict[str, Any]:
+    """Generate the corpus and index it from scratch in a new process: time by stage, peak RSS, size."""
+    from search.index.folder import IndexFolder
+
+    files = generate_corpus(corpus, passages, seed)
+    seconds, rss, stdout = run_measured([sys.executable, "-m", "search.cli", "index", str(corpus), "--index", str(index), "--rebuild", "--json"])
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    build = {"passages": summary["passages"], "files": files, "wall_seconds": round(seconds, 1), "stage_seconds": summary.get("stage_seconds"),
+             "peak_rss_mb": round(rss, 1), "index_bytes": IndexFolder(index).current().size_bytes()}
+    embed_seconds = (summary.get("stage_seconds") or {}).get("embed")
+    if embed_seconds:
+        build["embed_passages_per_s"] = round(summary["passages_embedded"] / embed_seconds, 1)
+    return build
+
+
 def reindex_one_file(corpus: Path, index: Path) -> dict[str, Any]:
     """The rebuild job's everyday case: one note gains a paragraph, then `search index` runs on the
     whole folder again (the edit stays, so the index and the corpus agree afterwards)."""
@@ -462,10 +482,11 @@ def print_table(r: dict[str, Any]) -> None:
     rows: list[tuple[str, str, str, str]] = []
     build, warm = r["build"], r["warm"]
     rows.append(("passages indexed", f"{build['passages']}", "", ""))
-    rows.append(("build wall", f"{build['wall_seconds']} s", "", ""))
-    for stage, seconds in (build.get("stage_seconds") or {}).items():
-        rows.append((f"  stage {stage}", f"{seconds} s", "", ""))
-    rows.append(("build peak RSS", f"{build['peak_rss_mb']:.0f} MB", "", ""))
+    if "wall_seconds" in build:  # not with --built
+        rows.append(("build wall", f"{build['wall_seconds']} s", "", ""))
+        for stage, seconds in (build.get("stage_seconds") or {}).items():
+            rows.append((f"  stage {stage}", f"{seconds} s", "", ""))
+        rows.append(("build peak RSS", f"{build['peak_rss_mb']:.0f} MB", "", ""))
     rows.append(("index size on disk", f"{build['index_bytes'] / 1e6:.1f} MB", "", ""))
     emb = r["embedding"]
     backends = lambda run: ", ".join(sorted({m["backend"] for m in run["models"].values()}))
