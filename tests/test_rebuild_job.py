@@ -338,3 +338,17 @@ def test_watch_follows_file_changes(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_build_with_nothing_changed_still_repairs_a_damaged_file_it_does_not_reuse(tmp_path):
+    notes = write_notes(tmp_path / "notes")
+    index = tmp_path / "index"
+    Engine.build([notes], index, build_config=BuildConfig(keyword_only=True))
+    live = IndexFolder(index).live_name()
+    damaged = IndexFolder(index).current().bm25_folder / "seg-0000.data.npy"
+    stat, data = damaged.stat(), bytearray(damaged.read_bytes())
+    data[-8:] = b"\xff" * 8  # same size, same modification time: only hashing sees it
+    damaged.write_bytes(bytes(data))
+    os.utime(damaged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    Engine.update([notes], index)
+    assert IndexFolder(index).live_name() != live and Engine.check(index).ok

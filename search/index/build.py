@@ -100,7 +100,7 @@ class Builder:
         check_compatible(manifest, model, self.folder.root)
         listed = manifest.get("checksums") or {}
         term_files = [generation.relative(generation.bm25_folder / name) for name in TERM_FILES]
-        reused = [name for name in listed if name in PASSAGE_FILES or name.startswith("dense-") or name in term_files]
+        self.verified = reused = [name for name in listed if name in PASSAGE_FILES or name.startswith("dense-") or name in term_files]
         bad = problems(generation, manifest, full=True, names=reused)
         if "manifest.json" in bad:
             log.warning("index at %s has no checksums: building it anew", self.folder.root)
@@ -154,7 +154,8 @@ class Builder:
             return False
         # the same export recipes, and every file whole (hashed: `search index` still repairs any damage)
         return all(Encoder(info["name"]).identity == info["identity"] for info in old["models"].values()) and \
-            not problems(self.previous, old, full=True) and BM25Index.readable(self.previous.bm25_folder)
+            not problems(self.previous, old, full=True, names=[name for name in old["checksums"] if name not in self.verified]) and \
+            BM25Index.readable(self.previous.bm25_folder)  # (the files a build reuses were hashed as it began: not twice)
 
     def run_documents(self, documents: Iterable[Document]) -> BuildSummary:
         """Index documents that are not files of their own (records of a collection, say)."""
