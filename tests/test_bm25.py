@@ -307,3 +307,24 @@ def test_an_incremental_stream_copies_postings_and_numbers_afresh_when_mostly_un
     third.add(["b"])
     np.testing.assert_array_equal(BM25Index.build_from_terms(third.close(), tmp_path / "c").scores(["b", "z"]),
                                   BM25Index.build([["a", "z"], ["b"]]).scores(["b", "z"]))
+
+
+@pytest.mark.parametrize("method", ["lucene", "bm25+"])
+def test_scores_at_some_passages_equal_the_full_scores_there(corpus, tmp_path, method):
+    """Hybrid fusion scores only its candidates: the same floats as the whole score vector, over
+    segments, in any order, with repeats, for passages that hold no query term and for none at all."""
+    index = BM25Index.build(corpus, BM25Params(method=method), segment_passages=6)
+    writer = TermWriter(tmp_path / "s")
+    for doc in corpus:
+        writer.add(doc)
+    BM25Index.build_from_terms(writer.close(), tmp_path / "s", BM25Params(method=method), segment_passages=6)
+    loaded = BM25Index.load(tmp_path / "s")  # memory-mapped columns
+    rng = np.random.default_rng(0)
+    picks = [np.arange(len(corpus)), rng.permutation(len(corpus)), np.array([15, 0, 15, 6, 13]), np.array([], dtype=np.int64)]
+    for text in QUERIES:
+        q = tokenize(text)
+        full = index.scores(q)
+        assert full.any() or text.startswith("量子")
+        for pids in picks:
+            for source in (index, loaded):
+                np.testing.assert_array_equal(source.scores_at(q, pids), full[pids])

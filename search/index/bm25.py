@@ -81,11 +81,21 @@ class _Segment:
 
     def add_scores(self, terms: np.ndarray, out: np.ndarray) -> None:
         """Add the segment's column of each term (in order) to `out`, the segment's slice of the scores."""
-        for t in terms.tolist():
-            a, b = self.indptr[t], self.indptr[t + 1]
+        for a, b in zip(self.indptr[terms].tolist(), self.indptr[terms + 1].tolist()):
             if b > a:
                 # a column holds each passage at most once, so plain fancy-index addition is exact
                 out[self.indices[a:b]] += self.data[a:b]
+
+    def add_scores_at(self, terms: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> None:
+        """`add_scores` for the passages at `offsets` (ascending, within the segment) alone, into `out`
+        (one slot per offset): each column is searched for them instead of being added whole. A column
+        lists its passages in ascending order (scipy's CSR-to-CSC pass visits the rows in order)."""
+        for a, b in zip(self.indptr[terms].tolist(), self.indptr[terms + 1].tolist()):
+            if b > a:
+                column = self.indices[a:b]
+                at = np.minimum(np.searchsorted(column, offsets), b - a - 1)
+                found = column[at] == offsets
+                out[found] += self.data[a:b][at[found]]
 
     def mark(self, terms: set[int], mask: np.ndarray) -> None:
         for t in terms:
@@ -259,6 +269,27 @@ class BM25Index:
         if not ids:
             return np.zeros(self.n_passages, dtype=np.float64)
         return self._scores_of_ids(ids)
+
+    def scores_at(self, query_tokens: Sequence[str], pids: np.ndarray) -> np.ndarray:
+        """``scores(query_tokens)[pids]``, bit for bit, at a cost that grows with ``len(pids)`` instead of
+        with the query terms' postings (hybrid fusion scores a few hundred candidates of a large index)."""
+        pids = np.asarray(pids, dtype=np.int64)
+        out = np.zeros(len(pids), dtype=np.float64)
+        ids = self._query_ids(query_tokens)
+        if not ids or not len(pids):
+            return out
+        terms = np.asarray(ids, dtype=np.int64)
+        order = np.argsort(pids, kind="stable")
+        ascending = pids[order]
+        for segment in self._segments:
+            lo, hi = np.searchsorted(ascending, [segment.start, segment.start + segment.n])
+            if hi > lo:
+                part = np.zeros(hi - lo, dtype=np.float64)
+                segment.add_scores_at(terms, ascending[lo:hi] - segment.start, part)
+                out[order[lo:hi]] = part
+        if self._nonoccurrence is not None:
+            out += self._nonoccurrence[terms].sum()
+        return out
 
     def _matched(self, ids: list[int]) -> np.ndarray:
         """Passages holding at least one of the term ids."""

@@ -26,7 +26,7 @@ class EmbeddedBackend:
         return self.bm25.top_k(tokens, k, None if selection is None else selection.mask)
 
     def bm25_scores(self, tokens: Sequence[str], pids: np.ndarray) -> np.ndarray:
-        return self.bm25.scores(tokens)[pids]
+        return self.bm25.scores_at(tokens, pids)
 
     def dense_search(self, space: str, vector: np.ndarray, k: int, selection: Selection | None) -> Ranking:
         index = self.dense[space]
