@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from rank_bm25 import BM25Plus
 
-from search.index import bm25 as bm25_module, bm25_terms
+from search.index import bm25_segments, bm25_terms
 from search.index.bm25_terms import TermStream, TermWriter
 from search.index.bm25 import BM25Index, BM25Params
 from search.text.tokenizing import tokenize
@@ -239,7 +239,7 @@ def test_rejects_strings_instead_of_token_lists():
 @pytest.mark.parametrize("method", ["lucene", "bm25+", "robertson"])
 def test_three_segments_score_exactly_like_one(corpus, tmp_path, method, monkeypatch):
     monkeypatch.setattr(bm25_terms, "_BUFFER_TOKENS", 7)  # the writer counts postings a few passages at a time
-    monkeypatch.setattr(bm25_module, "_SCORE_POSTINGS", 5)  # and a segment is scored a few passages at a time
+    monkeypatch.setattr(bm25_segments, "_SCORE_POSTINGS", 5)  # and a segment is scored a few passages at a time
     one = BM25Index.build(corpus, BM25Params(method=method))
     three = BM25Index.build(corpus, BM25Params(method=method), segment_passages=6)
     assert (one.n_segments, three.n_segments) == (1, 3)

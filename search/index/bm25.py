@@ -12,7 +12,7 @@ cut into *segments* of consecutive passages, so a build only ever holds one segm
 Every stored score is therefore the one a single index over the whole corpus would hold, and a query's
 score for a passage (its column entries summed in query-token order) is bit-for-bit the same whatever the
 segmentation. The formulas are in `search.index.bm25_scoring` (bm25s's, as small functions); the segment
-matrices are assembled with scipy.sparse, because bm25s's builder takes the whole corpus at once and
+matrices are assembled with scipy.sparse (search.index.bm25_segments), because bm25s's builder takes the whole corpus at once and
 computes its statistics from it, so it cannot score one segment with global statistics.
 
 Also handled here: a 0-passage corpus, passages with no tokens, a corpus with no tokens at all; queries
@@ -25,152 +25,19 @@ rank-bm25; ``top_k`` with an optional boolean ``allowed`` mask applied before th
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params, idf, term_frequency_component
+from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params
+from search.index.bm25_segments import SEGMENT_PASSAGES, SEGMENT_POSTINGS, Segment, SegmentScorer, Stats
 from search.index.bm25_terms import VOCAB_FILE, TermStream
 
 __all__ = ["BM25Index", "BM25Params"]
 
 _META_NAME = "bm25_index.json"
 _FORMAT = 2
-# A segment ends at this many passages or postings (distinct terms of a passage), whichever comes first:
-# scoring one holds ~40 bytes per posting, so 8M keep a build's BM25 stage near 300 MB.
-SEGMENT_PASSAGES = 200_000
-SEGMENT_POSTINGS = 8_000_000
-_CHUNK_POSTINGS = 2_000_000  # postings counted per bincount (a bounded read of the memory-mapped ids)
-_SCORE_POSTINGS = 1_000_000  # postings scored at a time (8 MB temporaries, below malloc's mmap threshold)
-
-
-@dataclass
-class _Stats:
-    """What a first pass over the corpus knows: it makes every segment score like one big index."""
-
-    vocab: dict[str, int]
-    df: np.ndarray  # passages holding each term
-    n_passages: int
-    total_length: int
-
-    @classmethod
-    def of_terms(cls, stream: TermStream) -> "_Stats":
-        """Document frequencies: a bincount of the postings' term ids, a bounded slice at a time."""
-        df = np.zeros(len(stream.vocab), dtype=np.int64)
-        for start in range(0, len(stream.terms), _CHUNK_POSTINGS):
-            df += np.bincount(stream.terms[start : start + _CHUNK_POSTINGS], minlength=len(df))
-        return cls(stream.vocab, df, len(stream.lengths), int(stream.lengths.sum()))
-
-    @property
-    def avg_length(self) -> float:
-        # == np.mean of the lengths (integer partial sums are exact in float64), as bm25s computes it
-        return self.total_length / self.n_passages
-
-
-@dataclass
-class _Segment:
-    """Consecutive passages [start, start + n) as a CSC matrix over the global vocabulary."""
-
-    start: int
-    n: int
-    data: np.ndarray  # float64 scores
-    indices: np.ndarray  # int32 passage offsets within the segment
-    indptr: np.ndarray  # int64, one entry per term + 1
-
-    def add_scores(self, terms: np.ndarray, out: np.ndarray) -> None:
-        """Add the segment's column of each term (in order) to `out`, the segment's slice of the scores."""
-        for a, b in zip(self.indptr[terms].tolist(), self.indptr[terms + 1].tolist()):
-            if b > a:
-                # a column holds each passage at most once, so plain fancy-index addition is exact
-                out[self.indices[a:b]] += self.data[a:b]
-
-    def add_scores_at(self, terms: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> None:
-        """`add_scores` for the passages at `offsets` (ascending, within the segment) alone, into `out`
-        (one slot per offset): each column is searched for them instead of being added whole. A column
-        lists its passages in ascending order (scipy's CSR-to-CSC pass visits the rows in order)."""
-        for a, b in zip(self.indptr[terms].tolist(), self.indptr[terms + 1].tolist()):
-            if b > a:
-                column = self.indices[a:b]
-                at = np.minimum(np.searchsorted(column, offsets), b - a - 1)
-                found = column[at] == offsets
-                out[found] += self.data[a:b][at[found]]
-
-    def mark(self, terms: set[int], mask: np.ndarray) -> None:
-        for t in terms:
-            mask[self.indices[self.indptr[t] : self.indptr[t + 1]]] = True
-
-    def save(self, folder: Path, number: int) -> None:
-        for name in ("data", "indices", "indptr"):
-            np.save(folder / f"seg-{number:04d}.{name}.npy", getattr(self, name))
-
-    @classmethod
-    def load(cls, folder: Path, number: int, start: int, n: int, mmap: bool) -> "_Segment":
-        arrays = [np.load(folder / f"seg-{number:04d}.{name}.npy", mmap_mode="r" if mmap else None) for name in ("data", "indices", "indptr")]
-        return cls(start, n, *arrays)
-
-
-class _SegmentScorer:
-    """Turns consecutive passages' tokens into segments scored with the global statistics."""
-
-    def __init__(self, stats: _Stats, params: BM25Params) -> None:
-        self.stats = stats
-        self.params = params
-        n = stats.n_passages
-        # once per distinct document frequency (a few thousand among 100k terms), by the same scalar formula;
-        # a term no passage holds any more (search.index.bm25_terms) has no postings: any idf will do
-        dfs, term_df = np.unique(stats.df, return_inverse=True)
-        self.idf = np.array([idf(params, int(d), n) if d else 0.0 for d in dfs.tolist()], dtype=np.float64)[term_df.reshape(-1)]
-        self.nonoccurrence = None
-        if params.method in NONOCCURRENCE_METHODS:
-            avg = stats.avg_length
-            zero = term_frequency_component(params, 0, avg, avg)
-            self.nonoccurrence = self.idf * zero  # idf(df) * tfc(0) per term, as bm25s's non-occurrence array
-
-    def segments(self, stream: TermStream, max_passages: int, max_postings: int) -> Iterator[_Segment]:
-        """Segments in passage order: a segment ends after max_passages, or after the passage that brings
-        it to max_postings postings."""
-        ends = np.cumsum(stream.distinct)
-        start = 0
-        while start < len(stream.lengths):
-            base = ends[start] - stream.distinct[start]
-            stop = min(start + max_passages, int(np.searchsorted(ends, base + max_postings, side="left")) + 1, len(stream.lengths))
-            yield self._segment(start, stop, base, int(ends[stop - 1]), stream)
-            start = stop
-
-    def _segment(self, start: int, stop: int, first_posting: int, end_posting: int, stream: TermStream) -> _Segment:
-        """Passages [start, stop), whose postings are [first_posting, end_posting) of the stream."""
-        import scipy.sparse as sp
-
-        distinct = stream.distinct[start:stop]
-        indptr = np.zeros(stop - start + 1, dtype=np.int64)
-        np.cumsum(distinct, out=indptr[1:])
-        lengths = stream.lengths[start:stop].astype(np.float64)
-        terms = np.asarray(stream.terms[first_posting:end_posting])
-        scores = np.empty(end_posting - first_posting, dtype=np.float64)
-        # scored a bounded run of passages at a time: the formulas' temporaries stay small and are reused
-        # (whole-segment temporaries are fresh memory each, and page faults cost more than the arithmetic)
-        for a, b in _runs(indptr, _SCORE_POSTINGS):
-            col = terms[indptr[a] : indptr[b]]
-            tf = np.asarray(stream.counts[first_posting + indptr[a] : first_posting + indptr[b]], dtype=np.float64)
-            chunk = self.idf[col] * term_frequency_component(self.params, tf, np.repeat(lengths[a:b], distinct[a:b]), self.stats.avg_length)
-            if self.nonoccurrence is not None:
-                chunk -= self.nonoccurrence[col]  # added back for every passage at query time, as in bm25s
-            scores[indptr[a] : indptr[b]] = chunk
-        # the postings are already a CSR matrix (a row per passage, each (passage, term) once); scipy turns it
-        # into columns by a linear counting pass, no sort
-        matrix = sp.csr_matrix((scores, terms, indptr), shape=(stop - start, len(self.stats.vocab))).tocsc()
-        return _Segment(start, stop - start, matrix.data, matrix.indices.astype(np.int32, copy=False), matrix.indptr.astype(np.int64, copy=False))
-
-
-def _runs(indptr: np.ndarray, size: int) -> Iterator[tuple[int, int]]:
-    """(a, b): runs of whole passages holding about `size` postings (at least one passage each)."""
-    a, n = 0, len(indptr) - 1
-    while a < n:
-        b = max(a + 1, int(np.searchsorted(indptr, indptr[a] + size, side="right")) - 1)
-        yield a, min(b, n)
-        a = min(b, n)
 
 
 class BM25Index:
@@ -179,7 +46,7 @@ class BM25Index:
     def __init__(
         self,
         vocab: dict[str, int],
-        segments: list[_Segment],
+        segments: list[Segment],
         n_passages: int,
         params: BM25Params,
         nonoccurrence: np.ndarray | None = None,
@@ -207,7 +74,7 @@ class BM25Index:
         stream = TermStream.of_tokens(corpus_tokens)
         if not stream.vocab:  # no passages, or no passage with a token: nothing can ever match
             return cls({}, [], len(stream.lengths), params)
-        scorer = _SegmentScorer(_Stats.of_terms(stream), params)
+        scorer = SegmentScorer(Stats.of_terms(stream), params)
         segments = list(scorer.segments(stream, segment_passages, segment_postings))
         return cls(stream.vocab, segments, len(stream.lengths), params, scorer.nonoccurrence)
 
@@ -228,11 +95,11 @@ class BM25Index:
             index = cls({}, [], len(stream.lengths), params)
             index.save(folder)
             return index
-        stats = _Stats.of_terms(stream)
+        stats = Stats.of_terms(stream)
         if (stats.df == 0).sum() > 0.5 * len(stats.df):  # mostly terms of passages gone since: number afresh
             stream = stream.without_unused(stats.df, folder)
-            stats = _Stats(stream.vocab, stats.df[stats.df > 0], stats.n_passages, stats.total_length)
-        scorer = _SegmentScorer(stats, params)
+            stats = Stats(stream.vocab, stats.df[stats.df > 0], stats.n_passages, stats.total_length)
+        scorer = SegmentScorer(stats, params)
         sizes = []
         for number, segment in enumerate(scorer.segments(stream, segment_passages, segment_postings)):
             segment.save(folder, number)
@@ -243,7 +110,7 @@ class BM25Index:
         cls._write_meta(folder, stream.vocab, sizes, len(stream.lengths), params, scorer.nonoccurrence)
         # memory-mapped as load() would, with the vocabulary in hand (reading it back: 0.1 s at 100k passages)
         starts = np.cumsum([0, *sizes])
-        segments = [_Segment.load(folder, number, int(starts[number]), size, mmap=True) for number, size in enumerate(sizes)]
+        segments = [Segment.load(folder, number, int(starts[number]), size, mmap=True) for number, size in enumerate(sizes)]
         return cls(stream.vocab, segments, len(stream.lengths), params, scorer.nonoccurrence, folder=folder)
 
     # ------------------------------------------------------------------ query
@@ -386,7 +253,7 @@ class BM25Index:
             vocab = {token: term for term, token in enumerate(json.load(handle))}
         segments, start = [], 0
         for number, size in enumerate(meta["segments"]):
-            segments.append(_Segment.load(folder, number, start, size, mmap))
+            segments.append(Segment.load(folder, number, start, size, mmap))
             start += size
         if start != n:
             raise ValueError(f"BM25 index in {folder} is inconsistent: segments hold {start} != {n} passages")
