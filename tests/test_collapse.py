@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from search import BuildConfig, Engine, SearchConfig
 from search.cli import cli
-from search.query.engine import same_text_key
+from search.text.passages import same_text_key
 
 ANSWER = "Steep green tea in water below boiling for two minutes."
 
@@ -62,3 +62,39 @@ def test_cli_shows_the_count_of_copies_and_no_collapse_shows_them_all(tmp_path):
     assert "copies" not in every and sum(1 for line in every.splitlines() if "Steep green tea" in line) == 6
     hits = json.loads(runner.invoke(cli, ["query", "steep green tea boiling", "-k", "1", "--json", "--mode", "bm25", "--index", index]).stdout)
     assert len(hits[0]["duplicates"]) == 5
+
+
+def test_text_keys_are_kept_through_an_update_and_only_hits_and_copies_are_read(tmp_path, monkeypatch):
+    from search.index.passage_store import PassageStore
+    from search.text.passages import text_key_digest
+
+    data = write_records(tmp_path / "data")
+    (data / "other.md").write_text("# Other\n\nBlack tea wants boiling water and five minutes.\n", encoding="utf-8")
+    Engine.build([data], tmp_path / "index", build_config=BuildConfig(keyword_only=True))[0].close()
+    (data / "other.md").write_text("# Other\n\nBlack tea wants boiling water and four minutes.\n", encoding="utf-8")
+    summary = Engine.update([data], tmp_path / "index")
+    assert (summary.files_changed, summary.files_unchanged) == (1, 2)  # tea.jsonl and note.md are carried over
+    with Engine.open(tmp_path / "index") as engine:
+        store = engine.passages
+        assert store.text_keys.shape == (len(store), 16)
+        assert [row.tobytes() for row in store.text_keys] == [text_key_digest(p.text) for p in store]
+        with_keys = engine.search("make green tea steep boiling", k=3, mode="bm25")
+
+        reads = []
+        monkeypatch.setattr(PassageStore, "get", lambda self, pid: _read(self, pid, reads))
+        again = engine.search("make green tea steep boiling", k=3, mode="bm25")
+        assert len(reads) == 3 + 5  # three hits and the first one's five copies, not the lookahead
+        assert again.to_dict() == with_keys.to_dict()
+
+        # a generation written before text keys: read and compared, the same hits and copies
+        monkeypatch.undo()
+        keys, store.text_keys = store.text_keys, None
+        assert engine.search("make green tea steep boiling", k=3, mode="bm25").to_dict() == with_keys.to_dict()
+        assert store.text_keys_of(0, len(store)) == keys.tobytes()
+
+
+def _read(store, pid, reads):
+    from search.schema import Passage
+
+    reads.append(pid)
+    return Passage(**json.loads(store.get_raw(pid)))

@@ -179,7 +179,7 @@ def test_a_full_disk_is_one_line_and_leaves_the_index_as_it_was(keyword_index, t
         def full(self, *args):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(PassageWriter, "add_raw", full)
+        monkeypatch.setattr(PassageWriter, "add", full)
         done = cli("index", notes, "--index", index)
         assert done.returncode == 1 and one_line(done.stderr) and "no space left for the index" in done.stderr
         monkeypatch.undo()

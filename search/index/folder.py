@@ -9,7 +9,8 @@ Layout (every name is spelled by `IndexFolder` and `Generation` alone)::
       gen-<stamp>/         one complete, never-modified index state
         manifest.json      format version, models, files, counts, and the checksum of every other
                            file of the generation (written last: search.index.integrity)
-        passages.jsonl     one passage per line; passages.offsets.npy seeks to line i
+        passages.jsonl     one passage per line; passages.offsets.npy seeks to line i; passages.keys.npy
+                           holds each passage's 16-byte digest of its normalised text (finding copies)
         tokens.jsonl       BM25 tokens per passage (lets a rebuild skip re-tokenising); tokens.offsets.npy
         bm25/              BM25 score matrices (segments), vocabulary
         dense-<space>.faiss / .ids.npy / .keys.npy   vectors, their passage ids, their text keys
@@ -50,7 +51,7 @@ GEN_PREFIX = "gen-"
 _GEN_NAME = re.compile(r"gen-[0-9A-Za-z-]{1,80}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 # the files an incremental build carries unchanged files' passages, tokens and facets over from
-PASSAGE_FILES = ("passages.jsonl", "passages.offsets.npy", "tokens.jsonl", "tokens.offsets.npy", "facets.json", "passage_file.npy")
+PASSAGE_FILES = ("passages.jsonl", "passages.offsets.npy", "passages.keys.npy", "tokens.jsonl", "tokens.offsets.npy", "facets.json", "passage_file.npy")
 
 
 class Generation:
@@ -63,6 +64,7 @@ class Generation:
         self.manifest_file = self.path / "manifest.json"
         self.passages_file = self.path / "passages.jsonl"
         self.passage_offsets_file = self.path / "passages.offsets.npy"
+        self.text_keys_file = self.path / "passages.keys.npy"  # absent in generations written before it
         self.tokens_file = self.path / "tokens.jsonl"
         self.token_offsets_file = self.path / "tokens.offsets.npy"
         self.bm25_folder = self.path / "bm25"

@@ -13,8 +13,11 @@ import numpy as np
 
 from search.index.folder import Generation
 from search.schema import Passage
+from search.text.passages import text_key_digest
 
-__all__ = ["LineBlock", "PassageStore", "PassageWriter", "TokenStore", "iter_tokens", "read_tokens"]
+__all__ = ["KEY_BYTES", "LineBlock", "PassageStore", "PassageWriter", "TokenStore", "iter_tokens", "read_tokens"]
+
+KEY_BYTES = 16  # a passage's text key (search.text.passages.text_key_digest)
 
 
 class PassageWriter:
@@ -25,31 +28,34 @@ class PassageWriter:
         self.generation = generation
         self._passages = open(generation.passages_file, "wb")
         self._tokens = open(generation.tokens_file, "wb")
-        # 8 bytes per passage and file, the only per-passage state a build keeps in memory here
+        # 8 bytes per passage and file, and its 16-byte text key: the only per-passage state a build keeps
+        # in memory here
         self._offsets, self._token_offsets = array("q"), array("q")
+        self._keys = bytearray()
         self._end = self._token_end = 0
 
     def add(self, passage: Passage, tokens: list[str]) -> int:
         """Append one passage and its tokens; returns its passage id."""
-        return self.add_raw(json.dumps(passage.to_dict(), ensure_ascii=False).encode("utf-8") + b"\n", tokens)
-
-    def add_raw(self, passage_line: bytes, tokens: list[str]) -> int:
-        """Append a passage already serialised as a JSONL line (copied from an earlier generation)."""
+        passage_line = json.dumps(passage.to_dict(), ensure_ascii=False).encode("utf-8") + b"\n"
         token_line = json.dumps(tokens, ensure_ascii=False).encode("utf-8") + b"\n"
         self._offsets.append(self._end)
         self._token_offsets.append(self._token_end)
+        self._keys += text_key_digest(passage.text)
         self._passages.write(passage_line)
         self._tokens.write(token_line)
         self._end += len(passage_line)
         self._token_end += len(token_line)
         return len(self._offsets) - 1
 
-    def add_block(self, passages: "LineBlock", tokens: "LineBlock") -> int:
-        """Append a run of passages with their tokens, copied as bytes from an earlier generation (an
-        unchanged file's); returns the first one's passage id."""
+    def add_block(self, passages: "LineBlock", tokens: "LineBlock", keys: bytes) -> int:
+        """Append a run of passages with their tokens and text keys, copied as bytes from an earlier
+        generation (an unchanged file's); returns the first one's passage id."""
         first = len(self._offsets)
+        if len(keys) != KEY_BYTES * len(passages.starts):
+            raise ValueError(f"{len(keys)} bytes of text keys for {len(passages.starts)} passages")
         self._offsets.extend((passages.starts + self._end).tolist())
         self._token_offsets.extend((tokens.starts + self._token_end).tolist())
+        self._keys += keys
         self._passages.write(passages.data)
         self._tokens.write(tokens.data)
         self._end += len(passages.data)
@@ -66,6 +72,7 @@ class PassageWriter:
             self._tokens.close()  # even when flushing the other failed (a full disk): no handle left open
         np.save(self.generation.passage_offsets_file, np.frombuffer(self._offsets, dtype=np.int64))
         np.save(self.generation.token_offsets_file, np.frombuffer(self._token_offsets, dtype=np.int64))
+        np.save(self.generation.text_keys_file, np.frombuffer(self._keys, dtype=np.uint8).reshape(-1, KEY_BYTES))
 
     def __enter__(self) -> "PassageWriter":
         return self
@@ -153,6 +160,8 @@ class PassageStore:
     def __init__(self, generation: Generation) -> None:
         self.path = generation.passages_file
         self._lines = _Lines(generation.passages_file, generation.passage_offsets_file)
+        # each passage's text key as one 16-byte row; None for a generation written before they were
+        self.text_keys = np.load(generation.text_keys_file, mmap_mode="r") if generation.text_keys_file.is_file() else None
 
     def __len__(self) -> int:
         return len(self._lines)
@@ -166,6 +175,15 @@ class PassageStore:
 
     def block(self, first: int, count: int) -> LineBlock:
         return self._lines.block(first, count)
+
+    def text_keys_of(self, first: int, count: int, block: LineBlock | None = None) -> bytes:
+        """The text keys of passages [first, first + count) as bytes; worked out from their text (`block`,
+        when read already) in a generation written before keys were kept."""
+        if self.text_keys is not None:
+            return np.ascontiguousarray(self.text_keys[first : first + count]).tobytes()
+        block = block or self.block(first, count)
+        ends = [*block.starts.tolist()[1:], len(block.data)]
+        return b"".join(text_key_digest(json.loads(block.data[start:end])["text"]) for start, end in zip(block.starts.tolist(), ends))
 
     def get_many(self, passage_ids: Iterable[int]) -> list[Passage]:
         return [self.get(passage_id) for passage_id in passage_ids]

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import os
-import unicodedata
 from functools import cached_property
 from typing import Any, Iterable, Sequence
 
@@ -32,6 +31,7 @@ from search.query.query import Query
 from search.query.result import Hit, SearchResult
 from search.query.candidates import Retrieval
 from search.query.retrieval import Retriever
+from search.text.passages import same_text_key
 from search.schema import Document
 
 __all__ = ["Engine"]
@@ -39,11 +39,6 @@ __all__ = ["Engine"]
 MAX_K = 1000  # hits one search returns at most
 MAX_DEPTH = 4 * MAX_K  # candidates a collapsing search asks the retrievers for at most
 COPIES_LOOKAHEAD = 20  # candidates after the k-th distinct text still searched for its copies
-
-
-def same_text_key(text: str) -> str:
-    """What duplicates have in common: the text after NFKC, case folding and collapsing white space."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 class Engine:
@@ -226,8 +221,33 @@ class Engine:
 
     def _distinct(self, ranked: list[tuple[int, float]], retrieval: Retrieval, k: int) -> list[Hit]:
         """Up to k hits of distinct texts, best first, each with the locations of its copies among the
-        candidates up to COPIES_LOOKAHEAD past the k-th (passages are read in small batches, so a
-        query without copies reads about k + the lookahead)."""
+        candidates up to COPIES_LOOKAHEAD past the k-th. Copies are told apart by the text keys the
+        build saved, so only the hits and their copies are read."""
+        keys = self.passages.text_keys
+        if keys is None:
+            return self._distinct_by_reading(ranked, retrieval, k)
+        chosen: list[tuple[int, float]] = []
+        copies: list[list[int]] = []  # the passage ids of each chosen hit's copies, in rank order
+        slot_of: dict[bytes, int] = {}
+        end = len(ranked)
+        for position, (pid, score) in enumerate(ranked):
+            if position >= end:
+                break
+            slot = slot_of.setdefault(keys[pid].tobytes(), len(chosen))
+            if slot < len(chosen):
+                copies[slot].append(pid)
+            elif len(chosen) < k:
+                chosen.append((pid, score))
+                copies.append([])
+                if len(chosen) == k:
+                    end = min(end, position + 1 + COPIES_LOOKAHEAD)
+        hits = self._hits(chosen, retrieval)
+        for hit, pids in zip(hits, copies):
+            hit.duplicates.extend(Hit.location_of(passage) for passage in self.passages.get_many(pids))
+        return hits
+
+    def _distinct_by_reading(self, ranked: list[tuple[int, float]], retrieval: Retrieval, k: int) -> list[Hit]:
+        """`_distinct` for a generation without text keys: candidates are read in small batches."""
         hits: list[Hit] = []
         by_text: dict[str, Hit] = {}
         end, start = len(ranked), 0

@@ -7,6 +7,7 @@ from typing import Any, Iterator
 
 from search.ingest.loading import LINELESS_KINDS, kind_of
 from search.query.query import Query
+from search.schema import Passage
 
 __all__ = ["Hit", "SearchResult"]
 
@@ -33,18 +34,23 @@ class Hit:
 
     @property
     def location(self) -> str:
-        """Where the passage is: path:LINE for notes and record lines, path#INDEX for JSON records and
+        return self.location_of(self)
+
+    @staticmethod
+    def location_of(passage: "Hit | Passage") -> str:
+        """Where a passage is: path:LINE for notes and record lines, path#INDEX for JSON records and
         dataset rows, path p.N for PDF pages, path cell N for notebook cells, the path alone for web
         pages and Word files (lines of extracted text are not the file's)."""
-        if "page" in self.metadata:
-            return f"{self.path} p.{self.metadata['page']}"
-        if "cell" in self.metadata:
-            return f"{self.path} cell {self.metadata['cell']}"
-        if "record" in self.metadata:
-            return f"{self.path}#{self.metadata['record']}"
-        if kind_of(self.path) in LINELESS_KINDS:
-            return self.path
-        return f"{self.path}:{self.line_start}"
+        path, metadata = passage.path, passage.metadata
+        if "page" in metadata:
+            return f"{path} p.{metadata['page']}"
+        if "cell" in metadata:
+            return f"{path} cell {metadata['cell']}"
+        if "record" in metadata:
+            return f"{path}#{metadata['record']}"
+        if kind_of(path) in LINELESS_KINDS:
+            return path
+        return f"{path}:{passage.line_start}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "location": self.location}

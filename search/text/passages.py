@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import unicodedata
+
+import xxhash
+
 from search.schema import Passage
 
-__all__ = ["TEXT_VERSION", "contextual_text"]
+__all__ = ["TEXT_VERSION", "contextual_text", "same_text_key", "text_key_digest"]
 
 # Bump when the rules that turn a document into passages and BM25 tokens change (chunking,
 # tokenizing, passage text): an index built under other rules re-chunks and re-tokenises every file
@@ -13,6 +17,17 @@ __all__ = ["TEXT_VERSION", "contextual_text"]
 TEXT_VERSION = 2
 
 MAX_CONTEXT_CHARS = 200  # of the title and of each heading, as context of every passage
+
+
+def same_text_key(text: str) -> str:
+    """What duplicates have in common: the text after NFKC, case folding and collapsing white space."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def text_key_digest(text: str) -> bytes:
+    """A 16-byte digest (XXH3-128) of `same_text_key(text)`, written per passage at build time, so a
+    search finds copies among its candidates without reading them (128 bits: no collision to fear)."""
+    return xxhash.xxh3_128_digest(same_text_key(text).encode("utf-8"))
 
 
 def contextual_text(passage: Passage) -> str:
