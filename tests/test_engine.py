@@ -182,3 +182,22 @@ def test_a_space_of_the_other_language_is_searched_with_the_query_translated(bui
         assert not retrieval.foreign and retrieval.translated == chinese & set(retrieval.cosines)
         hits = engine.search("how long should I brew green tea", k=1)
         assert "tea" in hits[0].text
+
+
+def test_bm25_scores_of_candidates_are_those_of_their_own_query(built):
+    """The backend keeps each thread's last BM25 score vector for the fusion step that follows: the
+    scores it gives are the query's own, whichever query ran last in this or another thread."""
+    import threading
+
+    engine = built[0]
+    backend, index = engine.backend, engine.backend.bm25
+    first, other = list(engine.analyse("序列并行 all-to-all").tokens), list(engine.analyse("green tea").tokens)
+    pids = np.arange(len(engine.passages))[::-1].copy()
+    backend.bm25_top(first, 3, None)
+    np.testing.assert_array_equal(backend.bm25_scores(first, pids), index.scores(first)[pids])
+    np.testing.assert_array_equal(backend.bm25_scores(other, pids), index.scores(other)[pids])
+    elsewhere = threading.Thread(target=backend.bm25_top, args=(other, 3, None))
+    elsewhere.start()
+    elsewhere.join()
+    np.testing.assert_array_equal(backend.bm25_scores(first, pids), index.scores(first)[pids])
+    assert index.scores(first)[pids].any() and not np.array_equal(index.scores(first), index.scores(other))

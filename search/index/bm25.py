@@ -171,17 +171,21 @@ class BM25Index:
         """The ``k`` best passages as (ids int64, scores), best first; only passages with score > 0 that hold a
         query term, and (when given) ``allowed[id]`` is True. The mask applies before the cut, so a filter
         never returns fewer than ``k`` hits while ``k`` allowed matches exist. Ties: lower id first."""
-        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
+        return self.top_k_and_scores(query_tokens, k, allowed)[0]
+
+    def top_k_and_scores(
+        self, query_tokens: Sequence[str], k: int, allowed: np.ndarray | None = None
+    ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None]:
+        """``top_k``, and the score of every passage it computed on the way (None when it computed none)."""
+        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)), None
         if allowed is not None:
             allowed = np.asarray(allowed)
             if allowed.dtype != bool or allowed.shape != (self.n_passages,):
                 raise ValueError(
                     f"allowed must be a boolean array of shape ({self.n_passages},), got {allowed.dtype} {allowed.shape}"
                 )
-        if k <= 0:
-            return empty
         ids = self._query_ids(query_tokens)
-        if not ids:
+        if k <= 0 or not ids:
             return empty
         scores = self._scores_of_ids(ids)
         keep = scores > 0
@@ -200,7 +204,7 @@ class BM25Index:
             sel = np.concatenate([np.flatnonzero(above), ties])
             cand, cand_scores = cand[sel], cand_scores[sel]
         order = np.lexsort((cand, -cand_scores))
-        return cand[order].astype(np.int64, copy=False), cand_scores[order]
+        return (cand[order].astype(np.int64, copy=False), cand_scores[order]), scores
 
     # ------------------------------------------------------------------ persistence
     @staticmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,13 +20,21 @@ class EmbeddedBackend:
 
     def __init__(self, generation: Generation, manifest: dict[str, Any], n_passages: int) -> None:
         self.bm25 = BM25Index.load(generation.bm25_folder)
+        # each thread's last BM25 query and the score of every passage for it: hybrid fusion asks for the
+        # scores of its candidates next, which are then read instead of computed again
+        self._last = threading.local()
         self.dense = {space: DenseIndex.load(generation.dense_prefix(space)) for space in manifest["models"]}
         self.members = SpaceMembers({space: index.ids for space, index in self.dense.items()}, n_passages)
 
     def bm25_top(self, tokens: Sequence[str], k: int, selection: Selection | None) -> Ranking:
-        return self.bm25.top_k(tokens, k, None if selection is None else selection.mask)
+        ranking, scores = self.bm25.top_k_and_scores(tokens, k, None if selection is None else selection.mask)
+        self._last.query = (list(tokens), scores)
+        return ranking
 
     def bm25_scores(self, tokens: Sequence[str], pids: np.ndarray) -> np.ndarray:
+        last_tokens, scores = getattr(self._last, "query", (None, None))
+        if scores is not None and last_tokens == list(tokens):
+            return scores[pids]
         return self.bm25.scores_at(tokens, pids)
 
     def dense_search(self, space: str, vector: np.ndarray, k: int, selection: Selection | None) -> Ranking:
