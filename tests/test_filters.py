@@ -264,3 +264,19 @@ def test_cli_filters(kb):
     assert result.exit_code == 0 and json.loads(result.stdout) == [] and "no passages match" in result.stderr
     result = run("--tag", "")
     assert result.exit_code == 1 and "empty --tag filter" in result.output
+
+
+def test_the_filter_benchmark_runs_on_the_current_api(capsys):
+    """benchmarks/filters.py at a toy size, so an API change cannot leave `make bench` broken again."""
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import filters as bench
+
+    bench.bench_masks(files=30, per_file=2)
+    bench.bench_dense(rows=2000, dim=16, k=10)
+    out = capsys.readouterr().out
+    assert "facets: 30 files, 60 passages" in out and "mask --tag 机器学习" in out and "allows" in out
+    assert "unfiltered search" in out

@@ -12,8 +12,9 @@ cut into *segments* of consecutive passages, so a build only ever holds one segm
 Every stored score is therefore the one a single index over the whole corpus would hold, and a query's
 score for a passage (its column entries summed in query-token order) is bit-for-bit the same whatever the
 segmentation. The formulas are in `search.index.bm25_scoring` (bm25s's, as small functions); the segment
-matrices are assembled with scipy.sparse (search.index.bm25_segments), because bm25s's builder takes the whole corpus at once and
-computes its statistics from it, so it cannot score one segment with global statistics.
+matrices (search.index.bm25_segments) are assembled with scipy.sparse, because bm25s's builder takes the
+whole corpus at once and computes its statistics from it, so it cannot score one segment with global
+statistics.
 
 Also handled here: a 0-passage corpus, passages with no tokens, a corpus with no tokens at all; queries
 that are empty or only hold unknown tokens (zeros); repeated query tokens count once per occurrence, as in
