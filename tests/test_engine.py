@@ -201,3 +201,31 @@ def test_bm25_scores_of_candidates_are_those_of_their_own_query(built):
     elsewhere.join()
     np.testing.assert_array_equal(backend.bm25_scores(first, pids), index.scores(first)[pids])
     assert index.scores(first)[pids].any() and not np.array_equal(index.scores(first), index.scores(other))
+
+
+def test_a_query_asked_again_with_another_mode_or_filter_is_embedded_once(built):
+    from search import Filters
+
+    engine, notes, root, _ = built
+    calls = []
+    encoder = engine.retriever.encoders["zh"]
+    original = encoder.encode
+
+    def counting(texts, *args, **kwargs):
+        calls.append(list(texts))
+        return original(texts, *args, **kwargs)
+
+    encoder.encode = counting
+    try:
+        text = "流水线并行的气泡怎么减少"
+        first = engine.search(text, k=3)
+        dense = engine.search(text, k=2, mode="dense")
+        filtered = engine.search(text, k=3, filters=Filters(tags=["机器学习"]))
+        assert calls == [[text]]
+        assert first[0].dense_score is not None and filtered and dense
+        with Engine.open(root / "index") as fresh:  # the same answers as from a vector just embedded
+            assert [h.to_dict() for h in fresh.search(text, k=2, mode="dense")] == [h.to_dict() for h in dense]
+        engine.search("另一个问题", k=1, mode="dense")
+        assert calls == [[text], ["另一个问题"]]
+    finally:
+        del encoder.encode

@@ -4,6 +4,7 @@ list merged over embedding spaces, and every candidate's BM25 score and cosine."
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import lru_cache
 
 import numpy as np
 
@@ -22,6 +23,9 @@ __all__ = ["Retriever"]
 # when it holds at least this share of the passages (a Chinese note collection with a few English
 # lines should not pay for, nor be steered by, translating every query).
 TRANSLATE_SHARE = 0.05
+# Query vectors kept per engine: a query asked again with another mode, k or filter (the web page's mode
+# switch and filter chips, an assistant narrowing a search) skips embedding it again, 3-5 ms of CPU.
+QUERY_VECTORS_KEPT = 256
 
 
 class Retriever:
@@ -34,6 +38,7 @@ class Retriever:
     def __init__(self, backend: SearchBackend, encoders: dict[str, Encoder], policy: Hybrid) -> None:
         self.backend, self.encoders, self.policy = backend, encoders, policy
         self.members = backend.members
+        self._query_vector = lru_cache(maxsize=QUERY_VECTORS_KEPT)(self._embed_query)
         self._threads = ThreadPoolExecutor(max(1, len(self.members.spaces())), thread_name_prefix="search-space",
                                            initializer=backend.prepare_search_thread)
 
@@ -91,8 +96,15 @@ class Retriever:
         return set(readers)
 
     def _search_space(self, space: str, text: str, depth: int, allowed: Selection | None) -> tuple[np.ndarray, Ranking]:
-        vector = self.encoders[space].encode([text])[0]
+        vector = self._query_vector(space, text)
         return vector, self.backend.dense_search(space, vector, depth, allowed)
+
+    def _embed_query(self, space: str, text: str) -> np.ndarray:
+        """One text alone, so its vector never depends on what else was embedded with it (int8
+        activations are quantised per batch); read-only, since it is shared by later queries."""
+        vector = self.encoders[space].encode([text])[0]
+        vector.setflags(write=False)
+        return vector
 
     def _complete(self, query: Query, tokens: list[str], bm25: Ranking, dense: Ranking, bm25_scores: dict[int, float], cosines: dict[int, float],
                   vectors: dict[str, np.ndarray], translated: set[str]) -> Retrieval:
