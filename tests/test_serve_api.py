@@ -295,3 +295,21 @@ def test_engine_holder_swaps_generations_and_closes_old_engines_after_their_last
         thread.join()
     assert world["opened"] == opened + 1  # several requests found it stale; one opened it
     holder.close()
+
+
+def test_uvicorn_serves_on_its_c_parser_and_event_loop():
+    """httptools and uvloop are in the lock because uvicorn picks them up only when installed: without
+    them it falls back to pure Python (h11, asyncio), and a cached answer costs 1.7x the CPU."""
+    import asyncio
+    import sys
+
+    from uvicorn.loops.auto import auto_loop_factory
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    assert AutoHTTPProtocol.__name__ == "HttpToolsProtocol"
+    if sys.platform != "win32":
+        loop = auto_loop_factory()()
+        try:
+            assert type(loop).__module__.startswith("uvloop") and isinstance(loop, asyncio.AbstractEventLoop)
+        finally:
+            loop.close()
