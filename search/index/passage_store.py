@@ -176,6 +176,13 @@ class PassageStore:
     def block(self, first: int, count: int) -> LineBlock:
         return self._lines.block(first, count)
 
+    def text_key(self, passage_id: int) -> bytes:
+        """The passage's text key (search.text.passages.text_key_digest): saved by the build, or worked
+        out from its text in a generation written before keys were kept."""
+        if self.text_keys is not None:
+            return self.text_keys[passage_id].tobytes()
+        return text_key_digest(self.get(passage_id).text)
+
     def text_keys_of(self, first: int, count: int, block: LineBlock | None = None) -> bytes:
         """The text keys of passages [first, first + count) as bytes; worked out from their text (`block`,
         when read already) in a generation written before keys were kept."""

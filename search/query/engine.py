@@ -31,7 +31,6 @@ from search.query.query import Query
 from search.query.result import Hit, SearchResult
 from search.query.candidates import Retrieval
 from search.query.retrieval import Retriever
-from search.text.passages import same_text_key
 from search.schema import Document
 
 __all__ = ["Engine"]
@@ -223,9 +222,6 @@ class Engine:
         """Up to k hits of distinct texts, best first, each with the locations of its copies among the
         candidates up to COPIES_LOOKAHEAD past the k-th. Copies are told apart by the text keys the
         build saved, so only the hits and their copies are read."""
-        keys = self.passages.text_keys
-        if keys is None:
-            return self._distinct_by_reading(ranked, retrieval, k)
         chosen: list[tuple[int, float]] = []
         copies: list[list[int]] = []  # the passage ids of each chosen hit's copies, in rank order
         slot_of: dict[bytes, int] = {}
@@ -233,7 +229,7 @@ class Engine:
         for position, (pid, score) in enumerate(ranked):
             if position >= end:
                 break
-            slot = slot_of.setdefault(keys[pid].tobytes(), len(chosen))
+            slot = slot_of.setdefault(self.passages.text_key(pid), len(chosen))
             if slot < len(chosen):
                 copies[slot].append(pid)
             elif len(chosen) < k:
@@ -244,25 +240,6 @@ class Engine:
         hits = self._hits(chosen, retrieval)
         for hit, pids in zip(hits, copies):
             hit.duplicates.extend(Hit.location_of(passage) for passage in self.passages.get_many(pids))
-        return hits
-
-    def _distinct_by_reading(self, ranked: list[tuple[int, float]], retrieval: Retrieval, k: int) -> list[Hit]:
-        """`_distinct` for a generation without text keys: candidates are read in small batches."""
-        hits: list[Hit] = []
-        by_text: dict[str, Hit] = {}
-        end, start = len(ranked), 0
-        while start < end:
-            batch = ranked[start : min(end, start + k + COPIES_LOOKAHEAD)]
-            for offset, hit in enumerate(self._hits(batch, retrieval)):
-                key = same_text_key(hit.text)
-                if key in by_text:
-                    by_text[key].duplicates.append(hit.location)
-                elif len(hits) < k:
-                    by_text[key] = hit
-                    hits.append(hit)
-                    if len(hits) == k:
-                        end = min(end, start + offset + 1 + COPIES_LOOKAHEAD)
-            start += len(batch)
         return hits
 
     def _allowed(self, filters: Filters | None) -> Selection | None:
