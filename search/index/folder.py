@@ -40,7 +40,7 @@ from typing import Any, Iterable, Iterator
 from search.embedding.models import model_plan
 from search.errors import IncompatibleIndex, IndexDamaged, IndexNotFound, SearchError
 
-__all__ = ["FORMAT_VERSION", "Generation", "IndexFolder", "check_compatible", "write_atomic"]
+__all__ = ["FORMAT_VERSION", "Generation", "IndexFolder", "check_compatible", "fsync_tree", "write_atomic"]
 
 # 2: every model records its backend and identity, facets and text keys are always written
 # 3: the manifest holds a checksum of every file, CURRENT the manifest's
@@ -126,12 +126,22 @@ class Generation:
         return sum(path.stat().st_size for path in self.files())
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def _fsync(path: str | os.PathLike) -> None:
+    """A file's or a folder's content and entries on disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Every file under `folder`, and every folder in it, on disk: what must be durable before CURRENT
+    (or another pointer) names it."""
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            _fsync(os.path.join(directory, name))
+        _fsync(directory)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -142,7 +152,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    _fsync(path.parent)
 
 
 class IndexFolder:
@@ -210,10 +220,7 @@ class IndexFolder:
 
         The predecessor stays so a query that read CURRENT just before the switch can finish.
         """
-        for path in generation.files():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-        _fsync_dir(generation.path)
+        fsync_tree(generation.path)
         previous = self.live_name()
         write_atomic(self.root / CURRENT, f"{generation.name}\n{generation.manifest_digest}\n".encode())
         self.remove_stale(keep={generation.name, previous})

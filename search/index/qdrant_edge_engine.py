@@ -34,7 +34,7 @@ import numpy as np
 
 from search.errors import BackendError, SearchError
 from search.index.backend import BackendSpec
-from search.index.folder import IndexFolder, write_atomic
+from search.index.folder import IndexFolder, fsync_tree, write_atomic
 from search.index.qdrant_store import SPARSE, Point, Sparse, targets_of, to_halves
 
 __all__ = ["EdgeEngine"]
@@ -176,7 +176,7 @@ class EdgeEngine:
         shard.flush()
         shard.close()
         self._open(target).close()
-        _fsync_tree(self.root / target)
+        fsync_tree(self.root / target)
         for name in self._names(alias):
             if name not in (target, self._ours):
                 shutil.rmtree(self.root / name, ignore_errors=True)
@@ -255,19 +255,3 @@ def _copy_sparse(source: str, destination: str) -> None:
             offset = end
         dst.truncate(size)
     shutil.copystat(source, destination)
-
-
-def _fsync_tree(folder: Path) -> None:
-    """What a generation's publish does for its own files: on disk before CURRENT names them."""
-    for directory, _, files in os.walk(folder):
-        for name in files:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
