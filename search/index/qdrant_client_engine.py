@@ -21,7 +21,7 @@ import numpy as np
 
 from search.errors import BackendError, SearchError
 from search.index.backend import BackendSpec
-from search.index.qdrant_store import BATCH, SPARSE, Point, Sparse, targets_of, to_halves
+from search.index.qdrant_store import BATCH, PAYLOAD_FIELDS, SCROLL, SPARSE, Point, Sparse, from_sparse, scrolled_ids, targets_of
 
 __all__ = ["ClientEngine", "client_for", "cluster_settings", "guarded", "release"]
 
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 MIN_SERVER = (1, 10)  # query_points with named sparse vectors and prefetch
 _TIMEOUT = 60  # seconds a server request may take
-SCROLL = 4096  # point ids per page when listing a collection
 
 _clients: dict[str, tuple[Any, int]] = {}  # local folder or URL -> (client, users): one per process
 _clients_lock = threading.Lock()
@@ -181,7 +180,7 @@ class ClientEngine:
         self.client.create_collection(target, vectors_config=dense, sparse_vectors_config={SPARSE: sparse}, metadata=metadata,
                                       on_disk_payload=on_disk, **cluster)
         if server:  # local mode scans payloads (and warns that indexes have no effect there)
-            for field in ("path", "tags", "type"):
+            for field in PAYLOAD_FIELDS:
                 self.client.create_payload_index(target, field, models.PayloadSchemaType.KEYWORD, wait=True)
 
     @_guarded_method
@@ -191,12 +190,7 @@ class ClientEngine:
 
     @_guarded_method
     def existing(self, target: str) -> np.ndarray:
-        found, offset = [], None
-        while True:
-            points, offset = self.client.scroll(target, limit=SCROLL, offset=offset, with_payload=False, with_vectors=False)
-            found.append(to_halves([point.id for point in points]))
-            if offset is None:
-                return np.concatenate(found)
+        return scrolled_ids(lambda offset: self.client.scroll(target, limit=SCROLL, offset=offset, with_payload=False, with_vectors=False))
 
     @_guarded_method
     def upsert(self, target: str, points: Iterator[Point]) -> None:
@@ -257,7 +251,7 @@ class ClientEngine:
     @_guarded_method
     def vectors(self, name: str, ids: list[str], using: str) -> dict[str, Any]:
         found = self.client.retrieve(name, ids=ids, with_payload=False, with_vectors=[using])
-        return {str(point.id): _from_model((point.vector or {}).get(using)) for point in found}
+        return {str(point.id): from_sparse((point.vector or {}).get(using)) for point in found}
 
 
 def _to_model(value: Any) -> Any:
@@ -267,10 +261,6 @@ def _to_model(value: Any) -> Any:
 
         return models.SparseVector(indices=value[0], values=value[1])
     return value
-
-
-def _from_model(value: Any) -> Any:
-    return (list(value.indices), list(value.values)) if hasattr(value, "indices") else value
 
 
 def cluster_settings() -> dict[str, Any]:

@@ -35,13 +35,12 @@ import numpy as np
 from search.errors import BackendError, SearchError
 from search.index.backend import BackendSpec
 from search.index.folder import IndexFolder, fsync_tree, write_atomic
-from search.index.qdrant_store import SPARSE, Point, Sparse, targets_of, to_halves
+from search.index.qdrant_store import PAYLOAD_FIELDS, SCROLL, SPARSE, Point, Sparse, from_sparse, scrolled_ids, targets_of
 
 __all__ = ["EdgeEngine"]
 
 METADATA = "search.json"
 EDGE_BATCH = 1024  # points per update: in process, a bigger batch only saves calls
-SCROLL = 4096
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
@@ -116,7 +115,7 @@ class EdgeEngine:
         sparse = EdgeSparseVectorParams(modifier=Modifier.Idf if metadata["idf"] == "server" else None)  # Qdrant's IDF is Lucene's
         shard = EdgeShard.create(str(path), EdgeConfig(vectors=dense, sparse_vectors={SPARSE: sparse}, wal_enabled=False))
         self._shards[target] = shard
-        for field in ("path", "tags", "type"):  # filters then read an index, not every payload
+        for field in PAYLOAD_FIELDS:
             shard.update(UpdateOperation.create_field_index(field, PayloadSchemaType.Keyword))
         write_atomic(path / METADATA, json.dumps(metadata).encode("utf-8"))
 
@@ -133,12 +132,7 @@ class EdgeEngine:
     def existing(self, target: str) -> np.ndarray:
         from qdrant_edge import ScrollRequest
 
-        found, offset = [np.zeros((0, 2), dtype=np.uint64)], None
-        while True:
-            points, offset = self._shards[target].scroll(ScrollRequest(offset=offset, limit=SCROLL, with_payload=False, with_vector=False))
-            found.append(to_halves([point.id for point in points]))
-            if offset is None:
-                return np.concatenate(found)
+        return scrolled_ids(lambda offset: self._shards[target].scroll(ScrollRequest(offset=offset, limit=SCROLL, with_payload=False, with_vector=False)))
 
     @_guarded
     def upsert(self, target: str, points: Iterator[Point]) -> None:
@@ -213,7 +207,7 @@ class EdgeEngine:
     @_guarded
     def vectors(self, name: str, ids: list[str], using: str) -> dict[str, Any]:
         records = self._shards[name].retrieve(ids, with_payload=False, with_vector=[using])
-        return {str(record.id): _from_edge((record.vector or {}).get(using)) for record in records}
+        return {str(record.id): from_sparse((record.vector or {}).get(using)) for record in records}
 
 
 def _to_edge(value: Any) -> Any:
@@ -223,10 +217,6 @@ def _to_edge(value: Any) -> Any:
 
         return SparseVector(indices=value[0], values=value[1])
     return value
-
-
-def _from_edge(value: Any) -> Any:
-    return (list(value.indices), list(value.values)) if hasattr(value, "indices") else value
 
 
 def _live_record(root: str) -> dict[str, Any]:

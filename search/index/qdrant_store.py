@@ -18,7 +18,7 @@ import hashlib
 import re
 import uuid
 from collections import Counter
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -26,12 +26,14 @@ from search.errors import BackendError, IncompatibleIndex
 from search.index.backend import BackendSpec
 from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params, idf, term_frequency_component
 
-__all__ = ["BATCH", "LAYOUT_VERSION", "SPARSE", "Point", "QdrantEngine", "Sparse", "check_layout", "point_uuid",
-           "query_sparse", "sparse_weights", "target_name", "targets_of", "to_halves"]
+__all__ = ["BATCH", "LAYOUT_VERSION", "PAYLOAD_FIELDS", "SCROLL", "SPARSE", "Point", "QdrantEngine", "Sparse", "check_layout",
+           "from_sparse", "point_uuid", "query_sparse", "scrolled_ids", "sparse_weights", "target_name", "targets_of", "to_halves"]
 
 SPARSE = "bm25"
 LAYOUT_VERSION = 1  # bump when the vectors, weights or payload of a collection change meaning
 BATCH = 256  # points per write request
+SCROLL = 4096  # point ids per page when listing a collection
+PAYLOAD_FIELDS = ("path", "tags", "type")  # each with a keyword index, so filters read an index, not every payload
 _NAMESPACE = uuid.UUID("6f1c1b52-7a4e-4c1e-9a53-2f3f0e1d5b15")
 
 Sparse = tuple[list[int], list[float]]  # indices, values
@@ -132,6 +134,22 @@ def check_bm25(params: BM25Params, idf_mode: str) -> None:
 def point_uuid(path: str, tags: Sequence[str], text: str, vector_key: int, occurrence: int) -> uuid.UUID:
     """The id of a passage's point: the same passage (and vector) gets the same id in every build."""
     return uuid.uuid5(_NAMESPACE, "\0".join([path, "\x1f".join(sorted(tags)), text, str(vector_key), str(occurrence)]))
+
+
+def scrolled_ids(page: Callable[[Any], tuple[Sequence[Any], Any]]) -> np.ndarray:
+    """Every point id of a collection as (n, 2) halves, from `page(offset) -> (points, next offset)`
+    (an engine's scroll, SCROLL ids at a time; the next offset is None after the last page)."""
+    found, offset = [np.zeros((0, 2), dtype=np.uint64)], None
+    while True:
+        points, offset = page(offset)
+        found.append(to_halves([point.id for point in points]))
+        if offset is None:
+            return np.concatenate(found)
+
+
+def from_sparse(value: Any) -> Any:
+    """A vector as an engine returns it: a sparse one as (indices, values), a dense list as it is."""
+    return (list(value.indices), list(value.values)) if hasattr(value, "indices") else value
 
 
 def to_halves(ids: Sequence[str | uuid.UUID]) -> np.ndarray:
