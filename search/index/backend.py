@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -24,7 +24,8 @@ from search.index.dense import passage_rows
 __all__ = ["BACKENDS", "SPEC_KEYS", "BackendSpec", "SearchBackend", "Selection", "SpaceMembers"]
 
 BACKENDS = ("embedded", "qdrant")
-SPEC_KEYS = ("kind", "url", "path", "edge", "collection", "idf")  # what backend.json and a manifest record
+LOCATION_KEYS = ("url", "path", "edge")  # where a Qdrant runs: exactly one of them is set
+SPEC_KEYS = ("kind", *LOCATION_KEYS, "collection", "idf")  # what backend.json and a manifest record
 _COLLECTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 
@@ -81,6 +82,10 @@ class BackendSpec:
     def api_key(self) -> str | None:
         return os.environ.get("SEARCH_QDRANT_API_KEY") or None
 
+    def location(self) -> dict[str, str]:
+        """The one of url, path and edge that is set, by name (what a manifest records of where)."""
+        return {key: getattr(self, key) for key in LOCATION_KEYS if getattr(self, key)}
+
     def where(self) -> str:
         """The server or local folder, for messages."""
         return self.url or (f"Qdrant Edge folder {self.edge}" if self.edge else f"local folder {self.path}")
@@ -90,8 +95,12 @@ class BackendSpec:
 
     @classmethod
     def from_json(cls, text: str) -> "BackendSpec":
-        data = json.loads(text)
-        return cls(**{key: data.get(key) for key in SPEC_KEYS if key in data})
+        return cls.from_record(json.loads(text))
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "BackendSpec":
+        """The spec a recorded dict names (backend.json, a manifest's "backend"); other keys are left out."""
+        return cls(**{key: record[key] for key in SPEC_KEYS if key in record})
 
 
 @dataclass(frozen=True)

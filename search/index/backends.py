@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from search.errors import SearchError
-from search.index.backend import SPEC_KEYS, BackendSpec, SearchBackend
+from search.index.backend import BackendSpec, SearchBackend
 from search.index.folder import Generation, IndexFolder, write_atomic
 from search.index.report import Progress
 
@@ -51,8 +51,7 @@ def record_spec(folder: IndexFolder, spec: BackendSpec) -> None:
 def spec_of(manifest: dict[str, Any]) -> BackendSpec:
     """The backend a generation was published for: its manifest says, so that switching backends is
     as atomic as switching generations (a generation without the record is searched embedded)."""
-    recorded = manifest.get("backend") or {}
-    return BackendSpec(**{key: recorded.get(key) for key in SPEC_KEYS if key in recorded})
+    return BackendSpec.from_record(manifest.get("backend") or {})
 
 
 def open_backend(spec: BackendSpec, generation: Generation, manifest: dict[str, Any], n_passages: int) -> SearchBackend:
@@ -77,7 +76,7 @@ def mirror_for(spec: BackendSpec, rebuild: bool) -> Mirror | None:
 def engine_for(spec: BackendSpec) -> "QdrantEngine":
     """The Qdrant that runs a qdrant spec's collection: Qdrant Edge in process (--qdrant-edge), or the one
     behind qdrant-client (a server, or its local mode)."""
-    if spec.edge:
+    if spec.engine == "edge":
         from search.index.qdrant_edge_engine import EdgeEngine
 
         return EdgeEngine(spec)

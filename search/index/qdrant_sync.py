@@ -96,8 +96,7 @@ class QdrantMirror:
         engine.finish(alias, target, fresh, live)
         log.debug("qdrant: %d points added, %d re-weighted, %d deleted in %s (%.1fs)", added, updated, len(stale), target,
                   time.perf_counter() - started)
-        where = {key: value for key, value in (("url", self.spec.url), ("path", self.spec.path), ("edge", self.spec.edge)) if value}
-        return {"kind": "qdrant", **where, "collection": alias, "target": target, "points": int(len(ids)), "idf": idf_mode,
+        return {"kind": "qdrant", **self.spec.location(), "collection": alias, "target": target, "points": int(len(ids)), "idf": idf_mode,
                 "added": added, "reweighted": updated, "deleted": int(len(stale))}
 
     def _write(self, engine: QdrantEngine, target: str, generation: Generation, manifest: dict[str, Any], ids: np.ndarray,
