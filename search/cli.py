@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from search import MODES, SearchError
+from search import CROSS_LINGUAL_MODES, MODES, SearchError
 
 DEFAULT_INDEX = "indexes/default"
 SNIPPET_CHARS = 160
@@ -111,6 +111,12 @@ index_option = click.option(
     show_default=True,
     help="Index folder (env SEARCH_INDEX).",
 )
+
+
+cross_lingual_option = click.option(
+    "--cross-lingual", type=click.Choice(CROSS_LINGUAL_MODES), default="auto", show_default=True, is_flag=False, flag_value="always",
+    help="Translate the query word by word (CC-CEDICT) to find passages in the other language: auto (only when the index holds "
+         "almost nothing in the query's language), always (also on a mixed index; --cross-lingual alone), never.")
 
 
 def backend_options(command: Any) -> Any:  # for `search index` and `search eval`: BackendSpec.from_options(**these)
@@ -217,11 +223,11 @@ def watch(paths: tuple[str, ...], index_dir: str, model: str | None, debounce: f
 @click.option("--path", "paths", multiple=True, metavar="GLOB", help="Only files matching GLOB ('notes/**', '*.md'; ** spans folders). Repeatable.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="Only notes with this tag or category (front matter or inline #tag). Repeatable.")
 @click.option("--type", "types", multiple=True, metavar="TYPE", help="Only files of this type (suffix: md, txt, ...). Repeatable.")
-@click.option("--cross-lingual", is_flag=True, help="Also translate the query word by word (CC-CEDICT) to find passages in the other language.")
+@cross_lingual_option
 @click.option("--no-collapse", is_flag=True, help="Show every copy of a text instead of one hit with the count of its copies.")
 @index_option
 def query(text: str, k: int, mode: str, as_json: bool, paths: tuple[str, ...], tags: tuple[str, ...], types: tuple[str, ...],
-          no_collapse: bool, cross_lingual: bool, index_dir: str) -> None:
+          no_collapse: bool, cross_lingual: str, index_dir: str) -> None:
     """Search the index for TEXT.
 
     Filters apply before the k best are picked; values of one option OR together, different
@@ -301,10 +307,10 @@ def check(index_dir: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @click.option("--per-query", "per_query", type=click.Path(dir_okay=False), help="Write each query's scores to this TSV file.")
 @click.option("--sweep", is_flag=True, help="Also score a grid of fusion settings and print a table.")
-@click.option("--cross-lingual", is_flag=True, help="Translate queries into the other language's space as `search query --cross-lingual` does.")
+@cross_lingual_option
 @backend_options
 def eval_command(dataset_dir: str, modes: tuple[str, ...], model: str | None, as_json: bool, per_query: str | None, sweep: bool,
-                 cross_lingual: bool, **backend: Any) -> None:
+                 cross_lingual: str, **backend: Any) -> None:
     """Score retrieval on a test collection (corpus.jsonl, queries.jsonl, qrels.tsv)."""
     from search import BackendSpec, SearchConfig
     from search.evaluation import METRICS, evaluate, load_collection, open_eval_index, sweep_configs, write_per_query

@@ -53,6 +53,21 @@ def test_query_human_output(indexed):
     assert "\x1b[31m\x1b[1mgreen" in coloured.output or "\x1b[1m\x1b[31mgreen" in coloured.output
 
 
+def test_cross_lingual_option(indexed):
+    """`--cross-lingual` alone translates on this mixed index; the default (auto) and `never` do not."""
+    _, index, _ = indexed
+
+    def paths(*options: str) -> list[str]:
+        result = CliRunner().invoke(cli, ["query", "绿茶", "--mode", "bm25", "--json", "--index", str(index), *options])
+        assert result.exit_code == 0, result.output
+        return [hit["path"] for hit in json.loads(result.output or "[]")]
+
+    assert paths("--cross-lingual")[0].endswith("cooking.md")
+    assert not any(path.endswith("cooking.md") for path in paths() + paths("--cross-lingual", "never"))
+    wrong = CliRunner().invoke(cli, ["query", "绿茶", "--cross-lingual", "sometimes", "--index", str(index)])
+    assert wrong.exit_code == 2 and "auto" in wrong.output
+
+
 def test_env_var_selects_index_and_stats(indexed):
     _, index, _ = indexed
     result = CliRunner().invoke(cli, ["stats", "--json"], env={"SEARCH_INDEX": str(index)})

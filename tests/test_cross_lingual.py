@@ -42,6 +42,48 @@ def test_a_query_finds_the_other_languages_passage_first(engine, query, expected
     assert engine.search(query, k=1).hits[0].path.endswith(expected)
 
 
-def test_without_cross_lingual_a_query_keeps_to_its_language(engine):
-    with Engine.open(engine.folder.root) as plain:
-        assert not plain.search("绿茶要泡多久", k=1).hits[0].path.endswith("tea.md")
+def test_on_a_mixed_index_auto_and_never_keep_a_query_to_its_language(engine):
+    for mode in ("auto", "never"):
+        with Engine.open(engine.folder.root, config=SearchConfig(cross_lingual=mode)) as plain:
+            assert plain.config.cross_lingual == mode
+            retrieval = plain.retrieve(plain.analyse("绿茶要泡多久"), 10)
+            assert not retrieval.translated
+            assert not plain.search("绿茶要泡多久", k=1).hits[0].path.endswith("tea.md")
+
+
+@pytest.fixture(scope="module")
+def one_language(tmp_path_factory):
+    """An English-only and a Chinese-only index, opened with the default configuration."""
+    engines = {}
+    for language, names in (("en", ("attention.md", "tea.md", "trains.md")), ("zh", ("cat.md", "rain.md", "bank.md"))):
+        root = tmp_path_factory.mktemp(f"only-{language}")
+        for name in names:
+            (root / name).write_text(NOTES[name], encoding="utf-8")
+        Engine.build([root], root / "index")[0].close()
+        engines[language] = Engine.open(root / "index")
+    yield engines
+    for engine in engines.values():
+        engine.close()
+
+
+@pytest.mark.parametrize("language, query, expected", [
+    ("en", "绿茶要泡多久", "tea.md"),
+    ("en", "去机场的最后一班火车", "trains.md"),
+    ("zh", "will it rain tomorrow afternoon", "rain.md"),
+    ("zh", "my cat drinks milk", "cat.md"),
+])
+def test_by_default_a_query_is_translated_where_its_language_is_absent(one_language, language, query, expected):
+    engine = one_language[language]
+    assert engine.config.cross_lingual == "auto"
+    assert engine.retrieve(engine.analyse(query), 10).translated  # the other language's passages were searched translated
+    assert engine.search(query, k=1).hits[0].path.endswith(expected)
+    with Engine.open(engine.folder.root, config=SearchConfig(cross_lingual="never")) as plain:
+        assert not plain.retrieve(plain.analyse(query), 10).translated
+
+
+def test_cross_lingual_settings_are_checked():
+    assert SearchConfig(cross_lingual=True).cross_lingual == "always"
+    assert SearchConfig(cross_lingual=False).cross_lingual == "never"
+    assert SearchConfig().cross_lingual == "auto"
+    with pytest.raises(ValueError, match="auto, always, never"):
+        SearchConfig(cross_lingual="sometimes")

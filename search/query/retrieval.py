@@ -21,7 +21,8 @@ __all__ = ["Retriever"]
 
 # A space of another language than the query's is searched with the query's dictionary translation
 # when it holds at least this share of the passages (a Chinese note collection with a few English
-# lines should not pay for, nor be steered by, translating every query).
+# lines should not pay for, nor be steered by, translating every query); under "auto", only when the
+# query's own languages hold less than this share.
 TRANSLATE_SHARE = 0.05
 # Query vectors kept per engine: a query asked again with another mode, k or filter (the web page's mode
 # switch and filter chips, an assistant narrowing a search) skips embedding it again, 3-5 ms of CPU.
@@ -63,12 +64,17 @@ class Retriever:
 
     def _translations(self, query: Query) -> dict[str, str]:
         """The query in the language of each space that does not read it and holds enough passages:
-        a Chinese query finds English passages through its words' English glosses, and the reverse
-        (only when SearchConfig.cross_lingual asks for it)."""
-        if not self.policy.config.cross_lingual:
+        a Chinese query finds English passages through its words' English glosses, and the reverse.
+        SearchConfig.cross_lingual says when: "always", "never", or "auto", only where the spaces
+        reading the query's languages hold under TRANSLATE_SHARE of the passages."""
+        mode = self.policy.config.cross_lingual
+        if mode == "never" or not query.languages:
             return {}
         sizes = {space: self.members.size(space) for space in self.members.spaces()}
         total = sum(sizes.values())
+        own = sum(size for space, size in sizes.items() if space == ALL_LANGUAGES or space in query.languages)
+        if mode == "auto" and own >= TRANSLATE_SHARE * total:
+            return {}
         spaces = [space for space, size in sizes.items()
                   if space in ("zh", "en") and space not in query.languages and size >= TRANSLATE_SHARE * total > 0]
         translations = {space: translate(query.text, space) for space in spaces}
