@@ -21,6 +21,17 @@ def test_translate_both_ways():
     assert translate("", "en") == translate("the of a", "zh") == ""
 
 
+def test_translation_for_a_model_keeps_what_is_already_in_its_language():
+    """The dense query of the other space keeps names, identifiers and numbers, and the words already
+    in that language; the BM25 terms (keep=False) add only translated words, which the query lacks."""
+    english = translate("DNA复制是什么，2008年？", "en", keep=True).split()
+    assert english[0] == "DNA" and "copy" in english and "2008" in english and "，" not in english
+    assert "DNA" not in translate("DNA复制是什么", "en").split()
+    chinese = translate("how does GPT-4 handle 长文本 for Muiriel", "zh", keep=True).split()
+    assert {"GPT-4", "长文本", "Muiriel", "处理"} <= set(chinese)
+    assert not {"GPT-4", "长文本", "Muiriel"} & set(translate("how does GPT-4 handle 长文本 for Muiriel", "zh").split())
+
+
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     root = tmp_path_factory.mktemp("xling")
@@ -79,6 +90,16 @@ def test_by_default_a_query_is_translated_where_its_language_is_absent(one_langu
     assert engine.search(query, k=1).hits[0].path.endswith(expected)
     with Engine.open(engine.folder.root, config=SearchConfig(cross_lingual="never")) as plain:
         assert not plain.retrieve(plain.analyse(query), 10).translated
+
+
+def test_a_mixed_query_is_translated_where_its_main_language_is_absent(one_language):
+    """A Chinese question naming an English word is still a Chinese question: on English notes its
+    Chinese words are translated too, not left to a model that cannot read them."""
+    engine = one_language["en"]
+    query = engine.analyse("去机场的最后一班train几点开")
+    assert query.language == "zh" and query.languages == {"zh", "en"}
+    assert engine.retrieve(query, 10).translated
+    assert engine.search(query.text, k=1).hits[0].path.endswith("trains.md")
 
 
 def test_cross_lingual_settings_are_checked():

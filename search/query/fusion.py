@@ -129,7 +129,7 @@ class SearchConfig:
     # that a Chinese query finds English passages and the reverse (one of CROSS_LINGUAL_MODES; True and
     # False read as "always" and "never"). "auto" translates only when the index holds almost nothing in
     # the query's language, where its own words cannot find anything and nothing of its language can
-    # be crowded out (xling_zh2en 0.029 -> 0.669). "always" also translates on a mixed index, where the
+    # be crowded out (xling_zh2en 0.029 -> 0.677). "always" also translates on a mixed index, where the
     # translated terms outweigh the query's own language (cmedqq 0.447 -> 0.398 on cmedqq + English
     # passages; README, Relevance).
     cross_lingual: str = "auto"

@@ -49,7 +49,7 @@ class Retriever:
     def retrieve(self, query: Query, depth: int, allowed: Selection | None = None) -> Retrieval:
         """Candidates `depth` deep for what `query.mode` needs, among the passages `allowed` lets through."""
         translations = self._translations(query)
-        tokens = list(query.tokens) + [token for text in translations.values() for token in tokenize_query(text)]
+        tokens = list(query.tokens) + [token for space in translations for token in tokenize_query(translate(query.text, space))]
         jobs = self._start_dense(query, depth, allowed, translations) if query.mode != "bm25" else {}
         bm25 = self.backend.bm25_top(tokens, depth, allowed) if query.mode != "dense" else EMPTY
         found = {space: job.result() for space, job in jobs.items()}  # space -> (query vector, ranking)
@@ -63,21 +63,23 @@ class Retriever:
         return self._complete(query, tokens, bm25, dense, bm25_scores, cosines, vectors, set(translations))
 
     def _translations(self, query: Query) -> dict[str, str]:
-        """The query in the language of each space that does not read it and holds enough passages:
-        a Chinese query finds English passages through its words' English glosses, and the reverse.
-        SearchConfig.cross_lingual says when: "always", "never", or "auto", only where the spaces
-        reading the query's languages hold under TRANSLATE_SHARE of the passages."""
+        """The query for each space of another language than its main one that holds enough
+        passages, translated word by word where it is not in that language already: a Chinese
+        query finds English passages through its words' English glosses, and the reverse; the BM25
+        query gains the translated words. SearchConfig.cross_lingual says when: "always", "never",
+        or "auto", only where the spaces reading the query's main language hold under
+        TRANSLATE_SHARE of the passages."""
         mode = self.policy.config.cross_lingual
         if mode == "never" or not query.languages:
             return {}
         sizes = {space: self.members.size(space) for space in self.members.spaces()}
         total = sum(sizes.values())
-        own = sum(size for space, size in sizes.items() if space == ALL_LANGUAGES or space in query.languages)
+        own = sum(size for space, size in sizes.items() if space in (ALL_LANGUAGES, query.language))
         if mode == "auto" and own >= TRANSLATE_SHARE * total:
             return {}
         spaces = [space for space, size in sizes.items()
-                  if space in ("zh", "en") and space not in query.languages and size >= TRANSLATE_SHARE * total > 0]
-        translations = {space: translate(query.text, space) for space in spaces}
+                  if space in ("zh", "en") and space != query.language and size >= TRANSLATE_SHARE * total > 0]
+        translations = {space: translate(query.text, space, keep=True) for space in spaces}
         return {space: text for space, text in translations.items() if text}
 
     def _start_dense(self, query: Query, depth: int, allowed: Selection | None, translations: dict[str, str]) -> dict[str, Future]:

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import threading
+import unicodedata
 from pathlib import Path
 
 from search.cache import cache_root, trusted
@@ -31,6 +32,10 @@ _LEADING = re.compile(r"^(?:to|a|an|the|be) ")
 _ENTRY = re.compile(r"(\S+) (\S+) \[([^\]]*)\] /(.*)/")
 _LATIN_WORD = re.compile(r"[a-z][a-z']*")
 _CJK_RUN = re.compile(f"[{CJK_CHARS}]+")
+# a Latin run that names something rather than says it: letters with digits, hyphens, underscores or dots
+_IDENTIFIER = re.compile(r"[A-Za-z].*[\d_+#-]|[\d_+-].*[A-Za-z]|\w\.\w")
+# a query in order: runs of CJK ideographs, and everything else between spaces and CJK (words, identifiers, numbers)
+_RUN = re.compile(f"[{CJK_CHARS}]+|[^\\s{CJK_CHARS}]+")
 # English words a dictionary would only map to noise (一 for "a", 的 for "of")
 _EN_SKIP = frozenset("a an the of to is are was were be been am do does did 's it its".split())
 _VERSION = 2
@@ -108,21 +113,50 @@ def _load() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         return _tables
 
 
-def translate(text: str, target: str) -> str:
-    """The words of `text` in language `target` ("en" or "zh"), by dictionary; "" when none is known."""
+def translate(text: str, target: str, keep: bool = False) -> str:
+    """The words of `text` in language `target` ("en" or "zh"), by dictionary; "" when none is known.
+
+    With `keep`, words already in `target` stay where they are, so a Chinese question naming an
+    English term ("DNA复制是什么") keeps it ("dna copy what") for a model that reads only the target."""
     zh_en, en_zh = _load()
     out: list[str] = []
-    if target == "en":
-        cut = get_jieba().cut
-        for run in _CJK_RUN.findall(text):
-            for word in cut(run):
-                glosses = zh_en.get(word)
-                if glosses:
-                    out.extend(glosses[:1] if len(word) == 1 else glosses)
-                else:  # a word the dictionary lacks: its characters
-                    out.extend(zh_en[char][0] for char in word if char in zh_en)
-    elif target == "zh":
-        for word in _LATIN_WORD.findall(text.lower()):
-            if word not in _EN_SKIP:
-                out.extend(en_zh.get(stem(word.split("'")[0]), ()))
+    for run in _RUN.findall(text):
+        if _CJK_RUN.fullmatch(run):
+            out.extend(_to_english(run, zh_en) if target == "en" else [run] if keep else [])
+        elif target == "zh":
+            out.extend(_to_chinese(run, en_zh, keep))
+        elif keep and any(char.isalnum() for char in run):  # words, identifiers, numbers; not bare punctuation
+            out.append(_trimmed(run))
     return " ".join(out)
+
+
+def _to_english(run: str, zh_en: dict[str, list[str]]) -> list[str]:
+    out: list[str] = []
+    for word in get_jieba().cut(run):
+        glosses = zh_en.get(word)
+        if glosses:
+            out.extend(glosses[:1] if len(word) == 1 else glosses)
+        else:  # a word the dictionary lacks: its characters
+            out.extend(zh_en[char][0] for char in word if char in zh_en)
+    return out
+
+
+def _to_chinese(run: str, en_zh: dict[str, list[str]], keep: bool) -> list[str]:
+    """Each English word's Chinese words; with `keep`, an identifier (GPT-4, all-to-all) or a word
+    the dictionary lacks (a name) also stays as written, since Chinese notes write those in Latin
+    letters too."""
+    words = [word for word in _LATIN_WORD.findall(run.lower()) if word not in _EN_SKIP]
+    chinese = [each for word in words for each in en_zh.get(stem(word.split("'")[0]), ())]
+    if keep and words and (not chinese or _IDENTIFIER.search(_trimmed(run))):
+        return [_trimmed(run), *chinese]
+    return chinese
+
+
+def _trimmed(run: str) -> str:
+    """A run without the punctuation around it ("，2008" -> "2008", "(GPT-4)." -> "GPT-4"); C# keeps its #."""
+    start, end = 0, len(run)
+    while start < end and unicodedata.category(run[start]).startswith("P"):
+        start += 1
+    while end > start and unicodedata.category(run[end - 1]).startswith("P") and run[end - 1] != "#":
+        end -= 1
+    return run[start:end]
