@@ -103,16 +103,7 @@ class _Bars:
             bar.close()
 
 
-index_option = click.option(
-    "--index",
-    "index_dir",
-    default=DEFAULT_INDEX,
-    envvar="SEARCH_INDEX",
-    show_default=True,
-    help="Index folder (env SEARCH_INDEX).",
-)
-
-
+index_option = click.option("--index", "index_dir", default=DEFAULT_INDEX, envvar="SEARCH_INDEX", show_default=True, help="Index folder (env SEARCH_INDEX).")
 cross_lingual_option = click.option(
     "--cross-lingual", type=click.Choice(CROSS_LINGUAL_MODES), default="auto", show_default=True, is_flag=False, flag_value="always",
     help="Translate the query word by word (CC-CEDICT) to find passages in the other language: auto (only when the index holds "

@@ -63,6 +63,32 @@ def test_spec_matches_sentence_transformers(name):
 MIN_COSINE = {"m3e-small": 0.998, "all-MiniLM-L6-v2": 0.995}
 
 
+def test_onnx_calls_stay_within_the_token_budget(eval_dir):
+    """Long passages go through in calls of a few rows (faster on CPU, see CPU_BATCH_TOKENS), short
+    ones in whole batches; every text is encoded once, in length order."""
+    from search.embedding.onnx_runtime import CPU_BATCH, CPU_BATCH_TOKENS
+
+    texts = real_texts(eval_dir, "all-MiniLM-L6-v2", 40) + ["tea"] * 40
+    impl = Encoder("all-MiniLM-L6-v2", backend="onnx").impl
+    shapes, run = [], impl.session.run
+
+    class Recording:
+        def run(self, outputs, feeds):
+            shapes.append(feeds["input_ids"].shape)
+            return run(outputs, feeds)
+
+    impl._session = Recording()
+    try:
+        vectors = impl.encode(texts)
+    finally:
+        impl._session = None  # made again on next use
+    assert sum(rows for rows, _ in shapes) == len(texts) and vectors.shape == (len(texts), impl.dim)
+    assert all(rows * width <= CPU_BATCH_TOKENS or rows == 1 for rows, width in shapes)
+    assert all(rows <= CPU_BATCH for rows, _ in shapes) and max(rows for rows, _ in shapes) == CPU_BATCH  # the short ones
+    assert min(rows for rows, width in shapes if width > 150) < 8  # the long ones: a few rows a call
+    assert [width for _, width in shapes] == sorted(width for _, width in shapes)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_onnx_matches_sentence_transformers(name, eval_dir):
     texts = real_texts(eval_dir, name)
