@@ -27,8 +27,8 @@ def test_translation_for_a_model_keeps_what_is_already_in_its_language():
     english = translate("DNA复制是什么，2008年？", "en", keep=True).split()
     assert english[0] == "DNA" and "copy" in english and "2008" in english and "，" not in english
     assert "DNA" not in translate("DNA复制是什么", "en").split()
-    chinese = translate("how does GPT-4 handle 长文本 for Muiriel", "zh", keep=True).split()
-    assert {"GPT-4", "长文本", "Muiriel", "处理"} <= set(chinese)
+    chinese = translate("how does GPT-4 handle 长文本 for Muiriel in 2008?", "zh", keep=True).split()
+    assert {"GPT-4", "长文本", "Muiriel", "处理", "2008"} <= set(chinese) and not {"how", "does", "for"} & set(chinese)
     assert not {"GPT-4", "长文本", "Muiriel"} & set(translate("how does GPT-4 handle 长文本 for Muiriel", "zh").split())
 
 

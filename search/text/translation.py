@@ -116,8 +116,8 @@ def _load() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
 def translate(text: str, target: str, keep: bool = False) -> str:
     """The words of `text` in language `target` ("en" or "zh"), by dictionary; "" when none is known.
 
-    With `keep`, words already in `target` stay where they are, so a Chinese question naming an
-    English term ("DNA复制是什么") keeps it ("dna copy what") for a model that reads only the target."""
+    With `keep`, what a model of `target` can already read stays where it is: words of `target`,
+    numbers, identifiers and names ("DNA复制是什么" -> "DNA duplicate copy be what something")."""
     zh_en, en_zh = _load()
     out: list[str] = []
     for run in _RUN.findall(text):
@@ -142,13 +142,14 @@ def _to_english(run: str, zh_en: dict[str, list[str]]) -> list[str]:
 
 
 def _to_chinese(run: str, en_zh: dict[str, list[str]], keep: bool) -> list[str]:
-    """Each English word's Chinese words; with `keep`, an identifier (GPT-4, all-to-all) or a word
-    the dictionary lacks (a name) also stays as written, since Chinese notes write those in Latin
-    letters too."""
+    """Each English word's Chinese words; with `keep`, a number, an identifier (GPT-4, all-to-all)
+    or a word the dictionary lacks (a name) also stays as written, since Chinese notes write those
+    in Latin letters and digits too."""
     words = [word for word in _LATIN_WORD.findall(run.lower()) if word not in _EN_SKIP]
     chinese = [each for word in words for each in en_zh.get(stem(word.split("'")[0]), ())]
-    if keep and words and (not chinese or _IDENTIFIER.search(_trimmed(run))):
-        return [_trimmed(run), *chinese]
+    written = _trimmed(run)
+    if keep and (words and not chinese or _IDENTIFIER.search(written) or any(char.isdigit() for char in written)):
+        return [written, *chinese]
     return chinese
 
 
