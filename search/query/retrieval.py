@@ -46,6 +46,10 @@ class Retriever:
     def close(self) -> None:
         self._threads.shutdown(wait=True)
 
+    def forget_query_vectors(self) -> None:
+        """Embed every query again from now on (a benchmark timing queries it has run before)."""
+        self._query_vector.cache_clear()
+
     def retrieve(self, query: Query, depth: int, allowed: Selection | None = None) -> Retrieval:
         """Candidates `depth` deep for what `query.mode` needs, among the passages `allowed` lets through."""
         translations = self._translations(query)
