@@ -143,13 +143,13 @@ def _to_english(run: str, zh_en: dict[str, list[str]]) -> list[str]:
 
 def _to_chinese(run: str, en_zh: dict[str, list[str]], keep: bool) -> list[str]:
     """Each English word's Chinese words; with `keep`, a number, an identifier (GPT-4, all-to-all)
-    or a word the dictionary lacks (a name) also stays as written, since Chinese notes write those
-    in Latin letters and digits too."""
+    or a word the dictionary lacks (a name) stays as written instead, since Chinese notes write
+    those in Latin letters and digits too (and the parts of a name are not its meaning)."""
     words = [word for word in _LATIN_WORD.findall(run.lower()) if word not in _EN_SKIP]
     chinese = [each for word in words for each in en_zh.get(stem(word.split("'")[0]), ())]
     written = _trimmed(run)
     if keep and (words and not chinese or _IDENTIFIER.search(written) or any(char.isdigit() for char in written)):
-        return [written, *chinese]
+        return [written]
     return chinese
 
 
