@@ -15,7 +15,7 @@ import numpy as np
 
 from search.embedding.spec import ModelSpec, batches_by_length, load_tokenizer, pool
 
-__all__ = ["BACKEND", "CPU_BATCH", "OnnxEncoder"]
+__all__ = ["BACKEND", "CPU_BATCH", "CPU_BATCH_TOKENS", "OnnxEncoder"]
 
 # Rows per inference call, and padded tokens per call. On two cores, 32 length-sorted rows encode the
 # bench's passages 10-20% faster than 64 (less padding in each batch, activations that stay in cache),
