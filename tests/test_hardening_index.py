@@ -316,3 +316,21 @@ def test_a_generation_sealed_with_sha256_by_an_older_build_is_still_checked(keyw
     assert problems(generation, older, full=True) == {name: "does not match its checksum"} == problems(generation, manifest, full=True)
     del older["checksums"][name]["sha256"]
     assert problems(generation, older, full=True)[name] == "has no readable checksum"
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the build prepares text in a process pool only with 2 or more CPUs")
+def test_a_script_that_builds_without_a_main_guard_gets_one_line(tmp_path):
+    """Python's forkserver workers run the calling script again; there it builds too, and the pool
+    breaks. The script gets a line that says why, not BrokenProcessPool, and no index is published."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i in range(1500):  # ~1.3 MB of new text: more than POOL_AFTER, so the pool starts
+        (notes / f"n{i}.md").write_text(f"# Note {i}\n\n" + "这是一篇关于序列并行和数据并行的笔记。" * 40 + "\n", encoding="utf-8")
+    script = tmp_path / "build.py"
+    script.write_text("from search import BuildConfig, Engine\n"
+                      f"Engine.build([{str(notes)!r}], {str(tmp_path / 'index')!r}, build_config=BuildConfig(keyword_only=True))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode != 0
+    assert 'without `if __name__ == "__main__":`' in done.stderr.strip().splitlines()[-1]
+    with pytest.raises(IndexNotFound):
+        Engine.open(tmp_path / "index")

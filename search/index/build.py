@@ -27,7 +27,7 @@ from search.index.facets import FacetWriter
 from search.index.folder import FORMAT_VERSION, PASSAGE_FILES, Generation, IndexFolder, check_compatible
 from search.index.integrity import described, file_digest, problems, seal
 from search.index.passage_store import PassageWriter
-from search.index.preparing import POOL_AFTER, Prepared, prepare_documents, preparing_pool, unit_batches
+from search.index.preparing import POOL_AFTER, Prepared, pool_result, prepare_documents, preparing_pool, unit_batches
 from search.index.report import BuildSummary, Progress, StageTimer, skip_reason
 from search.index.vectors import PreviousVectors, VectorWriter
 from search.ingest.loading import LoadOptions, discover_files, iter_documents
@@ -341,7 +341,7 @@ class Builder:
     def _merge_prepared(self, batch: list["_Unit"], work: Any) -> Iterator["tuple[Passage, list[str]] | Run | _FileDone"]:
         if not isinstance(work, Prepared):
             with self.timer("wait_pool"):  # time this process waited for the workers
-                work = work.result()
+                work = pool_result(work)
         for stage, seconds in work.seconds.items():  # summed over workers, as for the other stages
             self.timer.add(stage, seconds)
         for notice in work.notices:

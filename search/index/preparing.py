@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from search.embedding.models import space_for
 from search.embedding.spec import token_counter
+from search.errors import SearchError
 from search.index.report import skip_reason
 from search.schema import Document, Passage
 from search.text.chunking import chunk_document
@@ -24,7 +25,7 @@ from search.text.language import detect_language
 from search.text.passages import contextual_text
 from search.text.tokenizing import tokenize, tokenize_many
 
-__all__ = ["POOL_AFTER", "Prepared", "chunk_counter", "prepare_documents", "preparing_pool", "unit_batches", "warm_worker"]
+__all__ = ["POOL_AFTER", "Prepared", "chunk_counter", "pool_result", "prepare_documents", "preparing_pool", "unit_batches", "warm_worker"]
 
 
 @dataclass
@@ -149,3 +150,15 @@ def preparing_pool(workers: int, plan: dict[str, str]) -> Any:
     context = multiprocessing.get_context("forkserver")
     # the build's pid: a worker exits when that process dies, even by kill -9 (no orphans)
     return ProcessPoolExecutor(workers, mp_context=context, initializer=warm_worker, initargs=(plan, os.getpid()))
+
+
+def pool_result(work: Any) -> Prepared:
+    """A worker's answer; a worker that died becomes one line that says what usually kills one."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return work.result()
+    except BrokenProcessPool:
+        raise SearchError("a worker process of the build stopped (killed for memory, or a script that builds "
+                          "without `if __name__ == \"__main__\":`, which Python's workers run again); "
+                          "the index was not changed, run the build again") from None
