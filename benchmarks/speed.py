@@ -506,7 +506,7 @@ def print_table(r: dict[str, Any]) -> None:
     backends = lambda run: ", ".join(sorted({m["backend"] for m in run["models"].values()}))
     rows.append(("embedding backend", backends(emb["ours"]), backends(emb["sentence_transformers_fp32"]), ""))
     rows.append(("embedding passages/s (sample)", f"{emb['ours']['passages_per_s']}", f"{emb['sentence_transformers_fp32']['passages_per_s']} (ST fp32)",
-                 f"{emb['ratio']}x (rounds {', '.join(map(str, emb.get('round_ratios', [])))})"))
+                 f"{emb['ratio']}x (rounds {', '.join(map(str, emb['round_ratios']))})"))
     rows.append(("embedding tokens/s (sample)", f"{emb['ours']['tokens_per_s']}", f"{emb['sentence_transformers_fp32']['tokens_per_s']} (ST fp32)",
                  f"{emb['ours']['tokens_per_s'] / emb['sentence_transformers_fp32']['tokens_per_s']:.2f}x"))
     if "embed_passages_per_s" in build:

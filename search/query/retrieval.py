@@ -22,7 +22,7 @@ __all__ = ["Retriever"]
 # A space of another language than the query's is searched with the query's dictionary translation
 # when it holds at least this share of the passages (a Chinese note collection with a few English
 # lines should not pay for, nor be steered by, translating every query); under "auto", only when the
-# query's own languages hold less than this share.
+# spaces of the query's main language hold less than this share.
 TRANSLATE_SHARE = 0.05
 # Query vectors kept per engine: a query asked again with another mode, k or filter (the web page's mode
 # switch and filter chips, an assistant narrowing a search) skips embedding it again, 3-5 ms of CPU.
