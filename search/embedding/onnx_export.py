@@ -27,7 +27,7 @@ from search.embedding.onnx_runtime import OnnxEncoder
 from search.embedding.spec import ModelSpec, UnsupportedModel, load_tokenizer, pool
 
 # Bump when the export recipe changes, so cached exports are remade.
-EXPORT_VERSION = 5
+EXPORT_VERSION = 6
 # Per-channel weight scales: per-tensor int8 cost all-MiniLM-L6-v2 a mean cosine of 0.94 to its
 # float32 vectors, per-channel keeps 0.994. The FFN down-projections read GELU outputs whose long
 # tails quantise badly; keeping them in float32 lifts the worst passage from 0.989 to 0.995.
@@ -47,8 +47,11 @@ EXPORT_VERSION = 5
 # no speed; u8 x u8 weights kept 8 bits but ran 27-36% slower on a VNNI CPU. The 8-bit MatMulNBits
 # cannot saturate: its int8 activations are symmetric (|a| <= 127, 2*127*127 < 32767) and ORT's kernels
 # without VNNI split each int16 pair. benchmarks/cpu_classes.py checks all of it on any CPU.
+# Residual adds and layer norms stay apart ("skip_layer_norm": False): onnxruntime 1.32's fused
+# SkipLayerNormalization kernel took 66 us where Add + LayerNormalization take 20 (22 tokens x 384, one
+# thread), 13-18% of a query's encoding; apart, a short query encodes ~20% faster (see onnx_runtime).
 EXPORT_SETTINGS = {"opset": 17, "weights": "int8", "per_channel": True, "fusion": "bert", "float_after_gelu": True,
-                   "smooth_alpha": 0.5, "after_gelu": "matmulnbits8-b128-acc4", "reduce_range": True}
+                   "smooth_alpha": 0.5, "after_gelu": "matmulnbits8-b128-acc4", "reduce_range": True, "skip_layer_norm": False}
 _BLOCK = 128
 _GELU = {"Gelu", "BiasGelu", "FastGelu", "QuickGelu"}
 MODEL_FILE = "model.int8.onnx"
@@ -203,9 +206,13 @@ def _fuse(source: Path, target: Path, config) -> Path | None:
         return None
     try:
         from onnxruntime.transformers import optimizer
+        from onnxruntime.transformers.fusion_options import FusionOptions
 
+        options = FusionOptions("bert")
+        options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = EXPORT_SETTINGS["skip_layer_norm"]
         fused = optimizer.optimize_model(
-            str(source), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size, opt_level=1
+            str(source), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size, opt_level=1,
+            optimization_options=options,
         )
         fused.save_model_to_file(str(target))
         return target
