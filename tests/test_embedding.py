@@ -146,6 +146,27 @@ def test_int8_export_cannot_saturate_int16_on_any_cpu(name):
     assert checked == {"MatMulInteger": 2 * layers, "QAttention": layers, "MatMulNBits": layers}, checked
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_layer_norms_stay_apart_from_export_to_session(name, tmp_path):
+    """onnxruntime's fused SkipLayerNormalization runs 3-5x slower than Add + LayerNormalization on
+    CPU: the export leaves each layer's two norms apart, and the runtime's optimiser settings do not
+    fuse them again (the graph onnxruntime actually runs, saved after optimisation)."""
+    import onnx
+    import onnxruntime as ort
+    from search.embedding.onnx_runtime import UNFUSED
+
+    exported = onnx_export.ensure_export(model_spec(name))
+    layers = json.loads((model_spec(name).folder / "config.json").read_text())["num_hidden_layers"]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    options.log_severity_level = 3  # saving an ORT_ENABLE_ALL graph warns that it is for this machine only
+    ort.InferenceSession(str(exported), options, providers=["CPUExecutionProvider"], disabled_optimizers=UNFUSED)
+    for path in (exported, tmp_path / "optimised.onnx"):
+        ops = Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+        assert ops["SkipLayerNormalization"] == 0 and ops["LayerNormalization"] == 2 * layers, (path.name, ops)
+
+
 def test_int8_kernels_are_exact_on_this_cpu():
     """The same bounds, checked against this CPU's kernels with worst-case operands: exact integer
     results for 7-bit weights, float results for 8-bit MatMulNBits. (Full 8-bit weights saturate on a

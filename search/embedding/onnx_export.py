@@ -1,5 +1,6 @@
-"""The int8 ONNX export recipe: torch.onnx, ORT's BERT fusions, SmoothQuant-balanced dynamic int8
-quantisation with per-channel 7-bit weight scales, and 8-bit block-quantised FFN down-projections.
+"""The int8 ONNX export recipe: torch.onnx, ORT's BERT fusions (layer norms left apart), SmoothQuant-
+balanced dynamic int8 quantisation with per-channel 7-bit weight scales, and 8-bit block-quantised FFN
+down-projections.
 
 Made once, normally by `search index` (or ahead of time by `search prepare`), into the user's cache
 folder keyed by the model files and the export settings, and checked against torch on probe
