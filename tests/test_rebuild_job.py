@@ -1,6 +1,7 @@
 """The index rebuild job: incremental edits, crash safety under SIGKILL, concurrent readers, the
 build lock, and `search watch`."""
 
+import errno
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from search import BM25Params, BuildConfig, Engine
-from search.index import carry as carry_module, dense as dense_module
+from search.index import carry as carry_module, dense as dense_module, passage_store as passage_store_module
 from search.index.dense import DenseIndex
 from search.index.folder import IndexFolder
 from search.index.passage_store import PassageStore, TokenStore
@@ -81,8 +82,22 @@ def file_lines(path: Path, offsets: Path, info: dict) -> bytes:
     return data[starts[info["first"]] : starts[end] if end < len(starts) else len(data)]
 
 
-def test_unchanged_files_are_copied_as_they_were(seeds_dir, tmp_path, monkeypatch):
+def _no_kernel_copy(*args):
+    raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "through-memory"])
+def test_unchanged_files_are_copied_as_they_were(seeds_dir, tmp_path, monkeypatch, kernel_copy):
     monkeypatch.setattr(carry_module, "RUN_PASSAGES", 7)  # runs of unchanged files copied in many pieces
+    monkeypatch.setattr(passage_store_module, "COPY_CHUNK", 1000)  # and through memory, in many reads
+    kernel_copies = []
+    if kernel_copy:
+        if not hasattr(os, "copy_file_range"):
+            pytest.skip("this platform has no copy_file_range")
+        copy = os.copy_file_range
+        monkeypatch.setattr(os, "copy_file_range", lambda *args: kernel_copies.append(args[2]) or copy(*args))
+    else:  # another filesystem, an old kernel: the bytes go through a buffer instead
+        monkeypatch.setattr(os, "copy_file_range", _no_kernel_copy, raising=False)
     notes = tmp_path / "notes"
     shutil.copytree(seeds_dir, notes / "seeds", ignore=shutil.ignore_patterns("README.md"))
     generate_notes(notes / "generated", 30)
@@ -101,6 +116,7 @@ def test_unchanged_files_are_copied_as_they_were(seeds_dir, tmp_path, monkeypatc
     engine, summary = Engine.build([notes], index)
     monkeypatch.undo()
     assert decoded == [] and summary.files_unchanged == len(files_before) - 1 and carry_module.RUN_PASSAGES > 7
+    assert bool(kernel_copies) == kernel_copy
 
     after = IndexFolder(index).current()
     files_after = after.read_manifest()["files"]

@@ -77,8 +77,8 @@ class Carrier:
 
     def _copy(self, first: int, count: int) -> None:
         with self.timer("write"):
-            passages = self.passages.block(first, count)
-            new_first = self.writer.add_block(passages, self.tokens.block(first, count), self.passages.text_keys_of(first, count, passages))
+            new_first = self.writer.add_block(self.passages.span(first, count), self.tokens.span(first, count),
+                                              self.passages.text_keys_of(first, count))
             self.facets.add_run(self.previous_facets, first, count)
             if not self.terms.add_block(first, count):  # a previous generation without term ids
                 for pid in range(first, first + count):

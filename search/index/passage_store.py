@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from array import array
@@ -15,9 +16,13 @@ from search.index.folder import Generation
 from search.schema import Passage
 from search.text.passages import text_key_digest
 
-__all__ = ["KEY_BYTES", "LineBlock", "PassageStore", "PassageWriter", "TokenStore", "iter_tokens", "read_tokens"]
+__all__ = ["KEY_BYTES", "LineBlock", "LineSpan", "PassageStore", "PassageWriter", "TokenStore", "iter_tokens", "read_tokens"]
 
 KEY_BYTES = 16  # a passage's text key (search.text.passages.text_key_digest)
+# Where the kernel cannot copy between these files (another filesystem, an old kernel, a filesystem without
+# it), bytes go through memory this much at a time.
+COPY_CHUNK = 8 << 20
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
 
 
 class PassageWriter:
@@ -47,7 +52,7 @@ class PassageWriter:
         self._token_end += len(token_line)
         return len(self._offsets) - 1
 
-    def add_block(self, passages: "LineBlock", tokens: "LineBlock", keys: bytes) -> int:
+    def add_block(self, passages: "LineSpan", tokens: "LineSpan", keys: bytes) -> int:
         """Append a run of passages with their tokens and text keys, copied as bytes from an earlier
         generation (an unchanged file's); returns the first one's passage id."""
         first = len(self._offsets)
@@ -56,10 +61,10 @@ class PassageWriter:
         self._offsets.extend((passages.starts + self._end).tolist())
         self._token_offsets.extend((tokens.starts + self._token_end).tolist())
         self._keys += keys
-        self._passages.write(passages.data)
-        self._tokens.write(tokens.data)
-        self._end += len(passages.data)
-        self._token_end += len(tokens.data)
+        _append(passages, self._passages)
+        _append(tokens, self._tokens)
+        self._end += passages.end - passages.start
+        self._token_end += tokens.end - tokens.start
         return first
 
     def __len__(self) -> int:
@@ -107,6 +112,43 @@ class LineBlock:
     starts: np.ndarray
 
 
+@dataclass(frozen=True)
+class LineSpan:
+    """Consecutive lines of a JSON-lines file left unread: the open file, their bytes [start, end) in it,
+    and where each line starts, counted from `start`."""
+
+    fd: int
+    start: int
+    end: int
+    starts: np.ndarray
+
+
+def _append(span: LineSpan, target: Any) -> None:
+    """Append the span's bytes to `target`, a buffered file written in order: in the kernel where it can
+    (copy_file_range; 100k passages' tokens, 75 MB, took 63-199 ms through Python's memory and 22-32 ms
+    in the kernel, since fresh pages cost more than the copy on a VM), a bounded buffer at a time where
+    it cannot."""
+    target.flush()
+    position = span.start
+    if hasattr(os, "copy_file_range"):
+        try:
+            while position < span.end:
+                copied = os.copy_file_range(span.fd, target.fileno(), span.end - position, position)
+                if not copied:
+                    break
+                position += copied
+        except OSError as error:
+            if error.errno not in _NO_KERNEL_COPY:
+                raise
+        target.seek(0, os.SEEK_END)  # the descriptor moved under the buffered file
+    while position < span.end:
+        chunk = os.pread(span.fd, min(COPY_CHUNK, span.end - position), position)
+        if not chunk:
+            raise OSError(errno.EIO, f"the file ended {span.end - position} bytes before its saved offsets")
+        target.write(chunk)
+        position += len(chunk)
+
+
 class _Lines:
     """Line i of a JSON-lines file, found through its saved offsets and read with pread (no shared file
     position, so threads read concurrently). The file stays open, so a long-lived reader keeps working
@@ -131,11 +173,15 @@ class _Lines:
 
     def block(self, first: int, count: int) -> "LineBlock":
         """Lines [first, first + count) in one read."""
+        span = self.span(first, count)
+        return LineBlock(os.pread(span.fd, span.end - span.start, span.start) if count else b"", span.starts)
+
+    def span(self, first: int, count: int) -> LineSpan:
+        """Lines [first, first + count), located but not read."""
         if count == 0:
-            return LineBlock(b"", np.zeros(0, dtype=np.int64))
+            return LineSpan(self._handle.fileno(), 0, 0, np.zeros(0, dtype=np.int64))
         start, end = self._bounds(first, count)
-        starts = np.asarray(self.offsets[first : first + count], dtype=np.int64) - start
-        return LineBlock(os.pread(self._handle.fileno(), end - start, start), starts)
+        return LineSpan(self._handle.fileno(), start, end, np.asarray(self.offsets[first : first + count], dtype=np.int64) - start)
 
     def close(self) -> None:
         self._handle.close()
@@ -150,8 +196,8 @@ class TokenStore:
     def get(self, passage_id: int) -> list[str]:
         return json.loads(self._lines.raw(passage_id))
 
-    def block(self, first: int, count: int) -> LineBlock:
-        return self._lines.block(first, count)
+    def span(self, first: int, count: int) -> LineSpan:
+        return self._lines.span(first, count)
 
 
 class PassageStore:
@@ -176,6 +222,9 @@ class PassageStore:
     def block(self, first: int, count: int) -> LineBlock:
         return self._lines.block(first, count)
 
+    def span(self, first: int, count: int) -> LineSpan:
+        return self._lines.span(first, count)
+
     def text_key(self, passage_id: int) -> bytes:
         """The passage's text key (search.text.passages.text_key_digest): saved by the build, or worked
         out from its text in a generation written before keys were kept."""
@@ -183,12 +232,12 @@ class PassageStore:
             return self.text_keys[passage_id].tobytes()
         return text_key_digest(self.get(passage_id).text)
 
-    def text_keys_of(self, first: int, count: int, block: LineBlock | None = None) -> bytes:
-        """The text keys of passages [first, first + count) as bytes; worked out from their text (`block`,
-        when read already) in a generation written before keys were kept."""
+    def text_keys_of(self, first: int, count: int) -> bytes:
+        """The text keys of passages [first, first + count) as bytes; worked out from their text in a
+        generation written before keys were kept."""
         if self.text_keys is not None:
             return np.ascontiguousarray(self.text_keys[first : first + count]).tobytes()
-        block = block or self.block(first, count)
+        block = self.block(first, count)
         ends = [*block.starts.tolist()[1:], len(block.data)]
         return b"".join(text_key_digest(json.loads(block.data[start:end])["text"]) for start, end in zip(block.starts.tolist(), ends))
 
