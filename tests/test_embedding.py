@@ -57,9 +57,10 @@ def test_spec_matches_sentence_transformers(name):
 
 
 # Lowest cosine of the int8 export (EXPORT_VERSION 5) to float32 on these texts: 0.9987 (M3E-small)
-# and 0.9967 (MiniLM); 0.9988 and 0.9964 with export 6 (same arithmetic, layer norms unfused); the same on this VNNI/AMX CPU and with CPUID masked to AVX2 or to AVX-512
-# without VNNI (benchmarks/cpu_classes.py --emulate). Full 8-bit weights gave 0.9944 and 0.9211 on
-# those, which these bounds reject.
+# and 0.9967 (MiniLM); 0.9988 and 0.9964 with export 6 (same arithmetic, layer norms unfused); the
+# same on this VNNI/AMX CPU and with CPUID masked to AVX2 or to AVX-512 without VNNI
+# (benchmarks/cpu_classes.py --emulate). Full 8-bit weights gave 0.9944 and 0.9211 on those, which
+# these bounds reject.
 MIN_COSINE = {"m3e-small": 0.998, "all-MiniLM-L6-v2": 0.995}
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from search import BM25Params, BuildConfig, Engine
-from search.index import carry as carry_module, dense as dense_module, passage_store as passage_store_module
+from search.index import carry as carry_module, dense as dense_module, folder as folder_module
 from search.index.dense import DenseIndex
 from search.index.folder import IndexFolder
 from search.index.passage_store import PassageStore, TokenStore
@@ -89,7 +89,7 @@ def _no_kernel_copy(*args):
 @pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "through-memory"])
 def test_unchanged_files_are_copied_as_they_were(seeds_dir, tmp_path, monkeypatch, kernel_copy):
     monkeypatch.setattr(carry_module, "RUN_PASSAGES", 7)  # runs of unchanged files copied in many pieces
-    monkeypatch.setattr(passage_store_module, "COPY_CHUNK", 1000)  # and through memory, in many reads
+    monkeypatch.setattr(folder_module, "COPY_CHUNK", 1000)  # and through memory, in many reads
     kernel_copies = []
     if kernel_copy:
         if not hasattr(os, "copy_file_range"):

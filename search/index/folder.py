@@ -40,7 +40,7 @@ from typing import Any, Iterable, Iterator
 from search.embedding.models import model_plan
 from search.errors import IncompatibleIndex, IndexDamaged, IndexNotFound, SearchError
 
-__all__ = ["FORMAT_VERSION", "Generation", "IndexFolder", "check_compatible", "fsync_tree", "write_atomic"]
+__all__ = ["FORMAT_VERSION", "Generation", "IndexFolder", "check_compatible", "copy_range", "fsync_tree", "write_atomic"]
 
 # 2: every model records its backend and identity, facets and text keys are always written
 # 3: the manifest holds a checksum of every file, CURRENT the manifest's
@@ -142,6 +142,38 @@ def fsync_tree(folder: Path) -> None:
         for name in files:
             _fsync(os.path.join(directory, name))
         _fsync(directory)
+
+
+# Where the kernel cannot copy between two files (another filesystem, an old kernel, a filesystem without
+# it), `copy_range` moves the bytes through memory this much at a time.
+COPY_CHUNK = 8 << 20
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
+
+
+def copy_range(source: int, target: int, start: int, end: int, target_at: int | None = None) -> None:
+    """Copy bytes [start, end) of the open file `source` into `target` (descriptors): at `target_at`, or
+    where `target`'s position is (which then moves past them). In the kernel where it can
+    (copy_file_range: 100k passages' tokens, 75 MB, took 63-199 ms through Python's memory and 22-32 ms
+    in the kernel, fresh pages costing more than the copy on a VM), else COPY_CHUNK at a time."""
+    done = 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while start + done < end:
+                at = None if target_at is None else target_at + done
+                copied = os.copy_file_range(source, target, end - start - done, start + done, at)
+                if not copied:
+                    break
+                done += copied
+        except OSError as error:
+            if error.errno not in _NO_KERNEL_COPY:
+                raise
+    while start + done < end:
+        chunk = os.pread(source, min(COPY_CHUNK, end - start - done), start + done)
+        if not chunk:
+            raise OSError(errno.EIO, f"the file ended {end - start - done} bytes early")
+        while chunk:
+            written = os.write(target, chunk) if target_at is None else os.pwrite(target, chunk, target_at + done)
+            chunk, done = chunk[written:], done + written
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from array import array
@@ -12,17 +11,13 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from search.index.folder import Generation
+from search.index.folder import Generation, copy_range
 from search.schema import Passage
 from search.text.passages import text_key_digest
 
 __all__ = ["KEY_BYTES", "LineBlock", "LineSpan", "PassageStore", "PassageWriter", "TokenStore", "iter_tokens", "read_tokens"]
 
 KEY_BYTES = 16  # a passage's text key (search.text.passages.text_key_digest)
-# Where the kernel cannot copy between these files (another filesystem, an old kernel, a filesystem without
-# it), bytes go through memory this much at a time.
-COPY_CHUNK = 8 << 20
-_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
 
 
 class PassageWriter:
@@ -124,29 +119,11 @@ class LineSpan:
 
 
 def _append(span: LineSpan, target: Any) -> None:
-    """Append the span's bytes to `target`, a buffered file written in order: in the kernel where it can
-    (copy_file_range; 100k passages' tokens, 75 MB, took 63-199 ms through Python's memory and 22-32 ms
-    in the kernel, since fresh pages cost more than the copy on a VM), a bounded buffer at a time where
-    it cannot."""
+    """Append the span's bytes to `target`, a buffered file written in order, without reading them into
+    Python (`copy_range`)."""
     target.flush()
-    position = span.start
-    if hasattr(os, "copy_file_range"):
-        try:
-            while position < span.end:
-                copied = os.copy_file_range(span.fd, target.fileno(), span.end - position, position)
-                if not copied:
-                    break
-                position += copied
-        except OSError as error:
-            if error.errno not in _NO_KERNEL_COPY:
-                raise
-        target.seek(0, os.SEEK_END)  # the descriptor moved under the buffered file
-    while position < span.end:
-        chunk = os.pread(span.fd, min(COPY_CHUNK, span.end - position), position)
-        if not chunk:
-            raise OSError(errno.EIO, f"the file ended {span.end - position} bytes before its saved offsets")
-        target.write(chunk)
-        position += len(chunk)
+    copy_range(span.fd, target.fileno(), span.start, span.end)
+    target.seek(0, os.SEEK_END)  # the descriptor moved under the buffered file
 
 
 class _Lines:

@@ -34,7 +34,7 @@ import numpy as np
 
 from search.errors import BackendError, SearchError
 from search.index.backend import BackendSpec
-from search.index.folder import IndexFolder, fsync_tree, write_atomic
+from search.index.folder import IndexFolder, copy_range, fsync_tree, write_atomic
 from search.index.qdrant_store import PAYLOAD_FIELDS, SCROLL, SPARSE, Point, Sparse, from_sparse, scrolled_ids, targets_of
 
 __all__ = ["EdgeEngine"]
@@ -240,8 +240,7 @@ def _copy_sparse(source: str, destination: str) -> None:
                     raise
                 break
             end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
-            while start < end:
-                start += os.copy_file_range(src.fileno(), dst.fileno(), end - start, start, start) or end - start
+            copy_range(src.fileno(), dst.fileno(), start, end, target_at=start)
             offset = end
         dst.truncate(size)
     shutil.copystat(source, destination)
