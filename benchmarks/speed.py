@@ -300,7 +300,7 @@ def work_million(payload: dict[str, Any]) -> dict[str, Any]:
     times, results, searched = [], [], []
     for query in payload["queries"]:
         started = time.perf_counter()
-        vector = encoder.encode([query])[0]
+        vector = encoder.encode_query([query])[0]
         ids, _ = index.search(vector, 100)
         times.append(time.perf_counter() - started)
         results.append(ids[:10])

@@ -296,12 +296,12 @@ def test_query_engine_runs_each_model_on_one_thread_with_the_same_vectors(tmp_pa
         assert query_encoder.impl.session.get_session_options().intra_op_num_threads == 1
         batch_encoder = Encoder(engine.plan[space])  # every core, as a build embeds
         assert batch_encoder.impl is not query_encoder.impl
-        np.testing.assert_allclose(query_encoder.encode(queries), batch_encoder.encode(queries), atol=1e-5)
+        np.testing.assert_allclose(query_encoder.encode_query(queries), batch_encoder.encode_query(queries), atol=1e-5)
     # both spaces searched side by side in threads give what each space's own search gives
     query = engine.analyse("序列并行", "dense")
     cosines = engine.retrieve(query, 5).cosines
     for space in engine.retriever._spaces_to_search(query, 5, None):
-        vector = Encoder(engine.plan[space]).encode([query.text])[0]
+        vector = Encoder(engine.plan[space]).encode_query([query.text])[0]
         ids, scores = engine.backend.dense[space].search(vector, 5)
         assert all(np.isclose(cosines[pid], score, atol=1e-5) for pid, score in zip(ids.tolist(), scores.tolist()))
     # FAISS searches one query per thread there (no OpenMP team spinning after each query), while

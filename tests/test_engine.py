@@ -209,13 +209,13 @@ def test_a_query_asked_again_with_another_mode_or_filter_is_embedded_once(built)
     engine, notes, root, _ = built
     calls = []
     encoder = engine.retriever.encoders["zh"]
-    original = encoder.encode
+    original = encoder.encode_query
 
     def counting(texts, *args, **kwargs):
         calls.append(list(texts))
         return original(texts, *args, **kwargs)
 
-    encoder.encode = counting
+    encoder.encode_query = counting
     try:
         text = "流水线并行的气泡怎么减少"
         first = engine.search(text, k=3)
@@ -231,4 +231,4 @@ def test_a_query_asked_again_with_another_mode_or_filter_is_embedded_once(built)
         engine.search(text, k=3)
         assert calls == [[text], ["另一个问题"], [text]]
     finally:
-        del encoder.encode
+        del encoder.encode_query

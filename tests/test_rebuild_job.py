@@ -208,7 +208,7 @@ def test_an_edit_carries_the_graph_over_and_searches_exactly_what_is_indexed(tmp
     for space, graph in graphs.items():
         rows = np.flatnonzero(graph.ids >= 0)
         for query in ("数据并行的实验结论", "mixed precision experiment", "激活重计算"):
-            vector = engine.retriever.encoders[space].encode([query])[0]
+            vector = engine.retriever.encoders[space].encode_query([query])[0]
             exact = graph.ids[rows[np.argsort(-(graph.vectors_at(rows) @ vector), kind="stable")[:10]]]
             assert engine.backend.dense_search(space, vector, 10, None)[0].tolist() == exact.tolist()
     for note in list(notes.glob("note-0[2-4]*.md")):  # a third of the notes: the graphs are built anew

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from search.embedding.models import canonical_model_name, resolve_model
-from search.embedding.spec import UnsupportedModel, model_spec
+from search.embedding.spec import UnsupportedModel, model_prompts, model_spec
 from search.errors import SearchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,6 +90,7 @@ class SentenceTransformerEncoder:
                 batch_size=batch_size,
                 normalize_embeddings=True,
                 convert_to_numpy=True,
+                prompt="",  # `Encoder` adds the model's prompts (spec.model_prompts), for every backend alike
                 show_progress_bar=False,
             )
             out[rows] = vectors.astype(np.float32, copy=False)
@@ -170,10 +171,20 @@ class Encoder:
         return self.impl.max_seq_length
 
     def encode(self, texts: Sequence[str], batch_size: int | None = None, progress: "object | None" = None) -> np.ndarray:
-        """Encode texts; `batch_size` None takes the backend's own; `progress` is an optional tqdm bar
-        advanced by the number of texts done."""
+        """Encode passages (after the model's document prompt, if it has one); `batch_size` None takes
+        the backend's own; `progress` is an optional tqdm bar advanced by the number of texts done."""
+        return self._encode(texts, "document", batch_size, progress)
+
+    def encode_query(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode queries, after the model's query prompt (e5: "query: ") if it has one."""
+        return self._encode(texts, "query")
+
+    def _encode(self, texts: Sequence[str], role: str, batch_size: int | None = None, progress: "object | None" = None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        prompt = model_prompts(self.name)[role]
+        if prompt:
+            texts = [prompt + text for text in texts]
         if batch_size is None:
             return self.impl.encode(texts, progress=progress)
         return self.impl.encode(texts, batch_size, progress)

@@ -14,7 +14,7 @@ import numpy as np
 
 from search.embedding.models import canonical_model_name, resolve_model
 
-__all__ = ["ModelSpec", "UnsupportedModel", "batches_by_length", "load_tokenizer", "model_spec", "pool", "token_counter"]
+__all__ = ["ModelSpec", "UnsupportedModel", "batches_by_length", "load_tokenizer", "model_prompts", "model_spec", "pool", "token_counter"]
 
 
 class UnsupportedModel(Exception):
@@ -77,6 +77,25 @@ def model_spec(name: str) -> ModelSpec:
         dim=int(dim),
         pad_id=int(config.get("pad_token_id") or 0),
     )
+
+
+# sentence-transformers' prompt names for what is searched (`encode_document` tries them in this order)
+DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
+
+
+@lru_cache(maxsize=None)
+def model_prompts(name: str) -> dict[str, str]:
+    """The text a model expects before a query and before a document ({"query": ..., "document": ...};
+    "" where it expects none), from its config_sentence_transformers.json as sentence-transformers
+    reads it: e5 models were trained with "query: " and "passage: " and lose relevance without them."""
+    try:
+        location = Path(_local_folder(resolve_model(name)))
+    except UnsupportedModel:
+        return {"query": "", "document": ""}
+    config_file = location / "config_sentence_transformers.json"
+    prompts = (_read_json(config_file).get("prompts") or {}) if config_file.is_file() else {}
+    document = next((prompts[key] for key in DOCUMENT_PROMPT_NAMES if key in prompts), "")
+    return {"query": prompts.get("query", ""), "document": document}
 
 
 def _local_folder(location: str) -> str:

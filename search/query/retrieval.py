@@ -114,7 +114,7 @@ class Retriever:
     def _embed_query(self, space: str, text: str) -> np.ndarray:
         """One text alone, so its vector never depends on what else was embedded with it (int8
         activations are quantised per batch); read-only, since it is shared by later queries."""
-        vector = self.encoders[space].encode([text])[0]
+        vector = self.encoders[space].encode_query([text])[0]
         vector.setflags(write=False)
         return vector
 
