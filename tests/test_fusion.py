@@ -52,3 +52,19 @@ def test_tie_weight_shrinks_a_retriever_whose_best_two_nearly_tie():
     assert tie_weight(np.array([3.0]), 0.05, 0.5) == tie_weight(np.array([]), 0.05, 0.5) == 1.0
     assert tie_weight(np.array([0.0, 0.0]), 0.05, 0.5) == 1.0
     assert tie_weight(np.array([10.0, 9.99]), gap=0.0, floor=0.5) == 1.0  # gap 0 turns the rule off
+
+
+def test_a_translated_bm25_list_counts_less_beside_a_multilingual_dense_one():
+    """Where BM25 searched the query's word-by-word translation and a multilingual model read the query
+    itself, dense carries 0.8 of the weight: here BM25's clear winner (passage 1) yields to dense's (2)."""
+    from search.query.candidates import Retrieval
+    from search.query.fusion import Hybrid, SearchConfig
+
+    bm25 = (np.array([1, 2, 3, 4, 5]), np.array([9.0, 3.0, 2.5, 2.0, 1.5]))
+    dense = (np.array([2, 1, 3, 4, 5]), np.array([0.82, 0.80, 0.78, 0.77, 0.76]))
+    retrieval = Retrieval(bm25, dense, dict(zip(bm25[0].tolist(), bm25[1].tolist())), dict(zip(dense[0].tolist(), dense[1].tolist())))
+    policy = Hybrid(SearchConfig())
+    assert policy.rank(retrieval, "hybrid")[0][0] == 1
+    from dataclasses import replace
+
+    assert policy.rank(replace(retrieval, bm25_translated=True), "hybrid")[0][0] == 2

@@ -94,7 +94,35 @@ def one_language(tmp_path_factory):
 ])
 def test_the_other_languages_passage_comes_first_without_translation(one_language, language, query, expected):
     engine = one_language[language]
-    assert engine.plan == {"all": MODEL}
+    assert engine.plan == {"zh": MODEL, "en": MODEL}  # a space per language, one model
     assert not engine.retrieve(engine.analyse(query), 10).translated
     assert engine.search(query, k=1, mode="dense").hits[0].path.endswith(expected)
     assert engine.search(query, k=1).hits[0].path.endswith(expected)
+
+
+def test_bm25_gets_the_translation_where_the_querys_language_is_absent(one_language):
+    """The multilingual model reads the Chinese question as asked, while BM25, which cannot, gets its
+    dictionary translation (`auto`: nothing of the query's language in the index)."""
+    root = one_language["en"].folder.root
+    with Engine.open(root) as auto, Engine.open(root, config=SearchConfig(cross_lingual="never")) as plain:
+        assert auto.config.cross_lingual == "auto"
+        assert not auto.retrieve(auto.analyse("绿茶要泡多久"), 10).translated
+        assert auto.search("绿茶要泡多久", k=1, mode="bm25").hits[0].path.endswith("tea.md")
+        assert not plain.search("绿茶要泡多久", k=1, mode="bm25").hits
+
+
+def test_on_a_mixed_index_the_query_is_embedded_once_for_both_spaces(tmp_path):
+    for name, text in NOTES.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    Engine.build([tmp_path], tmp_path / "index", model=MODEL)[0].close()
+    with Engine.open(tmp_path / "index") as engine:
+        calls = []
+        for encoder in engine.retriever.encoders.values():
+            original = encoder.encode_query
+            encoder.encode_query = lambda texts, original=original: calls.append(list(texts)) or original(texts)
+        query = engine.analyse("绿茶要泡多久", "dense")
+        assert engine.retriever._spaces_to_search(query, 10, None) == {"zh", "en"}
+        retrieval = engine.retrieve(query, 10)
+        assert calls == [["绿茶要泡多久"]]
+        cosines = [retrieval.cosines[pid] for pid in retrieval.dense[0].tolist()]
+        assert cosines == sorted(cosines, reverse=True) and len(cosines) == len(NOTES)  # one list by cosine, both languages

@@ -15,7 +15,8 @@ from typing import Iterable
 
 from search.errors import SearchError
 
-__all__ = ["ALL_LANGUAGES", "DEFAULT_MODELS", "canonical_model_name", "model_plan", "resolve_model", "space_for", "spaces_reading"]
+__all__ = ["ALL_LANGUAGES", "DEFAULT_MODELS", "canonical_model_name", "model_plan", "reads_every_language", "resolve_model", "space_for",
+           "spaces_reading"]
 
 # short name -> (package that ships it, folder inside the package)
 BUNDLED_MODELS: dict[str, tuple[str, str]] = {
@@ -75,11 +76,24 @@ DEFAULT_MODELS: dict[str, str] = {"zh": "m3e-small", "en": "all-MiniLM-L6-v2"}
 ALL_LANGUAGES = "all"
 
 
+# Models trained on many languages in one space: a query in one finds passages in another. They still
+# get a space per language (the same model in each), so that an index knows how much of each language
+# it holds and BM25 can be given the query's translation where its language is absent.
+MULTILINGUAL_MODELS = frozenset({"multilingual-e5-small"})
+
+
 def model_plan(model: str | None = None) -> dict[str, str]:
     """Which model embeds which language ("all" when one model embeds everything)."""
     if model is None:
         return dict(DEFAULT_MODELS)
-    return {ALL_LANGUAGES: canonical_model_name(model)}
+    name = canonical_model_name(model)
+    if name in MULTILINGUAL_MODELS:
+        return {language: name for language in DEFAULT_MODELS}
+    return {ALL_LANGUAGES: name}
+
+
+def reads_every_language(model: str) -> bool:
+    return canonical_model_name(model) in MULTILINGUAL_MODELS
 
 
 def space_for(plan: dict[str, str], language: str) -> str:
@@ -87,7 +101,8 @@ def space_for(plan: dict[str, str], language: str) -> str:
     return language if language in plan else ALL_LANGUAGES
 
 
-def spaces_reading(spaces: Iterable[str], languages: Iterable[str]) -> set[str]:
-    """The spaces whose model reads one of `languages`; all of them when none does."""
-    spaces, languages = list(spaces), set(languages)
-    return {space for space in spaces if space == ALL_LANGUAGES or space in languages} or set(spaces)
+def spaces_reading(plan: dict[str, str], languages: Iterable[str]) -> set[str]:
+    """The spaces of `plan` (space -> model) whose model reads one of `languages`; all of them when none does."""
+    languages = set(languages)
+    return {space for space, model in plan.items()
+            if space == ALL_LANGUAGES or space in languages or reads_every_language(model)} or set(plan)

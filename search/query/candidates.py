@@ -27,3 +27,6 @@ class Retrieval:
     # candidates of spaces searched with the query's dictionary translation: their cosines answer
     # another text in another model, so fusion standardises them apart from the others'
     translated: frozenset[int] = frozenset()
+    # BM25 searched the query's dictionary translation where a multilingual model read the query as
+    # asked: a word-by-word translation is the weaker of the two (fusion gives it less weight)
+    bm25_translated: bool = False

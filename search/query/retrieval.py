@@ -4,12 +4,13 @@ list merged over embedding spaces, and every candidate's BM25 score and cosine."
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
 
 from search.embedding.encoder import Encoder
-from search.embedding.models import ALL_LANGUAGES, spaces_reading
+from search.embedding.models import ALL_LANGUAGES, reads_every_language, spaces_reading
 from search.index.backend import SearchBackend, Selection
 from search.query.candidates import EMPTY, Ranking, Retrieval
 from search.query.fusion import Hybrid
@@ -39,6 +40,7 @@ class Retriever:
     def __init__(self, backend: SearchBackend, encoders: dict[str, Encoder], policy: Hybrid) -> None:
         self.backend, self.encoders, self.policy = backend, encoders, policy
         self.members = backend.members
+        self.models = {space: encoder.name for space, encoder in encoders.items()}
         self._query_vector = lru_cache(maxsize=QUERY_VECTORS_KEPT)(self._embed_query)
         self._threads = ThreadPoolExecutor(max(1, len(self.members.spaces())), thread_name_prefix="search-space",
                                            initializer=backend.prepare_search_thread)
@@ -54,17 +56,21 @@ class Retriever:
         """Candidates `depth` deep for what `query.mode` needs, among the passages `allowed` lets through."""
         translations = self._translations(query)
         tokens = list(query.tokens) + [token for space in translations for token in tokenize_query(translate(query.text, space))]
-        jobs = self._start_dense(query, depth, allowed, translations) if query.mode != "bm25" else {}
+        # a multilingual model reads the query as asked: the translation is for BM25 and the other models
+        dense_texts = {space: text for space, text in translations.items() if not reads_every_language(self.models[space])}
+        jobs = self._start_dense(query, depth, allowed, dense_texts) if query.mode != "bm25" else []
         bm25 = self.backend.bm25_top(tokens, depth, allowed) if query.mode != "dense" else EMPTY
-        found = {space: job.result() for space, job in jobs.items()}  # space -> (query vector, ranking)
+        found = {space: result for job in jobs for space, result in job.result().items()}  # space -> (query vector, ranking)
+        one_scale = len({(self.models[space], dense_texts.get(space)) for space in found}) == 1  # one model, one text
         dense = self.policy.merge_spaces({space: ranking for space, (_, ranking) in found.items()},
-                                         (ALL_LANGUAGES, query.language, *translations), depth)
+                                         (ALL_LANGUAGES, query.language, *dense_texts), depth, one_scale)
         cosines = {pid: score for _, (ids, scores) in found.values() for pid, score in zip(ids.tolist(), scores.tolist())}
         bm25_scores = dict(zip(bm25[0].tolist(), bm25[1].tolist()))
         if query.mode != "hybrid":
             return Retrieval(bm25, dense, bm25_scores, cosines)
         vectors = {space: vector for space, (vector, _) in found.items()}
-        return self._complete(query, tokens, bm25, dense, bm25_scores, cosines, vectors, set(translations))
+        retrieval = self._complete(query, tokens, bm25, dense, bm25_scores, cosines, vectors, set(dense_texts))
+        return replace(retrieval, bm25_translated=bool(set(translations) - set(dense_texts)))
 
     def _translations(self, query: Query) -> dict[str, str]:
         """The query for each space of another language than its main one that holds enough
@@ -86,10 +92,13 @@ class Retriever:
         translations = {space: translate(query.text, space, keep=True) for space in spaces}
         return {space: text for space, text in translations.items() if text}
 
-    def _start_dense(self, query: Query, depth: int, allowed: Selection | None, translations: dict[str, str]) -> dict[str, Future]:
-        spaces = self._spaces_to_search(query, depth, allowed) | set(translations)
-        return {space: self._threads.submit(self._search_space, space, translations.get(space, query.text), depth, allowed)
-                for space in spaces}
+    def _start_dense(self, query: Query, depth: int, allowed: Selection | None, translations: dict[str, str]) -> list[Future]:
+        """One job per model and query text, in its own thread: it embeds the text once and searches
+        each of its spaces (a multilingual model holds one per language)."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for space in sorted(self._spaces_to_search(query, depth, allowed) | set(translations)):
+            groups.setdefault((self.models[space], translations.get(space, query.text)), []).append(space)
+        return [self._threads.submit(self._search_spaces, model, text, spaces, depth, allowed) for (model, text), spaces in groups.items()]
 
     def _spaces_to_search(self, query: Query, depth: int, allowed: Selection | None) -> set[str]:
         """The spaces to embed the query in.
@@ -102,19 +111,20 @@ class Retriever:
         """
         mask = None if allowed is None else allowed.mask
         size = {space: self.members.size(space, mask) for space in self.members.spaces()}
-        readers = spaces_reading([space for space in size if size[space]], query.languages)
+        readers = spaces_reading({space: self.models[space] for space in size if size[space]}, query.languages)
         if sum(size[space] for space in readers) < depth:
             readers = {space for space in size if size[space]}
         return set(readers)
 
-    def _search_space(self, space: str, text: str, depth: int, allowed: Selection | None) -> tuple[np.ndarray, Ranking]:
-        vector = self._query_vector(space, text)
-        return vector, self.backend.dense_search(space, vector, depth, allowed)
+    def _search_spaces(self, model: str, text: str, spaces: list[str], depth: int, allowed: Selection | None) -> dict[str, tuple[np.ndarray, Ranking]]:
+        vector = self._query_vector(model, text)
+        return {space: (vector, self.backend.dense_search(space, vector, depth, allowed)) for space in spaces}
 
-    def _embed_query(self, space: str, text: str) -> np.ndarray:
+    def _embed_query(self, model: str, text: str) -> np.ndarray:
         """One text alone, so its vector never depends on what else was embedded with it (int8
         activations are quantised per batch); read-only, since it is shared by later queries."""
-        vector = self.encoders[space].encode_query([text])[0]
+        encoder = next(encoder for encoder in self.encoders.values() if encoder.name == model)
+        vector = encoder.encode_query([text])[0]
         vector.setflags(write=False)
         return vector
 
@@ -131,7 +141,7 @@ class Retriever:
             inside = missing[self.members.holds(space, missing)]
             if len(inside):
                 cosines.update(zip(inside.tolist(), self.backend.dense_scores(space, vector, inside).tolist()))
-        readers = spaces_reading(list(vectors), query.languages)
+        readers = spaces_reading({space: self.models[space] for space in vectors}, query.languages)
         members = {space: frozenset(union[self.members.holds(space, union)].tolist()) for space in vectors}
         foreign = frozenset().union(*(members[space] for space in set(vectors) - readers - translated))
         return Retrieval(bm25, dense, bm25_scores, cosines, foreign, frozenset().union(*(members[space] for space in translated)))
