@@ -5,14 +5,7 @@ import pytest
 from search import Engine, SearchConfig
 from search.text.translation import translate
 
-NOTES = {
-    "attention.md": "# Attention\n\nThe attention mechanism lets every token weigh every other token of the sentence.\n",
-    "tea.md": "# Tea\n\nGreen tea should be brewed for two minutes with water that is not boiling.\n",
-    "trains.md": "# Trains\n\nThe last train to the airport leaves the station at midnight.\n",
-    "cat.md": "# 猫\n\n我的猫每天早上都要喝牛奶，然后在窗边睡觉。\n",
-    "rain.md": "# 天气\n\n明天下午会下大雨，出门记得带伞。\n",
-    "bank.md": "# 银行\n\n周末银行不开门，取钱要去自动取款机。\n",
-}
+from bilingual_notes import one_language_engines, write_notes
 
 
 def test_translate_both_ways():
@@ -34,9 +27,7 @@ def test_translation_for_a_model_keeps_what_is_already_in_its_language():
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    root = tmp_path_factory.mktemp("xling")
-    for name, text in NOTES.items():
-        (root / name).write_text(text, encoding="utf-8")
+    root = write_notes(tmp_path_factory.mktemp("xling"))
     Engine.build([root], root / "index")[0].close()
     engine = Engine.open(root / "index", config=SearchConfig(cross_lingual=True))
     yield engine
@@ -65,16 +56,8 @@ def test_on_a_mixed_index_auto_and_never_keep_a_query_to_its_language(engine):
 @pytest.fixture(scope="module")
 def one_language(tmp_path_factory):
     """An English-only and a Chinese-only index, opened with the default configuration."""
-    engines = {}
-    for language, names in (("en", ("attention.md", "tea.md", "trains.md")), ("zh", ("cat.md", "rain.md", "bank.md"))):
-        root = tmp_path_factory.mktemp(f"only-{language}")
-        for name in names:
-            (root / name).write_text(NOTES[name], encoding="utf-8")
-        Engine.build([root], root / "index")[0].close()
-        engines[language] = Engine.open(root / "index")
-    yield engines
-    for engine in engines.values():
-        engine.close()
+    with one_language_engines(tmp_path_factory) as engines:
+        yield engines
 
 
 @pytest.mark.parametrize("language, query, expected", [

@@ -14,15 +14,9 @@ from search.embedding.encoder import Encoder
 from search.embedding.models import resolve_model
 from search.embedding.spec import model_prompts
 
+from bilingual_notes import NOTES, one_language_engines, write_notes
+
 MODEL = "multilingual-e5-small"
-NOTES = {
-    "attention.md": "# Attention\n\nThe attention mechanism lets every token weigh every other token of the sentence.\n",
-    "tea.md": "# Tea\n\nGreen tea should be brewed for two minutes with water that is not boiling.\n",
-    "trains.md": "# Trains\n\nThe last train to the airport leaves the station at midnight.\n",
-    "cat.md": "# 猫\n\n我的猫每天早上都要喝牛奶，然后在窗边睡觉。\n",
-    "rain.md": "# 天气\n\n明天下午会下大雨，出门记得带伞。\n",
-    "bank.md": "# 银行\n\n周末银行不开门，取钱要去自动取款机。\n",
-}
 
 
 def _full_vocabulary_tokenizer():
@@ -72,16 +66,8 @@ def test_queries_and_passages_get_their_prompts():
 def one_language(tmp_path_factory):
     """An English-only and a Chinese-only index embedded with the multilingual model, opened with
     translation off: whatever crosses languages, the shared space does."""
-    engines = {}
-    for language, names in (("en", ("attention.md", "tea.md", "trains.md")), ("zh", ("cat.md", "rain.md", "bank.md"))):
-        root = tmp_path_factory.mktemp(f"e5-{language}")
-        for name in names:
-            (root / name).write_text(NOTES[name], encoding="utf-8")
-        Engine.build([root], root / "index", model=MODEL)[0].close()
-        engines[language] = Engine.open(root / "index", config=SearchConfig(cross_lingual="never"))
-    yield engines
-    for engine in engines.values():
-        engine.close()
+    with one_language_engines(tmp_path_factory, MODEL, SearchConfig(cross_lingual="never")) as engines:
+        yield engines
 
 
 @pytest.mark.parametrize("language, query, expected", [
@@ -112,8 +98,7 @@ def test_bm25_gets_the_translation_where_the_querys_language_is_absent(one_langu
 
 
 def test_on_a_mixed_index_the_query_is_embedded_once_for_both_spaces(tmp_path):
-    for name, text in NOTES.items():
-        (tmp_path / name).write_text(text, encoding="utf-8")
+    write_notes(tmp_path)
     Engine.build([tmp_path], tmp_path / "index", model=MODEL)[0].close()
     with Engine.open(tmp_path / "index") as engine:
         calls = []
