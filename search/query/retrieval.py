@@ -4,7 +4,6 @@ list merged over embedding spaces, and every candidate's BM25 score and cosine."
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
@@ -41,6 +40,7 @@ class Retriever:
         self.backend, self.encoders, self.policy = backend, encoders, policy
         self.members = backend.members
         self.models = {space: encoder.name for space, encoder in encoders.items()}
+        self._encoder_of = {encoder.name: encoder for encoder in encoders.values()}  # one per model, whatever its spaces
         self._query_vector = lru_cache(maxsize=QUERY_VECTORS_KEPT)(self._embed_query)
         self._threads = ThreadPoolExecutor(max(1, len(self.members.spaces())), thread_name_prefix="search-space",
                                            initializer=backend.prepare_search_thread)
@@ -69,8 +69,8 @@ class Retriever:
         if query.mode != "hybrid":
             return Retrieval(bm25, dense, bm25_scores, cosines)
         vectors = {space: vector for space, (vector, _) in found.items()}
-        retrieval = self._complete(query, tokens, bm25, dense, bm25_scores, cosines, vectors, set(dense_texts))
-        return replace(retrieval, bm25_translated=bool(set(translations) - set(dense_texts)))
+        return self._complete(query, tokens, bm25, dense, bm25_scores, cosines, vectors, set(dense_texts),
+                              bm25_translated=bool(set(translations) - set(dense_texts)))
 
     def _translations(self, query: Query) -> dict[str, str]:
         """The query for each space of another language than its main one that holds enough
@@ -123,13 +123,12 @@ class Retriever:
     def _embed_query(self, model: str, text: str) -> np.ndarray:
         """One text alone, so its vector never depends on what else was embedded with it (int8
         activations are quantised per batch); read-only, since it is shared by later queries."""
-        encoder = next(encoder for encoder in self.encoders.values() if encoder.name == model)
-        vector = encoder.encode_query([text])[0]
+        vector = self._encoder_of[model].encode_query([text])[0]
         vector.setflags(write=False)
         return vector
 
     def _complete(self, query: Query, tokens: list[str], bm25: Ranking, dense: Ranking, bm25_scores: dict[int, float], cosines: dict[int, float],
-                  vectors: dict[str, np.ndarray], translated: set[str]) -> Retrieval:
+                  vectors: dict[str, np.ndarray], translated: set[str], bm25_translated: bool) -> Retrieval:
         """Give every candidate of either list its BM25 score and its cosine, so fusion never has to
         treat "not retrieved" as a score of zero; mark those of spaces that do not read the query."""
         union = np.union1d(bm25[0], dense[0])
@@ -144,4 +143,4 @@ class Retriever:
         readers = spaces_reading({space: self.models[space] for space in vectors}, query.languages)
         members = {space: frozenset(union[self.members.holds(space, union)].tolist()) for space in vectors}
         foreign = frozenset().union(*(members[space] for space in set(vectors) - readers - translated))
-        return Retrieval(bm25, dense, bm25_scores, cosines, foreign, frozenset().union(*(members[space] for space in translated)))
+        return Retrieval(bm25, dense, bm25_scores, cosines, foreign, frozenset().union(*(members[space] for space in translated)), bm25_translated)
