@@ -80,6 +80,9 @@ ALL_LANGUAGES = "all"
 # get a space per language (the same model in each), so that an index knows how much of each language
 # it holds and BM25 can be given the query's translation where its language is absent.
 MULTILINGUAL_MODELS = frozenset({"multilingual-e5-small"})
+# The multilingual model that re-reads the top of a query that crossed languages on an index of
+# one-language models (search.query.rerank).
+CROSS_LINGUAL_RERANKER = "multilingual-e5-small"
 
 
 def model_plan(model: str | None = None) -> dict[str, str]:

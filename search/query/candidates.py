@@ -30,3 +30,7 @@ class Retrieval:
     # BM25 searched the query's dictionary translation where a multilingual model read the query as
     # asked: a word-by-word translation is the weaker of the two (fusion gives it less weight)
     bm25_translated: bool = False
+    # a dense space of a model that cannot read the query searched only its word-by-word translation;
+    # `query_text` (the query as asked) is what a multilingual model re-reads its top with (rerank)
+    dense_translated: bool = False
+    query_text: str = ""

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from search.embedding.encoder import Encoder
-from search.embedding.models import model_plan
+from search.embedding.models import model_plan, reads_every_language
 from search.errors import IndexDamaged, QueryError, SearchError
 from search.index.backend import BackendSpec, Selection
 from search.index.backends import choose_spec, mirror_for, open_backend, record_spec, spec_of
@@ -28,10 +28,12 @@ from search.index.report import BuildSummary, Progress
 from search.query.filters import Filters
 from search.query.fusion import Hybrid, SearchConfig
 from search.query.query import Query
+from search.query.rerank import CrossLingualReranker, Reread
 from search.query.result import Hit, SearchResult
 from search.query.candidates import Retrieval
 from search.query.retrieval import Retriever
 from search.schema import Document
+from search.text.passages import contextual_text
 
 __all__ = ["Engine"]
 
@@ -61,6 +63,7 @@ class Engine:
         encoders = {space: Encoder(info["name"], backend=info["backend"], threads=1) for space, info in self.manifest["models"].items()}
         self.policy = Hybrid(self.config)
         self.retriever = Retriever(self.backend, encoders, self.policy)
+        self.reranker = CrossLingualReranker(lambda pids: [contextual_text(p) for p in self.passages.get_many(pids)])
 
     # ----- opening and building -------------------------------------------------------------
 
@@ -152,6 +155,16 @@ class Engine:
         {"zh": "onnx-int8:m3e-small-<hash>"}: loads the encoders."""
         return {space: Encoder(name).identity for space, name in model_plan(model).items()}
 
+    @classmethod
+    def prepare_models(cls, model: str | None = None, config: SearchConfig | None = None) -> dict[str, str]:
+        """Load (and export, once) every model an index of `model` uses: `encoder_identities`, and the
+        model re-reading its cross-lingual queries as "rerank" (`search prepare`, `make install`)."""
+        identities = cls.encoder_identities(model)
+        rerank_model = (config or SearchConfig()).rerank_model
+        if rerank_model and not all(reads_every_language(name) for name in model_plan(model).values()):
+            identities["rerank"] = Encoder(rerank_model).identity
+        return identities
+
     def close(self) -> None:
         self.retriever.close()
         self.backend.close()
@@ -184,8 +197,21 @@ class Engine:
 
     def rank(self, retrieval: Retrieval, mode: str = "hybrid", config: SearchConfig | None = None) -> list[tuple[int, float]]:
         """(passage id, score) best first, for one mode; `config` overrides the engine's fusion settings."""
-        policy = self.policy if config is None else Hybrid(config)
-        return policy.rank(retrieval, "bm25" if self.keyword_only else mode)
+        return self._ranked(retrieval, mode, config)[0]
+
+    def _ranked(self, retrieval: Retrieval, mode: str, config: SearchConfig | None = None) -> tuple[list[tuple[int, float]], Reread | None, str | None]:
+        """The ranking, what re-read it (a query that crossed languages), and why it was not re-read
+        where it should have been (the multilingual model is not installed)."""
+        config = config or self.config
+        mode = "bm25" if self.keyword_only else mode
+        ranked = (self.policy if config is self.config else Hybrid(config)).rank(retrieval, mode)
+        if not CrossLingualReranker.applies(retrieval, mode, config):
+            return ranked, None, None
+        try:
+            reread = self.reranker.rerank(retrieval.query_text, ranked, config)
+        except SearchError as error:
+            return ranked, None, f"note: results not re-read across languages ({error})"
+        return reread.ranked, reread, None
 
     def search(self, query: str | Query, k: int = 10, mode: str = "hybrid", filters: Filters | None = None,
                collapse: bool = True) -> SearchResult:
@@ -210,15 +236,17 @@ class Engine:
             retrieval = self.retriever.retrieve(query, depth, allowed)
             if len(self.passages) == 0:
                 return SearchResult(query)
-            ranked = self.policy.rank(retrieval, query.mode)
+            ranked, reread, skipped = self._ranked(retrieval, query.mode)
+            told = {"reread_by": reread.model if reread and reread.cosines else None, "reread_skipped": skipped}
+            reread_cosines = reread.cosines if reread else {}
             if not collapse:
-                return SearchResult(query, self._hits(ranked[:k], retrieval))
-            hits = self._distinct(ranked, retrieval, k)
+                return SearchResult(query, self._hits(ranked[:k], retrieval, reread_cosines), **told)
+            hits = self._distinct(ranked, retrieval, k, reread_cosines)
             if len(hits) >= k or len(ranked) < depth or depth >= min(len(self.passages), MAX_DEPTH):
-                return SearchResult(query, hits)
+                return SearchResult(query, hits, **told)
             depth = min(depth * 4, MAX_DEPTH)
 
-    def _distinct(self, ranked: list[tuple[int, float]], retrieval: Retrieval, k: int) -> list[Hit]:
+    def _distinct(self, ranked: list[tuple[int, float]], retrieval: Retrieval, k: int, reread: dict[int, float]) -> list[Hit]:
         """Up to k hits of distinct texts, best first, each with the locations of its copies among the
         candidates up to COPIES_LOOKAHEAD past the k-th. Copies are told apart by the text keys the
         build saved, so only the hits and their copies are read."""
@@ -237,7 +265,7 @@ class Engine:
                 copies.append([])
                 if len(chosen) == k:
                     end = min(end, position + 1 + COPIES_LOOKAHEAD)
-        hits = self._hits(chosen, retrieval)
+        hits = self._hits(chosen, retrieval, reread)
         for hit, pids in zip(hits, copies):
             hit.duplicates.extend(Hit.location_of(passage) for passage in self.passages.get_many(pids))
         return hits
@@ -256,7 +284,7 @@ class Engine:
                          tuple(sorted({normalise_type(kind) for kind in filters.types})),
                          matching_paths if filters.paths else None)
 
-    def _hits(self, ranked: list[tuple[int, float]], retrieval: Retrieval) -> list[Hit]:
+    def _hits(self, ranked: list[tuple[int, float]], retrieval: Retrieval, reread: dict[int, float]) -> list[Hit]:
         bm25_at = {pid: rank for rank, pid in enumerate(retrieval.bm25[0].tolist(), 1)}
         dense_at = {pid: rank for rank, pid in enumerate(retrieval.dense[0].tolist(), 1)}
         return [
@@ -264,7 +292,7 @@ class Engine:
                 path=passage.path, heading_path=passage.heading_path, text=passage.text,
                 line_start=passage.line_start, line_end=passage.line_end, metadata=passage.metadata,
                 score=float(score), bm25_rank=bm25_at.get(pid), bm25_score=retrieval.bm25_scores.get(pid),
-                dense_rank=dense_at.get(pid), dense_score=retrieval.cosines.get(pid), passage_id=pid,
+                dense_rank=dense_at.get(pid), dense_score=retrieval.cosines.get(pid), reread_score=reread.get(pid), passage_id=pid,
             )
             for (pid, score), passage in zip(ranked, self.passages.get_many(pid for pid, _ in ranked))
         ]

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from search.embedding.models import CROSS_LINGUAL_RERANKER
 from search.query.candidates import EMPTY, Ranking, Retrieval
 from search.query.query import CROSS_LINGUAL_MODES
 
@@ -138,6 +139,17 @@ class SearchConfig:
     # translated terms outweigh the query's own language (cmedqq 0.447 -> 0.398 on cmedqq + English
     # passages; README, Relevance).
     cross_lingual: str = "auto"
+    # A query whose dense search crossed languages through that translation has its best candidates
+    # re-read by a multilingual model (None: never), which sees the query as asked (search.query.rerank):
+    # score = rerank_weight * z(its cosine) + the rest * z(fused score). xling_zh2en 0.675 -> 0.895,
+    # xling_en2zh 0.632 -> 0.861 nDCG@10 (README, Relevance); one-language queries are not re-read.
+    rerank_model: str | None = CROSS_LINGUAL_RERANKER
+    rerank_depth: int = 300  # candidates re-read at most (the retrievers search this deep for such a query)
+    # word pieces re-read at most per query, which bounds its cost: ~0.5 s for 300 short sentences,
+    # ~0.8 s for 20 passages of long notes on 2 cores (benchmarks/cross_lingual.py); the xling sets
+    # score the same to the fourth place at 3072, 4096 or 6144 (0.8945 / 0.8597), 2048 loses 0.004-0.007
+    rerank_tokens: int = 4096
+    rerank_weight: float = 0.8
 
     def __post_init__(self) -> None:
         if isinstance(self.cross_lingual, bool):

@@ -27,6 +27,8 @@ class Hit:
     bm25_score: float | None = None
     dense_rank: int | None = None
     dense_score: float | None = None
+    # the multilingual model's cosine where it re-read the hit (a query that crossed languages)
+    reread_score: float | None = None
     passage_id: int = -1
     # where the other passages with the same text (after normalisation) are, best first: a search
     # that collapses duplicates returns one hit per text
@@ -61,6 +63,8 @@ class SearchResult:
     query: Query
     hits: list[Hit] = field(default_factory=list)
     filtered_out: str | None = None  # why no passage passed the filters, when none did
+    reread_by: str | None = None  # the multilingual model that re-read the top (a query that crossed languages)
+    reread_skipped: str | None = None  # why it was not, where it should have been
 
     @property
     def mode(self) -> str:
@@ -69,7 +73,8 @@ class SearchResult:
 
     @property
     def notice(self) -> str | None:
-        return self.query.notice
+        """What a person should be told about how the query ran, if anything."""
+        return "\n".join(note for note in (self.query.notice, self.reread_skipped) if note) or None
 
     # a result reads as its hits: `for hit in engine.search(...)`, `engine.search(...)[0]`
     def __iter__(self) -> Iterator[Hit]:
@@ -87,5 +92,6 @@ class SearchResult:
             "mode": self.mode,
             "notice": self.notice,
             "filtered_out": self.filtered_out,
+            "reread_by": self.reread_by,
             "hits": [hit.to_dict() for hit in self.hits],
         }

@@ -58,6 +58,8 @@ class Retriever:
         tokens = list(query.tokens) + [token for space in translations for token in tokenize_query(translate(query.text, space))]
         # a multilingual model reads the query as asked: the translation is for BM25 and the other models
         dense_texts = {space: text for space, text in translations.items() if not reads_every_language(self.models[space])}
+        if dense_texts and query.mode != "bm25" and self.policy.config.rerank_model:
+            depth = max(depth, self.policy.config.rerank_depth)  # the candidates a multilingual model re-reads
         jobs = self._start_dense(query, depth, allowed, dense_texts) if query.mode != "bm25" else []
         bm25 = self.backend.bm25_top(tokens, depth, allowed) if query.mode != "dense" else EMPTY
         found = {space: result for job in jobs for space, result in job.result().items()}  # space -> (query vector, ranking)
@@ -67,7 +69,7 @@ class Retriever:
         cosines = {pid: score for _, (ids, scores) in found.values() for pid, score in zip(ids.tolist(), scores.tolist())}
         bm25_scores = dict(zip(bm25[0].tolist(), bm25[1].tolist()))
         if query.mode != "hybrid":
-            return Retrieval(bm25, dense, bm25_scores, cosines)
+            return Retrieval(bm25, dense, bm25_scores, cosines, dense_translated=bool(dense_texts), query_text=query.text)
         vectors = {space: vector for space, (vector, _) in found.items()}
         return self._complete(query, tokens, bm25, dense, bm25_scores, cosines, vectors, set(dense_texts),
                               bm25_translated=bool(set(translations) - set(dense_texts)))
@@ -143,4 +145,5 @@ class Retriever:
         readers = spaces_reading({space: self.models[space] for space in vectors}, query.languages)
         members = {space: frozenset(union[self.members.holds(space, union)].tolist()) for space in vectors}
         foreign = frozenset().union(*(members[space] for space in set(vectors) - readers - translated))
-        return Retrieval(bm25, dense, bm25_scores, cosines, foreign, frozenset().union(*(members[space] for space in translated)), bm25_translated)
+        return Retrieval(bm25, dense, bm25_scores, cosines, foreign, frozenset().union(*(members[space] for space in translated)), bm25_translated,
+                         dense_translated=bool(translated), query_text=query.text)

@@ -63,6 +63,7 @@ def _hit(rank: int, hit: dict[str, Any]) -> dict[str, Any]:
         "bm25_score": None if hit["bm25_score"] is None else round(hit["bm25_score"], 4),
         "dense_rank": hit["dense_rank"],
         "dense_score": None if hit["dense_score"] is None else round(hit["dense_score"], 4),
+        "reread_score": None if hit.get("reread_score") is None else round(hit["reread_score"], 4),
         "metadata": {key: value for key, value in hit["metadata"].items() if key in ("title", "tags", "categories", "page", "record")},
     }
 
@@ -105,6 +106,7 @@ def create_mcp_server(service: SearchService) -> MCPServer:
             "mode": data["mode"],
             "notice": data.get("notice"),
             "filtered_out": data.get("filtered_out"),
+            "reread_by": data.get("reread_by"),
             "generation": data["generation"],
             "hits": [_hit(rank, hit) for rank, hit in enumerate(data["hits"], 1)],
         }

@@ -46,6 +46,7 @@ def openapi_document(limits: Any) -> dict[str, Any]:
             "bm25_score": {"type": ["number", "null"]},
             "dense_rank": {"type": ["integer", "null"]},
             "dense_score": {"type": ["number", "null"]},
+            "reread_score": {"type": ["number", "null"], "description": "The multilingual model's cosine, where it re-read the hit (a query across languages)."},
             "passage_id": {"type": "integer"},
         },
     }
@@ -107,6 +108,7 @@ def openapi_document(limits: Any) -> dict[str, Any]:
                         "requested_mode": {"type": "string"},
                         "notice": {"type": ["string", "null"]},
                         "filtered_out": {"type": ["string", "null"], "description": "Why no passage matched the filters."},
+                        "reread_by": {"type": ["string", "null"], "description": "The multilingual model that re-read the top, for a query across languages."},
                         "highlight_terms": {"type": "array", "items": {"type": "string"}},
                         "generation": {"type": "string"},
                         "passages": {"type": "integer"},

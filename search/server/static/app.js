@@ -361,6 +361,7 @@
     const parts = [`score ${hit.score.toFixed(4)}`];
     if (hit.bm25_rank != null) parts.push(`BM25 #${hit.bm25_rank} (${hit.bm25_score.toFixed(3)})`);
     if (hit.dense_rank != null) parts.push(`dense #${hit.dense_rank} (${hit.dense_score.toFixed(3)})`);
+    if (hit.reread_score != null) parts.push(`re-read ${hit.reread_score.toFixed(3)}`);
     return parts.join(" · ");
   }
 
