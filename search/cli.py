@@ -15,9 +15,9 @@ from typing import Any
 
 import click
 
-from search import CROSS_LINGUAL_MODES, MODES, SearchError
+from search import MODES, SearchError
+from search.cli_options import DEFAULT_INDEX, backend_options, cross_lingual_options, index_option, search_config
 
-DEFAULT_INDEX = "indexes/default"
 SNIPPET_CHARS = 160
 COPIES_SHOWN = 3  # locations of a hit's copies printed after it
 # C0 and C1 control characters but newline and tab: a note or file name holding terminal escape
@@ -103,22 +103,6 @@ class _Bars:
             bar.close()
 
 
-index_option = click.option("--index", "index_dir", default=DEFAULT_INDEX, envvar="SEARCH_INDEX", show_default=True, help="Index folder (env SEARCH_INDEX).")
-cross_lingual_option = click.option(
-    "--cross-lingual", type=click.Choice(CROSS_LINGUAL_MODES), default="auto", show_default=True, is_flag=False, flag_value="always",
-    help="Translate the query word by word (CC-CEDICT) to find passages in the other language: auto (only when the index holds "
-         "almost nothing in the query's language), always (also on a mixed index; --cross-lingual alone), never.")
-
-
-def backend_options(command: Any) -> Any:  # for `search index` and `search eval`: BackendSpec.from_options(**these)
-    command = click.option("--qdrant-idf", type=click.Choice(["client", "server"]), default="client", show_default=True, help="BM25 IDF: exact from the client (every point re-weighted when the corpus changes) or Qdrant's (an edit writes only changed points).")(command)
-    command = click.option("--collection", default=None, metavar="NAME", help="Qdrant alias the index is searched through (default: search-<index folder name>).")(command)
-    command = click.option("--qdrant-path", default=None, type=click.Path(file_okay=False), metavar="DIR", help="qdrant-client's local mode (pure Python, one process at a time) in DIR instead of a server.")(command)
-    command = click.option("--qdrant-edge", default=None, type=click.Path(file_okay=False), metavar="DIR", help="Qdrant Edge (Qdrant's engine in process) with its shards in DIR instead of a server.")(command)
-    command = click.option("--qdrant-url", envvar="SEARCH_QDRANT_URL", default=None, metavar="URL", help="Qdrant server or cluster for --backend qdrant (env SEARCH_QDRANT_URL; API key: env SEARCH_QDRANT_API_KEY).")(command)
-    return click.option("--backend", type=click.Choice(["embedded", "qdrant"]), default=None, help="Where the index is searched: embedded (FAISS + BM25 in the index folder, the default) or qdrant; recorded in the index folder.")(command)
-
-
 @click.group(cls=FriendlyGroup)
 @click.version_option(package_name="search")
 @click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error.")
@@ -131,10 +115,10 @@ def cli(debug: bool) -> None:
 @click.option("--model", default=None, help="Prepare this model instead of the default pair.")
 def prepare(model: str | None) -> None:
     """Make the int8 ONNX models now (once per model and export recipe, ~30 s each), so that the first
-    `search index` does not pay for them. `make install` runs it."""
+    `search index` (and the first query across languages) does not pay for them. `make install` runs it."""
     from search import Engine
 
-    for space, identity in Engine.encoder_identities(model).items():
+    for space, identity in Engine.prepare_models(model).items():
         click.echo(f"{space}: {identity}", err=True)
 
 
@@ -214,19 +198,19 @@ def watch(paths: tuple[str, ...], index_dir: str, model: str | None, debounce: f
 @click.option("--path", "paths", multiple=True, metavar="GLOB", help="Only files matching GLOB ('notes/**', '*.md'; ** spans folders). Repeatable.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="Only notes with this tag or category (front matter or inline #tag). Repeatable.")
 @click.option("--type", "types", multiple=True, metavar="TYPE", help="Only files of this type (suffix: md, txt, ...). Repeatable.")
-@cross_lingual_option
+@cross_lingual_options
 @click.option("--no-collapse", is_flag=True, help="Show every copy of a text instead of one hit with the count of its copies.")
 @index_option
 def query(text: str, k: int, mode: str, as_json: bool, paths: tuple[str, ...], tags: tuple[str, ...], types: tuple[str, ...],
-          no_collapse: bool, cross_lingual: str, index_dir: str) -> None:
+          no_collapse: bool, cross_lingual: str, reread: bool, index_dir: str) -> None:
     """Search the index for TEXT.
 
     Filters apply before the k best are picked; values of one option OR together, different
     options AND together. Passages of the same text are one hit, with where their copies are.
     """
-    from search import Engine, Filters, SearchConfig
+    from search import Engine, Filters
 
-    with Engine.open(index_dir, config=SearchConfig(cross_lingual=cross_lingual)) as engine:
+    with Engine.open(index_dir, config=search_config(cross_lingual, reread)) as engine:
         result = engine.search(text, k=k, mode=mode, filters=Filters(list(paths), list(tags), list(types)), collapse=not no_collapse)
     if result.notice:
         click.echo(result.notice, err=True)
@@ -298,17 +282,17 @@ def check(index_dir: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @click.option("--per-query", "per_query", type=click.Path(dir_okay=False), help="Write each query's scores to this TSV file.")
 @click.option("--sweep", is_flag=True, help="Also score a grid of fusion settings and print a table.")
-@cross_lingual_option
+@cross_lingual_options
 @backend_options
 def eval_command(dataset_dir: str, modes: tuple[str, ...], model: str | None, as_json: bool, per_query: str | None, sweep: bool,
-                 cross_lingual: str, **backend: Any) -> None:
+                 cross_lingual: str, reread: bool, **backend: Any) -> None:
     """Score retrieval on a test collection (corpus.jsonl, queries.jsonl, qrels.tsv)."""
-    from search import BackendSpec, SearchConfig
+    from search import BackendSpec
     from search.evaluation import METRICS, evaluate, load_collection, open_eval_index, sweep_configs, write_per_query
 
     collection = load_collection(dataset_dir)
     with _Bars(not as_json) as bars:
-        engine = open_eval_index(collection, model=model, progress=bars, config=SearchConfig(cross_lingual=cross_lingual), backend=BackendSpec.from_options(**backend))
+        engine = open_eval_index(collection, model=model, progress=bars, config=search_config(cross_lingual, reread), backend=BackendSpec.from_options(**backend))
         configs: dict[str, Any] = {mode: (mode, None) for mode in (modes or MODES)}
         if sweep:
             configs.update(sweep_configs(engine.config))

@@ -11,7 +11,7 @@ PACKAGE = Path(search.__file__).parent
 # schema, cache, the package itself) hold values every stage shares.
 STAGES = {"base": 0, "ingest": 1, "text": 2, "embedding": 3, "index": 4, "query": 5, "top": 6}
 BASE = {"search", "search.errors", "search.schema", "search.cache"}
-TOP_LAYERS = ("cli", "watching", "evaluation", "server")
+TOP_LAYERS = ("cli", "cli_options", "watching", "evaluation", "server")
 MAX_LINES = 400
 
 
