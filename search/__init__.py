@@ -10,7 +10,7 @@ from search.errors import BackendError, FilterError, IncompatibleIndex, IndexDam
 from search.schema import Document, Passage, Skipped
 
 __all__ = [
-    "BackendError", "BackendSpec", "BM25Params", "BuildConfig", "BuildSummary", "CROSS_LINGUAL_MODES", "Document", "Engine", "Filters", "FilterError", "Hit",
+    "BackendError", "BackendSpec", "BM25Params", "BuildConfig", "BuildSummary", "CROSS_LINGUAL_MODES", "REREAD_MODES", "Document", "Engine", "Filters", "FilterError", "Hit",
     "IncompatibleIndex", "IndexCheck", "IndexDamaged", "IndexNotFound", "LoadError", "LoadOptions", "MODES", "Passage", "Progress", "Query", "QueryError",
     "SearchConfig", "SearchError", "SearchResult", "Skipped", "SUPPORTED_SUFFIXES",
 ]
@@ -26,6 +26,7 @@ _LAZY = {
     "MODES": "search.query.query",
     "SearchConfig": "search.query.fusion",
     "CROSS_LINGUAL_MODES": "search.query.query",
+    "REREAD_MODES": "search.query.query",
     "BuildConfig": "search.index.build",
     "BackendSpec": "search.index.backend",
     "BuildSummary": "search.index.report",

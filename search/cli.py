@@ -202,7 +202,7 @@ def watch(paths: tuple[str, ...], index_dir: str, model: str | None, debounce: f
 @click.option("--no-collapse", is_flag=True, help="Show every copy of a text instead of one hit with the count of its copies.")
 @index_option
 def query(text: str, k: int, mode: str, as_json: bool, paths: tuple[str, ...], tags: tuple[str, ...], types: tuple[str, ...],
-          no_collapse: bool, cross_lingual: str, reread: bool, index_dir: str) -> None:
+          no_collapse: bool, cross_lingual: str, reread: str, index_dir: str) -> None:
     """Search the index for TEXT.
 
     Filters apply before the k best are picked; values of one option OR together, different
@@ -285,7 +285,7 @@ def check(index_dir: str, as_json: bool) -> None:
 @cross_lingual_options
 @backend_options
 def eval_command(dataset_dir: str, modes: tuple[str, ...], model: str | None, as_json: bool, per_query: str | None, sweep: bool,
-                 cross_lingual: str, reread: bool, **backend: Any) -> None:
+                 cross_lingual: str, reread: str, **backend: Any) -> None:
     """Score retrieval on a test collection (corpus.jsonl, queries.jsonl, qrels.tsv)."""
     from search import BackendSpec
     from search.evaluation import METRICS, evaluate, load_collection, open_eval_index, sweep_configs, write_per_query

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from search import CROSS_LINGUAL_MODES
+from search import CROSS_LINGUAL_MODES, REREAD_MODES
 
 __all__ = ["DEFAULT_INDEX", "backend_options", "cross_lingual_options", "index_option", "search_config"]
 
@@ -16,19 +16,20 @@ index_option = click.option("--index", "index_dir", default=DEFAULT_INDEX, envva
 
 
 def cross_lingual_options(command: Any) -> Any:  # for `search query` and `search eval`: search_config(cross_lingual, reread)
-    command = click.option("--reread/--no-reread", default=True, show_default=True,
-                           help="Re-read the best candidates of a query translated into the other language with multilingual-e5-small, "
-                                "which reads it as asked (about 0.5-1 s on 2 cores); --no-reread keeps the word-by-word ranking.")(command)
+    command = click.option("--reread", type=click.Choice(REREAD_MODES), default="cross-lingual", show_default=True,
+                           help="Which queries multilingual-e5-small re-reads, best candidates first (0.1-1 s a query on 2 cores): cross-lingual "
+                                "(those translated into the other language: it reads them as asked), always (every query; a little "
+                                "better on Chinese questions), never.")(command)
     return click.option(
         "--cross-lingual", type=click.Choice(CROSS_LINGUAL_MODES), default="auto", show_default=True, is_flag=False, flag_value="always",
         help="Translate the query word by word (CC-CEDICT) to find passages in the other language: auto (only when the index holds "
              "almost nothing in the query's language), always (also on a mixed index; --cross-lingual alone), never.")(command)
 
 
-def search_config(cross_lingual: str, reread: bool) -> Any:
+def search_config(cross_lingual: str, reread: str) -> Any:
     from search import SearchConfig
 
-    return SearchConfig(cross_lingual=cross_lingual) if reread else SearchConfig(cross_lingual=cross_lingual, rerank_model=None)
+    return SearchConfig(cross_lingual=cross_lingual, reread=reread)
 
 
 def backend_options(command: Any) -> Any:  # for `search index` and `search eval`: BackendSpec.from_options(**these)

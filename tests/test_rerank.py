@@ -134,18 +134,40 @@ def test_a_cold_query_across_languages_is_re_read_without_torch(one_language):
     assert heavy.strip() == ""
 
 
-def test_no_reread_on_the_command_line_keeps_the_fused_ranking(one_language):
+def test_reread_on_the_command_line(one_language):
+    """--reread never keeps the fused ranking; always re-reads a query in the index's own language too."""
     from click.testing import CliRunner
 
     from search.cli import cli
 
-    index = str(one_language["en"].folder.root)
+    engine = one_language["en"]
     hits = {}
-    for flag in ("--reread", "--no-reread"):
-        result = CliRunner().invoke(cli, ["query", "绿茶要泡多久", "--index", index, "-k", "3", "--json", flag])
+    for query, mode in (("绿茶要泡多久", "cross-lingual"), ("绿茶要泡多久", "never"), ("how long to brew green tea", "always"),
+                        ("how long to brew green tea", "cross-lingual")):
+        result = CliRunner().invoke(cli, ["query", query, "--index", str(engine.folder.root), "-k", "3", "--json", "--reread", mode])
         assert result.exit_code == 0, result.output
-        hits[flag] = json.loads(result.output)
-    assert all(hit["reread_score"] is not None for hit in hits["--reread"])
-    assert all(hit["reread_score"] is None for hit in hits["--no-reread"])
-    fused = one_language["en"].rank(one_language["en"].retrieve(one_language["en"].analyse("绿茶要泡多久")), config=SearchConfig(rerank_model=None))
-    assert [hit["passage_id"] for hit in hits["--no-reread"]] == [pid for pid, _ in fused]
+        hits[query, mode] = [hit["reread_score"] for hit in json.loads(result.output)]
+    assert all(score is not None for score in hits["绿茶要泡多久", "cross-lingual"] + hits["how long to brew green tea", "always"])
+    assert all(score is None for score in hits["绿茶要泡多久", "never"] + hits["how long to brew green tea", "cross-lingual"])
+    result = CliRunner().invoke(cli, ["query", "tea", "--index", str(engine.folder.root), "--reread", "sometimes"])
+    assert result.exit_code == 2 and "cross-lingual" in result.output
+
+
+def test_always_re_reads_a_same_language_query_as_a_peer(one_language):
+    """Under reread="always" a query no model had to translate is re-read too, with the lighter weight."""
+    engine, query = one_language["zh"], "出门要带伞吗"
+    retrieval = engine.retrieve(engine.analyse(query), 10)
+    assert not retrieval.dense_translated
+    fused = engine.rank(retrieval, config=SearchConfig(reread="never"))
+    assert engine.rank(retrieval) == fused  # the default leaves it alone
+    pids = [pid for pid, _ in fused]
+    e5 = Encoder(CROSS_LINGUAL_RERANKER)
+    cosines = e5.encode([contextual_text(p) for p in engine.passages.get_many(pids)]) @ e5.encode_query([query])[0]
+    expected = mix_scores(cosines, np.array([score for _, score in fused]), SearchConfig().same_language_rerank_weight)
+    always = engine.rank(retrieval, config=SearchConfig(reread="always"))
+    assert [pid for pid, _ in always] == [pids[i] for i in np.lexsort((np.array(pids), -expected))]
+    # the engine may hold vectors embedded in other batches by earlier tests: int8 activations are
+    # quantised per batch, which moves z-scores by ~0.003 here
+    np.testing.assert_allclose(sorted(score for _, score in always), sorted(expected), atol=0.02)
+    with pytest.raises(ValueError, match="cross-lingual, always, never"):
+        SearchConfig(reread="sometimes")

@@ -208,7 +208,7 @@ class Engine:
         if not CrossLingualReranker.applies(retrieval, mode, config):
             return ranked, None, None
         try:
-            reread = self.reranker.rerank(retrieval.query_text, ranked, config)
+            reread = self.reranker.rerank(retrieval, ranked, config)
         except SearchError as error:
             return ranked, None, f"note: results not re-read across languages ({error})"
         return reread.ranked, reread, None

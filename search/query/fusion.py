@@ -11,7 +11,7 @@ import numpy as np
 
 from search.embedding.models import CROSS_LINGUAL_RERANKER
 from search.query.candidates import EMPTY, Ranking, Retrieval
-from search.query.query import CROSS_LINGUAL_MODES
+from search.query.query import CROSS_LINGUAL_MODES, REREAD_MODES
 
 __all__ = ["FUSION_METHODS", "Hybrid", "SearchConfig", "fuse", "reciprocal_rank_fusion", "tie_weight", "z_normalise"]
 
@@ -139,23 +139,31 @@ class SearchConfig:
     # translated terms outweigh the query's own language (cmedqq 0.447 -> 0.398 on cmedqq + English
     # passages; README, Relevance).
     cross_lingual: str = "auto"
-    # A query whose dense search crossed languages through that translation has its best candidates
-    # re-read by a multilingual model (None: never), which sees the query as asked (search.query.rerank):
-    # score = rerank_weight * z(its cosine) + the rest * z(fused score). xling_zh2en 0.675 -> 0.895,
-    # xling_en2zh 0.632 -> 0.861 nDCG@10 (README, Relevance); one-language queries are not re-read.
-    rerank_model: str | None = CROSS_LINGUAL_RERANKER
-    rerank_depth: int = 300  # candidates re-read at most (the retrievers search this deep for such a query)
+    # Which queries a multilingual model re-reads (search.query.rerank), one of REREAD_MODES:
+    # "cross-lingual", those whose dense search crossed languages through that translation, since the
+    # model sees the query as asked: score = rerank_weight * z(its cosine) + the rest * z(fused score),
+    # xling_zh2en 0.675 -> 0.895, xling_en2zh 0.632 -> 0.861 nDCG@10 (README, Relevance). "always" also
+    # re-reads a query in the index's language, the best `candidates` with same_language_rerank_weight:
+    # cmedqq 0.450 -> 0.469, oppo_xiaobu 0.702 -> 0.714, scifact unchanged, at 0.1-1 s a query.
+    reread: str = "cross-lingual"
+    rerank_model: str | None = CROSS_LINGUAL_RERANKER  # None: never re-read
+    rerank_depth: int = 300  # candidates of a translated query re-read at most (the retrievers search this deep)
     # word pieces re-read at most per query, which bounds its cost: ~0.5 s for 300 short sentences,
     # ~0.8 s for 20 passages of long notes on 2 cores (benchmarks/cross_lingual.py); the xling sets
     # score the same to the fourth place at 3072, 4096 or 6144 (0.8945 / 0.8597), 2048 loses 0.004-0.007
     rerank_tokens: int = 4096
     rerank_weight: float = 0.8
+    # e5 as a peer of the fused score, not its judge, where both read the query (0.2 / 0.35 / 0.5 on
+    # cmedqq 0.4614 / 0.4692 / 0.4702, oppo_xiaobu 0.7099 / 0.7139 / 0.7132, scifact 0.7400 / 0.7379 / 0.7383)
+    same_language_rerank_weight: float = 0.35
 
     def __post_init__(self) -> None:
         if isinstance(self.cross_lingual, bool):
             self.cross_lingual = "always" if self.cross_lingual else "never"
         if self.cross_lingual not in CROSS_LINGUAL_MODES:
             raise ValueError(f"unknown cross-lingual mode {self.cross_lingual!r}: choose from {', '.join(CROSS_LINGUAL_MODES)}")
+        if self.reread not in REREAD_MODES:
+            raise ValueError(f"unknown re-read mode {self.reread!r}: choose from {', '.join(REREAD_MODES)}")
 
 
 def standardised(scores: dict[int, float], members: set[int]) -> dict[int, float]:

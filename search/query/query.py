@@ -8,11 +8,13 @@ from search.errors import QueryError
 from search.text.language import detect_language, languages_in
 from search.text.tokenizing import surface_words, tokenize_query
 
-__all__ = ["CROSS_LINGUAL_MODES", "MAX_QUERY_CHARS", "MODES", "Query"]
+__all__ = ["CROSS_LINGUAL_MODES", "MAX_QUERY_CHARS", "MODES", "Query", "REREAD_MODES"]
 
 MODES = ("hybrid", "bm25", "dense")
 # When a query is also translated into the other language (SearchConfig.cross_lingual says which).
 CROSS_LINGUAL_MODES = ("auto", "always", "never")
+# Which queries a multilingual model re-reads (SearchConfig.reread says which; search.query.rerank).
+REREAD_MODES = ("cross-lingual", "always", "never")
 # A query is a few words or a question; a page of text pasted as one costs seconds per mode (a 64 KB
 # query took 15.5 s in hybrid mode) and finds nothing a shorter one would not.
 MAX_QUERY_CHARS = 2000

@@ -7,6 +7,7 @@ against the query as asked, and the two scores mix as z-scores over the re-read 
 Embedding every passage with e5 as well would cost 2.3x the indexing time (12 layers against
 MiniLM's 6); re-reading only the top of the queries that need it leaves indexing and one-language
 queries as they were, at a bounded cost per cross-lingual query (`rerank_tokens`).
+`SearchConfig(reread="always")` has it re-read every query too, as a peer of the fused score.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ class CrossLingualReranker:
     """Re-ranks the head of a fused ranking with `config.rerank_model`; thread-safe.
 
     `texts_of` gives the text a model embeds for each passage id (the index's contextual text).
-    The candidates re-read are the best `rerank_depth` (of the SearchConfig given), cut where their tokens would pass
-    `rerank_tokens`; the budget counts every candidate, cached or not, so which passages are
-    re-read never depends on what earlier queries left in the cache.
+    The candidates re-read are the best `rerank_depth` (`candidates` for a query that was not
+    translated; of the SearchConfig given), cut where their tokens would pass `rerank_tokens`; the
+    budget counts every candidate, cached or not, so which passages are re-read never depends on what
+    earlier queries left in the cache.
     """
 
     def __init__(self, texts_of: Callable[[Sequence[int]], list[str]]) -> None:
@@ -69,19 +71,25 @@ class CrossLingualReranker:
 
     @staticmethod
     def applies(retrieval: Retrieval, mode: str, config: SearchConfig) -> bool:
-        """Whether a query is re-read: a dense space searched only its translation, in a mode that reads meaning."""
-        return bool(config.rerank_model) and retrieval.dense_translated and mode != "bm25"
+        """Whether a query is re-read, in a mode that reads meaning: under "cross-lingual", where a dense
+        space searched only its translation; under "always", every query."""
+        wanted = config.reread == "always" or (config.reread == "cross-lingual" and retrieval.dense_translated)
+        return bool(config.rerank_model) and wanted and mode != "bm25"
 
-    def rerank(self, query_text: str, ranked: list[tuple[int, float]], config: SearchConfig) -> Reread:
+    def rerank(self, retrieval: Retrieval, ranked: list[tuple[int, float]], config: SearchConfig) -> Reread:
         """`ranked` with its head re-ordered by the mixed score; the rest follows, below every re-read one.
+        A translated query re-reads deeper and trusts the model more: it alone read the query as asked.
         Raises SearchError when the model cannot be loaded (not installed)."""
         encoder = self._encoder(config.rerank_model)
-        head, texts = self._head(ranked, encoder, config)
+        translated = retrieval.dense_translated
+        depth = config.rerank_depth if translated else config.candidates
+        weight = config.rerank_weight if translated else config.same_language_rerank_weight
+        head, texts = self._head(ranked[:depth], encoder, config)
         if len(head) < 2:
             return Reread(ranked, {}, encoder.name)
         pids = [pid for pid, _ in head]
-        cosines = self._passage_vectors(pids, texts, encoder) @ encoder.encode_query([query_text])[0]
-        mixed = mix_scores(cosines, np.array([score for _, score in head]), config.rerank_weight)
+        cosines = self._passage_vectors(pids, texts, encoder) @ encoder.encode_query([retrieval.query_text])[0]
+        mixed = mix_scores(cosines, np.array([score for _, score in head]), weight)
         order = np.lexsort((np.array(pids), -mixed))  # ties by passage id
         reordered = [(pids[i], float(mixed[i])) for i in order]
         floor = float(mixed.min())
@@ -102,7 +110,7 @@ class CrossLingualReranker:
     def _head(self, ranked: list[tuple[int, float]], encoder: Encoder, config: SearchConfig) -> tuple[list[tuple[int, float]], list[str]]:
         """The best candidates whose word pieces fit the budget (each counted up to the model's
         limit), and their texts."""
-        head = ranked[: config.rerank_depth]
+        head = ranked
         texts = self._texts_of([pid for pid, _ in head])
         count, limit = token_counter(encoder.name), encoder.max_seq_length
         spent = 0
