@@ -22,7 +22,8 @@ $(UV): requirements.lock
 
 # The environment becomes exactly requirements.lock (every version pinned, every file hash-checked,
 # nothing resolved here), then this package is added editable, then `search prepare` makes the int8
-# ONNX models once (~1 min) so that the first `search index` does not pay for them. Everything is
+# ONNX models once (~2 min: the two embedding models and the cross-lingual re-reader) so that the first
+# `search index` (and the first query across languages) does not pay for them. Everything is
 # compiled to bytecode now: where PYTHONDONTWRITEBYTECODE is set (or site-packages is read-only), each
 # command would otherwise compile its ~430 modules from source again (1.3 s of every cold command).
 $(STAMP): $(UV) pyproject.toml Makefile
