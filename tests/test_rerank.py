@@ -171,3 +171,12 @@ def test_always_re_reads_a_same_language_query_as_a_peer(one_language):
     np.testing.assert_allclose(sorted(score for _, score in always), sorted(expected), atol=0.02)
     with pytest.raises(ValueError, match="cross-lingual, always, never"):
         SearchConfig(reread="sometimes")
+
+
+def test_prepare_makes_the_re_reader_ready_or_says_why_not(tmp_path):
+    """`search prepare` (make install) exports e5 beside the default pair; a re-reader that cannot load
+    is reported, not fatal, since queries then keep the fused ranking."""
+    assert Engine.prepare_models()["rerank"] == Encoder(CROSS_LINGUAL_RERANKER).identity
+    assert "rerank" not in Engine.prepare_models(CROSS_LINGUAL_RERANKER)  # the index's own model reads every language
+    missing = Engine.prepare_models(config=SearchConfig(rerank_model=str(tmp_path / "no-such-model")))["rerank"]
+    assert missing.startswith("not available:") and "no-such-model" in missing

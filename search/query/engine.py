@@ -162,7 +162,10 @@ class Engine:
         identities = cls.encoder_identities(model)
         rerank_model = (config or SearchConfig()).rerank_model
         if rerank_model and not all(reads_every_language(name) for name in model_plan(model).values()):
-            identities["rerank"] = Encoder(rerank_model).identity
+            try:
+                identities["rerank"] = Encoder(rerank_model).identity
+            except SearchError as error:  # queries then keep the fused ranking, with a notice
+                identities["rerank"] = f"not available: {error}"
         return identities
 
     def close(self) -> None:
