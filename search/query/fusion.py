@@ -165,6 +165,12 @@ class SearchConfig:
         if self.reread not in REREAD_MODES:
             raise ValueError(f"unknown re-read mode {self.reread!r}: choose from {', '.join(REREAD_MODES)}")
 
+    def rereads(self, translated: bool) -> bool:
+        """Whether a query is re-read by `rerank_model`: one whose dense search went through its
+        translation (`translated`) under "cross-lingual", every one under "always"."""
+        wanted = self.reread == "always" or (self.reread == "cross-lingual" and translated)
+        return bool(self.rerank_model) and wanted
+
 
 def standardised(scores: dict[int, float], members: set[int]) -> dict[int, float]:
     """z-scores of the members' scores among themselves."""

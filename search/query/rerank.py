@@ -27,10 +27,11 @@ from search.query.fusion import SearchConfig, z_normalise
 
 __all__ = ["CrossLingualReranker", "Reread", "mix_scores"]
 
-# e5 vectors of passages kept per engine (384 floats each: 15 MB): the passages a run of
-# cross-lingual queries re-reads overlap, and a passage read again in another batch would not give
-# bit-identical int8 vectors, so a query asked twice ranks the same.
-VECTORS_KEPT = 10_000
+# Passages whose word pieces (and e5 vector, 384 floats: at most 15 MB) an engine keeps: the passages
+# a run of cross-lingual queries re-reads overlap, a cached one costs neither a read nor a count, and a
+# passage embedded again in another batch would not give bit-identical int8 vectors, so a query asked
+# twice ranks the same.
+ENTRIES_KEPT = 10_000
 
 
 def mix_scores(reread: np.ndarray, fused: np.ndarray, weight: float) -> np.ndarray:
@@ -48,6 +49,15 @@ class Reread:
     model: str
 
 
+@dataclass
+class _Seen:
+    """A passage a model has been asked about: its word pieces as the budget counts them, and its
+    vector once it fell within a budget."""
+
+    tokens: int
+    vector: np.ndarray | None = None
+
+
 class CrossLingualReranker:
     """Re-ranks the head of a fused ranking with `config.rerank_model`; thread-safe.
 
@@ -55,26 +65,24 @@ class CrossLingualReranker:
     The candidates re-read are the best `rerank_depth` (`candidates` for a query that was not
     translated; of the SearchConfig given), cut where their tokens would pass `rerank_tokens`; the
     budget counts every candidate, cached or not, so which passages are re-read never depends on what
-    earlier queries left in the cache.
+    earlier queries left in the cache. A passage seen before is neither read nor counted again.
     """
 
     def __init__(self, texts_of: Callable[[Sequence[int]], list[str]]) -> None:
         self._texts_of = texts_of
-        self._vectors: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()  # (model, passage id) -> vector
+        self._seen: OrderedDict[tuple[str, int], _Seen] = OrderedDict()  # (model, passage id), least recent first
         self._lock = threading.Lock()
         self._unavailable: dict[str, str] = {}  # model -> why it cannot be loaded
 
     def forget_vectors(self) -> None:
-        """Embed every passage again from now on (a benchmark timing the first query over them)."""
+        """Read and embed every passage again from now on (a benchmark timing the first query over them)."""
         with self._lock:
-            self._vectors.clear()
+            self._seen.clear()
 
     @staticmethod
     def applies(retrieval: Retrieval, mode: str, config: SearchConfig) -> bool:
-        """Whether a query is re-read, in a mode that reads meaning: under "cross-lingual", where a dense
-        space searched only its translation; under "always", every query."""
-        wanted = config.reread == "always" or (config.reread == "cross-lingual" and retrieval.dense_translated)
-        return bool(config.rerank_model) and wanted and mode != "bm25"
+        """Whether a query is re-read: in a mode that reads meaning, as `config.rereads` says."""
+        return mode != "bm25" and config.rereads(retrieval.dense_translated)
 
     def rerank(self, retrieval: Retrieval, ranked: list[tuple[int, float]], config: SearchConfig) -> Reread:
         """`ranked` with its head re-ordered by the mixed score; the rest follows, below every re-read one.
@@ -84,11 +92,14 @@ class CrossLingualReranker:
         translated = retrieval.dense_translated
         depth = config.rerank_depth if translated else config.candidates
         weight = config.rerank_weight if translated else config.same_language_rerank_weight
-        head, texts = self._head(ranked[:depth], encoder, config)
+        head = ranked[:depth]
+        seen = self._look_up(encoder, [pid for pid, _ in head])
+        head = head[:self._within_budget([seen[pid].tokens for pid, _ in head], config.rerank_tokens)]
         if len(head) < 2:
             return Reread(ranked, {}, encoder.name)
         pids = [pid for pid, _ in head]
-        cosines = self._passage_vectors(pids, texts, encoder) @ encoder.encode_query([retrieval.query_text])[0]
+        self._embed_missing(encoder, {pid: seen[pid] for pid in pids})
+        cosines = np.stack([seen[pid].vector for pid in pids]) @ encoder.encode_query([retrieval.query_text])[0]
         mixed = mix_scores(cosines, np.array([score for _, score in head]), weight)
         order = np.lexsort((np.array(pids), -mixed))  # ties by passage id
         reordered = [(pids[i], float(mixed[i])) for i in order]
@@ -107,32 +118,33 @@ class CrossLingualReranker:
             raise
         return encoder
 
-    def _head(self, ranked: list[tuple[int, float]], encoder: Encoder, config: SearchConfig) -> tuple[list[tuple[int, float]], list[str]]:
-        """The best candidates whose word pieces fit the budget (each counted up to the model's
-        limit), and their texts."""
-        head = ranked
-        texts = self._texts_of([pid for pid, _ in head])
-        count, limit = token_counter(encoder.name), encoder.max_seq_length
-        spent = 0
-        for position, text in enumerate(texts):
-            spent += min(count(text) + 2, limit)  # +2: the model's [CLS] and [SEP]
-            if spent > config.rerank_tokens:
-                return head[:position], texts[:position]
-        return head, texts
+    @staticmethod
+    def _within_budget(tokens: list[int], budget: int) -> int:
+        """How many of the candidates, best first, fit the budget."""
+        spent = np.cumsum(tokens)
+        return int(np.searchsorted(spent, budget, side="right"))
 
-    def _passage_vectors(self, pids: list[int], texts: list[str], encoder: Encoder) -> np.ndarray:
-        """The model's vectors of these passages: cached ones as they were, the rest embedded in one batch."""
-        keys = [(encoder.name, pid) for pid in pids]
+    def _look_up(self, encoder: Encoder, pids: list[int]) -> dict[int, _Seen]:
+        """Every candidate's entry; those never seen are read and counted now (each up to the model's
+        limit, +2 for its [CLS] and [SEP])."""
         with self._lock:
-            known = {key: self._vectors[key] for key in keys if key in self._vectors}
-            for key in known:
-                self._vectors.move_to_end(key)
-        missing = [i for i, key in enumerate(keys) if key not in known]
-        if missing:
-            fresh = dict(zip((keys[i] for i in missing), encoder.encode([texts[i] for i in missing])))
-            known.update(fresh)
+            seen = {pid: self._seen[encoder.name, pid] for pid in pids if (encoder.name, pid) in self._seen}
+            for pid in seen:
+                self._seen.move_to_end((encoder.name, pid))
+        new = [pid for pid in pids if pid not in seen]
+        if new:
+            count, limit = token_counter(encoder.name), encoder.max_seq_length
+            fresh = {pid: _Seen(min(count(text) + 2, limit)) for pid, text in zip(new, self._texts_of(new))}
+            seen.update(fresh)
             with self._lock:
-                self._vectors.update(fresh)
-                while len(self._vectors) > VECTORS_KEPT:
-                    self._vectors.popitem(last=False)
-        return np.stack([known[key] for key in keys])
+                self._seen.update(((encoder.name, pid), entry) for pid, entry in fresh.items())
+                while len(self._seen) > ENTRIES_KEPT:
+                    self._seen.popitem(last=False)
+        return seen
+
+    def _embed_missing(self, encoder: Encoder, entries: dict[int, _Seen]) -> None:
+        """Give the entries without a vector one, embedded in one batch."""
+        missing = [pid for pid, entry in entries.items() if entry.vector is None]
+        if missing:
+            for pid, vector in zip(missing, encoder.encode(self._texts_of(missing))):
+                entries[pid].vector = vector

@@ -58,7 +58,7 @@ class Retriever:
         tokens = list(query.tokens) + [token for space in translations for token in tokenize_query(translate(query.text, space))]
         # a multilingual model reads the query as asked: the translation is for BM25 and the other models
         dense_texts = {space: text for space, text in translations.items() if not reads_every_language(self.models[space])}
-        if dense_texts and query.mode != "bm25" and self.policy.config.rerank_model and self.policy.config.reread != "never":
+        if dense_texts and query.mode != "bm25" and self.policy.config.rereads(translated=True):
             depth = max(depth, self.policy.config.rerank_depth)  # the candidates a multilingual model re-reads
         jobs = self._start_dense(query, depth, allowed, dense_texts) if query.mode != "bm25" else []
         bm25 = self.backend.bm25_top(tokens, depth, allowed) if query.mode != "dense" else EMPTY
