@@ -18,6 +18,13 @@ NOTES = {
     "bank.md": "# 银行\n\n周末银行不开门，取钱要去自动取款机。\n",
 }
 BY_LANGUAGE = {"en": ("attention.md", "tea.md", "trains.md"), "zh": ("cat.md", "rain.md", "bank.md")}
+# (the one-language index searched, a query in the other language, the note it must find first)
+ACROSS_LANGUAGES = [
+    ("en", "绿茶要泡多久", "tea.md"),
+    ("en", "去机场的最后一班火车", "trains.md"),
+    ("zh", "will it rain tomorrow afternoon", "rain.md"),
+    ("zh", "my cat drinks milk", "cat.md"),
+]
 
 
 def write_notes(folder: Path, names=tuple(NOTES)) -> Path:

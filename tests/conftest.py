@@ -30,6 +30,16 @@ def seeds_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def one_language(tmp_path_factory):
+    """An English-only and a Chinese-only index of tests/bilingual_notes.py, opened with the default
+    configuration (built once for the cross-lingual and the re-read tests)."""
+    from bilingual_notes import one_language_engines
+
+    with one_language_engines(tmp_path_factory) as engines:
+        yield engines
+
+
+@pytest.fixture(scope="session")
 def eval_dir() -> Path:
     folder = SHARED / "eval"
     if not folder.is_dir():

@@ -5,7 +5,7 @@ import pytest
 from search import Engine, SearchConfig
 from search.text.translation import translate
 
-from bilingual_notes import one_language_engines, write_notes
+from bilingual_notes import ACROSS_LANGUAGES, write_notes
 
 
 def test_translate_both_ways():
@@ -53,19 +53,7 @@ def test_on_a_mixed_index_auto_and_never_keep_a_query_to_its_language(engine):
             assert not plain.search("绿茶要泡多久", k=1).hits[0].path.endswith("tea.md")
 
 
-@pytest.fixture(scope="module")
-def one_language(tmp_path_factory):
-    """An English-only and a Chinese-only index, opened with the default configuration."""
-    with one_language_engines(tmp_path_factory) as engines:
-        yield engines
-
-
-@pytest.mark.parametrize("language, query, expected", [
-    ("en", "绿茶要泡多久", "tea.md"),
-    ("en", "去机场的最后一班火车", "trains.md"),
-    ("zh", "will it rain tomorrow afternoon", "rain.md"),
-    ("zh", "my cat drinks milk", "cat.md"),
-])
+@pytest.mark.parametrize("language, query, expected", ACROSS_LANGUAGES)
 def test_by_default_a_query_is_translated_where_its_language_is_absent(one_language, language, query, expected):
     engine = one_language[language]
     assert engine.config.cross_lingual == "auto"

@@ -18,7 +18,7 @@ from search.query.fusion import z_normalise
 from search.query.rerank import mix_scores
 from search.text.passages import contextual_text
 
-from bilingual_notes import one_language_engines
+from bilingual_notes import ACROSS_LANGUAGES
 
 
 def test_the_mix_weighs_standard_scores():
@@ -28,18 +28,7 @@ def test_the_mix_weighs_standard_scores():
     np.testing.assert_allclose(mix_scores(np.full(3, 0.7), fused, 0.8), 0.2 * z_normalise(fused))  # no preference: fusion's order
 
 
-@pytest.fixture(scope="module")
-def one_language(tmp_path_factory):
-    with one_language_engines(tmp_path_factory) as engines:
-        yield engines
-
-
-@pytest.mark.parametrize("language, query, expected", [
-    ("en", "绿茶要泡多久", "tea.md"),
-    ("en", "去机场的最后一班火车", "trains.md"),
-    ("zh", "will it rain tomorrow afternoon", "rain.md"),
-    ("zh", "my cat drinks milk", "cat.md"),
-])
+@pytest.mark.parametrize("language, query, expected", ACROSS_LANGUAGES)
 def test_a_query_across_languages_is_re_read_by_the_multilingual_model(one_language, language, query, expected):
     result = one_language[language].search(query, k=3)
     assert result.reread_by == CROSS_LINGUAL_RERANKER and result.to_dict()["reread_by"] == CROSS_LINGUAL_RERANKER
