@@ -205,6 +205,10 @@ def test_an_edit_carries_the_graph_over_and_searches_exactly_what_is_indexed(tmp
     assert sum(graph.retired for graph in graphs.values()) >= 3  # the edited passage's and the removed note's rows
     live = {pid for index in spaces.values() for pid in index.ids.tolist() if pid >= 0}
     assert live == set(range(len(engine.passages)))  # every passage has exactly one live row
+    for space, dense in ((space, dense) for space, dense in spaces.items() if len(dense)):  # the mean carried over by what changed: the mean of what is indexed
+        centre, rows = generation.read_manifest()["models"][space]["centre"], np.flatnonzero(dense.ids >= 0)
+        assert centre["vectors"] == len(rows)
+        assert np.allclose(centre["mean"], dense.vectors_at(rows).astype(np.float64).mean(axis=0), atol=1e-6)
     for space, graph in graphs.items():
         rows = np.flatnonzero(graph.ids >= 0)
         for query in ("数据并行的实验结论", "mixed precision experiment", "激活重计算"):

@@ -42,9 +42,12 @@ class PreviousVectors:
         self.spaces: dict[str, tuple[str, str, DenseIndex | StoredVectors, np.ndarray, np.ndarray]] = {}
         self._keys: dict[str, np.ndarray] = {}  # each row's text key, in row order
         self.prefixes: dict[str, Path] = {}
+        self.sums: dict[str, np.ndarray] = {}  # each space's sum of vectors, where the manifest holds its mean
         for space, info in manifest["models"].items():
             if space in skip:
                 continue
+            if info.get("centre"):
+                self.sums[space] = np.asarray(info["centre"]["mean"], dtype=np.float64) * info["centre"]["vectors"]
             self.prefixes[space] = generation.dense_prefix(space)
             index = load_vectors(self.prefixes[space])
             keys = np.load(generation.dense_keys_file(space))
@@ -101,6 +104,22 @@ class PreviousVectors:
 
     def vectors(self, space: str, rows: list[int]) -> np.ndarray:
         return self.spaces[space][2].vectors_at(np.asarray(rows, dtype=np.int64))
+
+    def sum_of_rows(self, space: str, rows: np.ndarray) -> np.ndarray:
+        """The sum of the vectors at `rows` (repeats counted), in float64. With the previous sum known,
+        only the rows whose use changed are read (a one-note edit reads a few, not the whole space):
+        the previous sum covered each live row once."""
+        index = self.spaces[space][2]
+        uses = np.bincount(rows, minlength=len(index)).astype(np.int64)
+        known = self.sums.get(space)
+        if known is None:
+            total, weights = np.zeros(index.dim, dtype=np.float64), uses
+        else:
+            total, weights = known.copy(), uses - (index.ids >= 0)  # retired rows (-1) were not in it
+        for chunk in np.array_split(changed := np.flatnonzero(weights), max(1, len(changed) // 65_536)):
+            if len(chunk):
+                total += weights[chunk].astype(np.float64) @ index.vectors_at(chunk).astype(np.float64)
+        return total
 
 
 class VectorWriter:
@@ -218,10 +237,14 @@ class _SpaceVectors:
                 index = DenseIndex.build(matrix, ids, dim) if self.searchable else StoredVectors(ids, matrix)
             index.save(self.generation.dense_prefix(self.space))
             np.save(self.generation.dense_keys_file(self.space), keys)
+            total = vectors.total()
             del embedded, vectors, index
             for path in (self.raw_path, self.ordered_path):
                 path.unlink(missing_ok=True)
-        return {"name": self.name, "dim": dim, "backend": self.encoder.backend, "identity": self.encoder.identity}
+        entry = {"name": self.name, "dim": dim, "backend": self.encoder.backend, "identity": self.encoder.identity}
+        if len(ids):  # the space's mean, where its cosines may be measured from (search.query.centring)
+            entry["centre"] = {"mean": (total / len(ids)).tolist(), "vectors": len(ids)}
+        return entry
 
     def _carried_over(self, ids: np.ndarray, keys: np.ndarray, vectors: "_Vectors") -> tuple[DenseIndex, np.ndarray] | None:
         """The previous generation's graph, extended (an incremental build of a space that needs one)."""
@@ -248,6 +271,17 @@ class _Vectors:
         if (~new).any():
             out[~new] = self.previous.vectors(self.space, rows[~new].tolist())
         return out
+
+    def total(self) -> np.ndarray:
+        """The sum of all of them, in float64: the embedded ones read a batch at a time, the reused
+        ones from the previous generation's sum where it is known."""
+        total = np.zeros(self.embedded.shape[1], dtype=np.float64)
+        for start in range(0, len(self.embedded), 16 * EMBED_BATCH):
+            total += self.embedded[start : start + 16 * EMBED_BATCH].sum(axis=0, dtype=np.float64)
+        reused = self.sources[self.sources >= 0]
+        if len(reused):
+            total += self.previous.sum_of_rows(self.space, reused)
+        return total
 
     def in_order(self, path: Path) -> np.ndarray:
         """All of them in passage order: the staging array itself when every one was embedded, else
