@@ -249,7 +249,8 @@ def stats(index_dir: str, as_json: bool) -> None:
     click.echo(f"files      {info['files']}")
     click.echo(f"passages   {info['passages']}")
     for space, model in info["models"].items():
-        click.echo(f"model      {space}: {model['name']} ({model['dim']}-dim, {model['passages']} passages)")
+        centred = ", cosines from its centre" if model.get("centred") else ""
+        click.echo(f"model      {space}: {model['name']} ({model['dim']}-dim, {model['passages']} passages{centred})")
     if info["keyword_only"]:
         click.echo("model      none: keyword-only index (bm25; `search index --rebuild` adds embeddings)")
     click.echo(f"backend    {info['backend']['kind']}" + (f": {info['backend']['collection']} at {info['backend'].get('url') or info['backend'].get('edge') or info['backend'].get('path')}" if info["backend"]["kind"] != "embedded" else ""))

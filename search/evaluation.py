@@ -107,7 +107,8 @@ def open_eval_index(collection: Collection, model: str | None = None, cache: Pat
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     # the encoders' identities (backend, precision, ONNX recipe) too, so a new recipe re-embeds
-    digest.update(json.dumps([repr(BuildConfig()), Engine.encoder_identities(model), BUILD_VERSION]).encode())
+    identities = Engine.encoder_identities(model)
+    digest.update(json.dumps([repr(BuildConfig()), identities, BUILD_VERSION]).encode())
     folder = cache / f"{collection.name}-{digest.hexdigest()[:12]}"
     if backend is not None and backend.kind != "embedded":
         unplaced = not (backend.url or backend.path or backend.edge)  # then Qdrant Edge, the fastest local engine
@@ -119,17 +120,28 @@ def open_eval_index(collection: Collection, model: str | None = None, cache: Pat
         return Engine.open(folder, config=config)
     except (IndexNotFound, IncompatibleIndex, IndexDamaged):  # a cache: build it (again)
         pass
-    # an index of this collection built by other code (another tokenizer, say) lends its vectors
-    lenders = sorted((path for path in cache.glob(f"{collection.name}-*/CURRENT") if path.parent != folder),
-                     key=lambda path: path.stat().st_mtime, reverse=True)
-    lender = lenders[0].parent if lenders else None
+    # an index of this collection built by other code (another tokenizer, say) lends its vectors: the
+    # newest one embedded by the same encoders (another model's vectors would lend nothing)
+    lenders = sorted((path.parent for path in cache.glob(f"{collection.name}-*/CURRENT") if path.parent != folder),
+                     key=lambda path: (_embedded_by(path) == identities, (path / "CURRENT").stat().st_mtime), reverse=True)
+    lender = lenders[0] if lenders else None
     Engine.build_documents(collection.documents(), folder, model=model, progress=progress, vectors_from=lender, backend=backend)[0].close()
     return Engine.open(folder, config=config)
 
 
+def _embedded_by(folder: Path) -> dict[str, str] | None:
+    """The encoder identity of each space of a cached index, None if it cannot be read."""
+    try:
+        with Engine.open(folder) as engine:
+            return {space: info["identity"] for space, info in engine.stats()["models"].items()}
+    except (SearchError, OSError, ValueError, KeyError):
+        return None
+
+
 # Bump when chunking, tokenising or passage text changes, so cached eval indexes are rebuilt.
-# 3: hard length caps on passages and BM25 tokens, index format 3; 4: stemming, colon-introduced lists
-BUILD_VERSION = 4
+# 3: hard length caps on passages and BM25 tokens, index format 3; 4: stemming, colon-introduced lists;
+# 5: each space's mean vector in the manifest (search.query.centring)
+BUILD_VERSION = 5
 
 
 @dataclass

@@ -31,6 +31,7 @@ from search.query.query import Query
 from search.query.rerank import CrossLingualReranker, Reread
 from search.query.result import Hit, SearchResult
 from search.query.candidates import Retrieval
+from search.query.centring import space_centres
 from search.query.retrieval import Retriever
 from search.schema import Document
 from search.text.passages import contextual_text
@@ -62,7 +63,7 @@ class Engine:
         # since a short query gains little from more and the models run side by side
         encoders = {space: Encoder(info["name"], backend=info["backend"], threads=1) for space, info in self.manifest["models"].items()}
         self.policy = Hybrid(self.config)
-        self.retriever = Retriever(self.backend, encoders, self.policy)
+        self.retriever = Retriever(self.backend, encoders, self.policy, space_centres(self.manifest["models"], self.config.centring))
         self.reranker = CrossLingualReranker(lambda pids: [contextual_text(p) for p in self.passages.get_many(pids)])
 
     # ----- opening and building -------------------------------------------------------------
@@ -309,7 +310,8 @@ class Engine:
             "format_version": self.manifest["format_version"],
             "files": len(self.manifest["files"]),
             "passages": len(self.passages),
-            "models": {space: {**info, "passages": self.backend.members.size(space)} for space, info in self.manifest["models"].items()},
+            "models": {space: {**{key: value for key, value in info.items() if key != "centre"}, "passages": self.backend.members.size(space),
+                               "centred": space in self.retriever.centres} for space, info in self.manifest["models"].items()},
             "backend": self.manifest.get("backend") or {"kind": "embedded"},
             "keyword_only": self.keyword_only,
             "bm25": self.manifest["bm25"],

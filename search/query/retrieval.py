@@ -12,6 +12,7 @@ from search.embedding.encoder import Encoder
 from search.embedding.models import ALL_LANGUAGES, reads_every_language, spaces_reading
 from search.index.backend import SearchBackend, Selection
 from search.query.candidates import EMPTY, Ranking, Retrieval
+from search.query.centring import Centre
 from search.query.fusion import Hybrid
 from search.query.query import Query
 from search.text.tokenizing import tokenize_query
@@ -36,8 +37,9 @@ class Retriever:
     models take the time of one on two cores) while BM25 scores in the calling thread.
     """
 
-    def __init__(self, backend: SearchBackend, encoders: dict[str, Encoder], policy: Hybrid) -> None:
+    def __init__(self, backend: SearchBackend, encoders: dict[str, Encoder], policy: Hybrid, centres: dict[str, Centre] | None = None) -> None:
         self.backend, self.encoders, self.policy = backend, encoders, policy
+        self.centres = centres or {}  # spaces whose cosines are measured from their centre (search.query.centring)
         self.members = backend.members
         self.models = {space: encoder.name for space, encoder in encoders.items()}
         self._encoder_of = {encoder.name: encoder for encoder in encoders.values()}  # one per model, whatever its spaces
@@ -120,7 +122,25 @@ class Retriever:
 
     def _search_spaces(self, model: str, text: str, spaces: list[str], depth: int, allowed: Selection | None) -> dict[str, tuple[np.ndarray, Ranking]]:
         vector = self._query_vector(model, text)
-        return {space: (vector, self.backend.dense_search(space, vector, depth, allowed)) for space in spaces}
+        return {space: (vector, self._centred(space, vector, self.backend.dense_search(space, vector, depth, allowed))) for space in spaces}
+
+    def _centred(self, space: str, vector: np.ndarray, ranking: Ranking) -> Ranking:
+        """A space's nearest passages by raw cosine, re-scored and re-ordered by centred cosine where
+        the space is centred (the measured gains come from re-ordering these, not from a search of
+        their own)."""
+        centre = self.centres.get(space)
+        ids, raw = ranking
+        if centre is None or not len(ids):
+            return ranking
+        scores = centre.cosines(raw, vector, self.backend.dense_scores(space, centre.mean, ids))
+        order = np.lexsort((ids, -scores))
+        return ids[order], scores[order]
+
+    def _cosines(self, space: str, vector: np.ndarray, pids: np.ndarray) -> np.ndarray:
+        """Cosines of `pids` (members of `space`) with the query's vector, centred where the space is."""
+        raw = self.backend.dense_scores(space, vector, pids)
+        centre = self.centres.get(space)
+        return raw if centre is None else centre.cosines(raw, vector, self.backend.dense_scores(space, centre.mean, pids))
 
     def _embed_query(self, model: str, text: str) -> np.ndarray:
         """One text alone, so its vector never depends on what else was embedded with it (int8
@@ -141,7 +161,7 @@ class Retriever:
         for space, vector in vectors.items():
             inside = missing[self.members.holds(space, missing)]
             if len(inside):
-                cosines.update(zip(inside.tolist(), self.backend.dense_scores(space, vector, inside).tolist()))
+                cosines.update(zip(inside.tolist(), self._cosines(space, vector, inside).tolist()))
         readers = spaces_reading({space: self.models[space] for space in vectors}, query.languages)
         members = {space: frozenset(union[self.members.holds(space, union)].tolist()) for space in vectors}
         foreign = frozenset().union(*(members[space] for space in set(vectors) - readers - translated))
