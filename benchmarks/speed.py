@@ -232,6 +232,7 @@ def work_warm(payload: dict[str, Any]) -> dict[str, Any]:
             times.append(time.perf_counter() - started)
         latency[mode] = percentiles(times)
     rss = self_rss_mb()
+    centring = paired_centring(engine, payload["index"], queries)
 
     recall = {}
     for space, index in engine.backend.dense.items():
@@ -252,7 +253,27 @@ def work_warm(payload: dict[str, Any]) -> dict[str, Any]:
             hits.append(len(set(ids[:10].tolist()) & set(index.ids[true_rows].tolist())) / 10)
         recall[space] = {"vectors": len(vectors), "queries": len(mine), "built_index": f"{approx.kind} (built for this test: the index is exact)" if index.exact else approx.kind,
                          "recall@10": round(float(np.mean(hits)), 4), "approx_search_ms": percentiles(times)}
-    return {"open_seconds": round(open_seconds, 3), "latency_ms": latency, "rss_after_queries_mb": round(rss, 1), "dense_recall": recall}
+    return {"open_seconds": round(open_seconds, 3), "latency_ms": latency, "rss_after_queries_mb": round(rss, 1), "dense_recall": recall,
+            "centring": centring}
+
+
+def paired_centring(engine: Any, index: str, queries: list[str]) -> dict[str, Any]:
+    """Warm hybrid latency with cosines from the spaces' centres (the default) against raw cosines
+    (SearchConfig(centring=0)), query by query in one process, alternating which goes first."""
+    from search import Engine, SearchConfig
+
+    raw = Engine.open(index, config=SearchConfig(centring=0.0))
+    for query in queries[:5]:
+        raw.search(query, k=10)
+    engine.retriever.forget_query_vectors()
+    times: dict[str, list[float]] = {"centred": [], "raw": []}
+    for i, query in enumerate(queries):
+        for name, which in sorted((("centred", engine), ("raw", raw)), reverse=bool(i % 2)):
+            started = time.perf_counter()
+            which.search(query, k=10)
+            times[name].append(time.perf_counter() - started)
+    raw.close()
+    return {"centred_spaces": sorted(engine.retriever.centres), **{name: percentiles(seconds) for name, seconds in times.items()}}
 
 
 def work_bm25(payload: dict[str, Any]) -> dict[str, Any]:
@@ -514,6 +535,9 @@ def print_table(r: dict[str, Any]) -> None:
     for mode, ms in warm["latency_ms"].items():
         rows.append((f"warm {mode} p50/p95/p99", f"{ms['p50']}/{ms['p95']}/{ms['p99']} ms", "", ""))
     rows.append(("warm query process RSS", f"{warm['rss_after_queries_mb']:.0f} MB", "", ""))
+    centring = warm["centring"]
+    rows.append((f"warm hybrid p50, centred ({', '.join(centring['centred_spaces']) or 'no space'}) vs raw cosines", f"{centring['centred']['p50']} ms",
+                 f"{centring['raw']['p50']} ms (raw)", f"{centring['centred']['p50'] / centring['raw']['p50']:.2f}x"))
     for mode, cold in r["cold_cli"].items():
         rows.append((f"cold `search query` {mode} (median of {cold['runs']})", f"{cold['median_seconds']} s", "", ""))
         rows.append((f"cold `search query` {mode} peak RSS", f"{cold['peak_rss_mb']:.0f} MB", "", ""))
