@@ -68,14 +68,15 @@ def test_an_index_measures_its_narrow_space_from_its_mean(cone_index):
         assert set(engine.retriever.centres) == {"zh"} and raw.retriever.centres == {}
         assert engine.stats()["models"]["zh"]["centred"] and "centre" not in engine.stats()["models"]["zh"]
         mean = 0.9 * np.asarray(stored["mean"])
-        query = "混合精度实验的批大小"
-        vector = engine.retriever.encoders["zh"].encode_query([query])[0].astype(np.float64)
         by_passage = dict(zip(dense.ids[rows].tolist(), vectors))
-        for retrieval, expect in ((engine.retrieve(engine.analyse(query, "hybrid"), 20), lambda p: unit(p - mean) @ unit(vector - mean)),
-                                  (raw.retrieve(raw.analyse(query, "hybrid"), 20), lambda p: p @ vector)):
-            ids, scores = retrieval.dense
-            assert list(scores) == sorted(scores, reverse=True)
-            np.testing.assert_allclose(scores, [expect(by_passage[pid]) for pid in ids.tolist()], atol=2e-5)
-            for pid, cosine in retrieval.cosines.items():  # BM25's candidates too: fusion compares them all
-                np.testing.assert_allclose(cosine, expect(by_passage[pid]), atol=2e-5)
+        for query in ("混合精度实验的批大小", "检索增强的实验", "混合精度的第 3 个实验"):  # later ones reuse the passages' dots with the mean
+            vector = engine.retriever.encoders["zh"].encode_query([query])[0].astype(np.float64)
+            for retrieval, expect in ((engine.retrieve(engine.analyse(query, "hybrid"), 20), lambda p: unit(p - mean) @ unit(vector - mean)),
+                                      (raw.retrieve(raw.analyse(query, "hybrid"), 20), lambda p: p @ vector)):
+                ids, scores = retrieval.dense
+                assert list(scores) == sorted(scores, reverse=True)
+                np.testing.assert_allclose(scores, [expect(by_passage[pid]) for pid in ids.tolist()], atol=2e-5)
+                for pid, cosine in retrieval.cosines.items():  # BM25's candidates too: fusion compares them all
+                    np.testing.assert_allclose(cosine, expect(by_passage[pid]), atol=2e-5)
+        query = "混合精度实验的批大小"
         assert engine.retrieve(engine.analyse(query, "dense"), 20).dense[0].tolist() != raw.retrieve(raw.analyse(query, "dense"), 20).dense[0].tolist()

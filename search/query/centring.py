@@ -17,13 +17,13 @@ nDCG@10, hybrid (README, Relevance): cmedqq 0.4501 -> 0.4616, oppo_xiaobu 0.7020
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from search.embedding.models import reads_every_language
 
-__all__ = ["CENTRE_MIN_NORM", "CENTRE_MIN_VECTORS", "Centre", "space_centres"]
+__all__ = ["CENTRE_MIN_NORM", "CENTRE_MIN_VECTORS", "Centre", "CentredSpace", "space_centres"]
 
 # A mean estimated from fewer passages is mostly those passages themselves: a space keeps raw cosines.
 CENTRE_MIN_VECTORS = 500
@@ -52,6 +52,25 @@ class Centre:
         query_norm = np.sqrt(max(1.0 - 2.0 * query_dot + m2, 1e-12))
         passage_norms = np.sqrt(np.maximum(1.0 - 2.0 * np.asarray(passage_dots, dtype=np.float64) + m2, 1e-12))
         return (np.asarray(raw, dtype=np.float64) - query_dot - passage_dots + m2) / (query_norm * passage_norms)
+
+
+class CentredSpace:
+    """One centred space of an open index: its centre, and each passage's dot product with it, read from
+    the backend the first time the passage is a candidate and kept (a float per passage), so a warm
+    engine re-scores from memory (a Qdrant backend would fetch the vectors again for every query)."""
+
+    def __init__(self, centre: Centre, passages: int, dots_of: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+        """`dots_of(vector, pids)`: the backend's dot products of its stored vectors of `pids` with `vector`."""
+        self.centre, self._dots_of = centre, dots_of
+        self._dots = np.full(passages, np.nan, dtype=np.float32)  # unknown until read; a race writes the same value
+
+    def cosines(self, raw: np.ndarray, query: np.ndarray, pids: np.ndarray) -> np.ndarray:
+        """Centred cosines of `pids` (members of the space) whose raw cosines with `query` are `raw`."""
+        dots = self._dots[pids]
+        unknown = np.isnan(dots)
+        if unknown.any():
+            dots[unknown] = self._dots[pids[unknown]] = self._dots_of(self.centre.mean, pids[unknown])
+        return self.centre.cosines(raw, query, dots)
 
 
 def space_centres(models: Mapping[str, Mapping[str, Any]], share: float) -> dict[str, Centre]:

@@ -4,7 +4,7 @@ list merged over embedding spaces, and every candidate's BM25 score and cosine."
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from search.embedding.encoder import Encoder
 from search.embedding.models import ALL_LANGUAGES, reads_every_language, spaces_reading
 from search.index.backend import SearchBackend, Selection
 from search.query.candidates import EMPTY, Ranking, Retrieval
-from search.query.centring import Centre
+from search.query.centring import Centre, CentredSpace
 from search.query.fusion import Hybrid
 from search.query.query import Query
 from search.text.tokenizing import tokenize_query
@@ -40,6 +40,8 @@ class Retriever:
     def __init__(self, backend: SearchBackend, encoders: dict[str, Encoder], policy: Hybrid, centres: dict[str, Centre] | None = None) -> None:
         self.backend, self.encoders, self.policy = backend, encoders, policy
         self.centres = centres or {}  # spaces whose cosines are measured from their centre (search.query.centring)
+        self._centred_spaces = {space: CentredSpace(centre, len(backend.members.rows[space]), partial(backend.dense_scores, space))
+                         for space, centre in self.centres.items()}
         self.members = backend.members
         self.models = {space: encoder.name for space, encoder in encoders.items()}
         self._encoder_of = {encoder.name: encoder for encoder in encoders.values()}  # one per model, whatever its spaces
@@ -128,19 +130,19 @@ class Retriever:
         """A space's nearest passages by raw cosine, re-scored and re-ordered by centred cosine where
         the space is centred (the measured gains come from re-ordering these, not from a search of
         their own)."""
-        centre = self.centres.get(space)
+        centred = self._centred_spaces.get(space)
         ids, raw = ranking
-        if centre is None or not len(ids):
+        if centred is None or not len(ids):
             return ranking
-        scores = centre.cosines(raw, vector, self.backend.dense_scores(space, centre.mean, ids))
+        scores = centred.cosines(raw, vector, ids)
         order = np.lexsort((ids, -scores))
         return ids[order], scores[order]
 
     def _cosines(self, space: str, vector: np.ndarray, pids: np.ndarray) -> np.ndarray:
         """Cosines of `pids` (members of `space`) with the query's vector, centred where the space is."""
         raw = self.backend.dense_scores(space, vector, pids)
-        centre = self.centres.get(space)
-        return raw if centre is None else centre.cosines(raw, vector, self.backend.dense_scores(space, centre.mean, pids))
+        centred = self._centred_spaces.get(space)
+        return raw if centred is None else centred.cosines(raw, vector, pids)
 
     def _embed_query(self, model: str, text: str) -> np.ndarray:
         """One text alone, so its vector never depends on what else was embedded with it (int8
