@@ -39,6 +39,9 @@ def test_only_a_narrow_cone_with_enough_passages_is_centred():
     assert space_centres(_models(0.8, 10_000), 0.0) == {}  # switched off
     assert space_centres(_models(0.8, 10_000, "multilingual-e5-small"), 0.9) == {}  # one scale across its spaces
     assert space_centres({"zh": {"name": "m3e-small"}}, 0.9) == {}  # an index built before means were kept
+    for share in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            SearchConfig(centring=share)
 
 
 @pytest.fixture(scope="module")

@@ -166,6 +166,8 @@ class SearchConfig:
             self.cross_lingual = "always" if self.cross_lingual else "never"
         if self.cross_lingual not in CROSS_LINGUAL_MODES:
             raise ValueError(f"unknown cross-lingual mode {self.cross_lingual!r}: choose from {', '.join(CROSS_LINGUAL_MODES)}")
+        if not 0.0 <= self.centring <= 1.0:
+            raise ValueError(f"centring is the share of a space's mean cosines are measured from: between 0 and 1, not {self.centring!r}")
         if self.reread not in REREAD_MODES:
             raise ValueError(f"unknown re-read mode {self.reread!r}: choose from {', '.join(REREAD_MODES)}")
 
