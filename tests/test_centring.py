@@ -1,6 +1,10 @@
 """Cosines of a narrow-cone space are measured from its mean (search.query.centring): the formula, which
 spaces qualify, and an index whose dense scores are those centred cosines of its stored vectors."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -83,3 +87,11 @@ def test_an_index_measures_its_narrow_space_from_its_mean(cone_index):
                     np.testing.assert_allclose(cosine, expect(by_passage[pid]), atol=2e-5)
         query = "混合精度实验的批大小"
         assert engine.retrieve(engine.analyse(query, "dense"), 20).dense[0].tolist() != raw.retrieve(raw.analyse(query, "dense"), 20).dense[0].tolist()
+
+
+def test_stats_say_which_space_is_centred(cone_index):
+    shown = subprocess.run([str(Path(sys.executable).parent / "search"), "stats", "--index", str(cone_index)],
+                           capture_output=True, text=True, check=True).stdout
+    zh = next(line for line in shown.splitlines() if line.startswith("model") and " zh: " in line)
+    assert "cosines from its centre" in zh
+    assert all("centre" not in line for line in shown.splitlines() if " en: " in line)
