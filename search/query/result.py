@@ -26,7 +26,7 @@ class Hit:
     bm25_rank: int | None = None
     bm25_score: float | None = None
     dense_rank: int | None = None
-    dense_score: float | None = None
+    dense_score: float | None = None  # cosine in its space, from the space's centre where it is centred (search.query.centring)
     # the multilingual model's cosine where it re-read the hit (a query that crossed languages)
     reread_score: float | None = None
     passage_id: int = -1
