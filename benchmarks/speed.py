@@ -273,7 +273,7 @@ def paired_centring(engine: Any, index: str, queries: list[str]) -> dict[str, An
             which.search(query, k=10)
             times[name].append(time.perf_counter() - started)
     raw.close()
-    return {"centred_spaces": sorted(engine.retriever.centres), **{name: percentiles(seconds) for name, seconds in times.items()}}
+    return {"centred_spaces": sorted(engine.retriever.centred), **{name: percentiles(seconds) for name, seconds in times.items()}}
 
 
 def work_bm25(payload: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 from search import Engine, SearchConfig
 from search.index.dense import DenseIndex
 from search.index.folder import IndexFolder
-from search.query.centring import CENTRE_MIN_NORM, CENTRE_MIN_VECTORS, Centre, space_centres
+from search.query.centring import CENTRE_MIN_NORM, CENTRE_MIN_VECTORS, centred_cosines, space_centres
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
@@ -22,11 +22,10 @@ def test_the_formula_is_the_cosine_of_the_moved_vectors():
     rng = np.random.default_rng(7)
     passages = unit(rng.normal(size=(50, 16)) + 3.0)  # a narrow cone: every vector near (1, 1, ...)
     query, mean = unit(rng.normal(size=16) + 3.0), 0.9 * passages.mean(axis=0)
-    centre = Centre(mean)
-    centred = centre.cosines(passages @ query, query, passages @ mean)
+    centred = centred_cosines(passages @ query, query, passages @ mean, mean)
     np.testing.assert_allclose(centred, unit(passages - mean) @ unit(query - mean), rtol=1e-6, atol=1e-9)
     assert np.ptp(centred) > 3 * np.ptp(passages @ query)  # the cone's cosines, spread out
-    np.testing.assert_allclose(Centre(np.zeros(16)).cosines(passages @ query, query, np.zeros(50)), passages @ query)
+    np.testing.assert_allclose(centred_cosines(passages @ query, query, np.zeros(50), np.zeros(16)), passages @ query)
 
 
 def _models(norm: float, vectors: int, name: str = "m3e-small") -> dict:
@@ -37,7 +36,7 @@ def _models(norm: float, vectors: int, name: str = "m3e-small") -> dict:
 
 def test_only_a_narrow_cone_with_enough_passages_is_centred():
     centres = space_centres(_models(0.8, CENTRE_MIN_VECTORS), 0.9)
-    np.testing.assert_allclose(centres["zh"].mean[0], 0.72, rtol=1e-6)
+    np.testing.assert_allclose(centres["zh"][0], 0.72, rtol=1e-6)
     assert space_centres(_models(0.8, CENTRE_MIN_VECTORS - 1), 0.9) == {}  # too few to estimate the mean
     assert space_centres(_models(CENTRE_MIN_NORM - 0.01, 10_000), 0.9) == {}  # a wide space keeps raw cosines
     assert space_centres(_models(0.8, 10_000), 0.0) == {}  # switched off
@@ -72,7 +71,7 @@ def test_an_index_measures_its_narrow_space_from_its_mean(cone_index):
     assert np.linalg.norm(stored["mean"]) >= CENTRE_MIN_NORM
 
     with Engine.open(cone_index) as engine, Engine.open(cone_index, config=SearchConfig(centring=0.0)) as raw:
-        assert set(engine.retriever.centres) == {"zh"} and raw.retriever.centres == {}
+        assert set(engine.retriever.centred) == {"zh"} and raw.retriever.centred == {}
         assert engine.stats()["models"]["zh"]["centred"] and "centre" not in engine.stats()["models"]["zh"]
         mean = 0.9 * np.asarray(stored["mean"])
         by_passage = dict(zip(dense.ids[rows].tolist(), vectors))

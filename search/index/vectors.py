@@ -116,9 +116,10 @@ class PreviousVectors:
             total, weights = np.zeros(index.dim, dtype=np.float64), uses
         else:
             total, weights = known.copy(), uses - (index.ids >= 0)  # retired rows (-1) were not in it
-        for chunk in np.array_split(changed := np.flatnonzero(weights), max(1, len(changed) // 65_536)):
-            if len(chunk):
-                total += weights[chunk].astype(np.float64) @ index.vectors_at(chunk).astype(np.float64)
+        changed = np.flatnonzero(weights)
+        for start in range(0, len(changed), 16 * EMBED_BATCH):  # bounded memory, as `_Vectors.total`
+            chunk = changed[start : start + 16 * EMBED_BATCH]
+            total += weights[chunk].astype(np.float64) @ index.vectors_at(chunk).astype(np.float64)
         return total
 
 

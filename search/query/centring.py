@@ -16,14 +16,13 @@ nDCG@10, hybrid (README, Relevance): cmedqq 0.4501 -> 0.4616, oppo_xiaobu 0.7020
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from search.embedding.models import reads_every_language
 
-__all__ = ["CENTRE_MIN_NORM", "CENTRE_MIN_VECTORS", "Centre", "CentredSpace", "space_centres"]
+__all__ = ["CENTRE_MIN_NORM", "CENTRE_MIN_VECTORS", "CentredSpace", "centred_cosines", "space_centres"]
 
 # A mean estimated from fewer passages is mostly those passages themselves: a space keeps raw cosines.
 CENTRE_MIN_VECTORS = 500
@@ -34,32 +33,23 @@ CENTRE_MIN_VECTORS = 500
 CENTRE_MIN_NORM = 0.6
 
 
-@dataclass(frozen=True)
-class Centre:
-    """Where one space's cosines are measured from: `share` of its passages' mean vector."""
-
-    mean: np.ndarray
-
-    @property
-    def squared_norm(self) -> float:
-        return float(self.mean @ self.mean)
-
-    def cosines(self, raw: np.ndarray, query: np.ndarray, passage_dots: np.ndarray) -> np.ndarray:
-        """Centred cosines of passages whose raw cosines with the unit `query` are `raw` and whose
-        dot products with the mean are `passage_dots` (unit passage vectors)."""
-        query_dot = float(np.asarray(query, dtype=np.float64) @ self.mean)
-        m2 = self.squared_norm
-        query_norm = np.sqrt(max(1.0 - 2.0 * query_dot + m2, 1e-12))
-        passage_norms = np.sqrt(np.maximum(1.0 - 2.0 * np.asarray(passage_dots, dtype=np.float64) + m2, 1e-12))
-        return (np.asarray(raw, dtype=np.float64) - query_dot - passage_dots + m2) / (query_norm * passage_norms)
+def centred_cosines(raw: np.ndarray, query: np.ndarray, passage_dots: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """cos(q - m, p - m) of passages whose raw cosines with the unit `query` are `raw` and whose dot
+    products with the centre m are `passage_dots` (unit passage vectors)."""
+    query_dot = float(np.asarray(query, dtype=np.float64) @ centre)
+    m2 = float(centre @ centre)
+    query_norm = np.sqrt(max(1.0 - 2.0 * query_dot + m2, 1e-12))
+    passage_norms = np.sqrt(np.maximum(1.0 - 2.0 * np.asarray(passage_dots, dtype=np.float64) + m2, 1e-12))
+    return (np.asarray(raw, dtype=np.float64) - query_dot - passage_dots + m2) / (query_norm * passage_norms)
 
 
 class CentredSpace:
-    """One centred space of an open index: its centre, and each passage's dot product with it, read from
-    the backend the first time the passage is a candidate and kept (a float per passage), so a warm
-    engine re-scores from memory (a Qdrant backend would fetch the vectors again for every query)."""
+    """One centred space of an open index: the point its cosines are measured from, and each passage's
+    dot product with it, read from the backend the first time the passage is a candidate and kept (a
+    float per passage), so a warm engine re-scores from memory (a Qdrant backend would fetch the
+    vectors again for every query)."""
 
-    def __init__(self, centre: Centre, passages: int, dots_of: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+    def __init__(self, centre: np.ndarray, passages: int, dots_of: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
         """`dots_of(vector, pids)`: the backend's dot products of its stored vectors of `pids` with `vector`."""
         self.centre, self._dots_of = centre, dots_of
         self._dots = np.full(passages, np.nan, dtype=np.float32)  # unknown until read; a race writes the same value
@@ -69,13 +59,13 @@ class CentredSpace:
         dots = self._dots[pids]
         unknown = np.isnan(dots)
         if unknown.any():
-            dots[unknown] = self._dots[pids[unknown]] = self._dots_of(self.centre.mean, pids[unknown])
-        return self.centre.cosines(raw, query, dots)
+            dots[unknown] = self._dots[pids[unknown]] = self._dots_of(self.centre, pids[unknown])
+        return centred_cosines(raw, query, dots, self.centre)
 
 
-def space_centres(models: Mapping[str, Mapping[str, Any]], share: float) -> dict[str, Centre]:
-    """The centre of each space of an index (its manifest's "models") that is centred: `share` of its
-    mean, where the mean is long enough and estimated from enough passages. A multilingual model's
+def space_centres(models: Mapping[str, Mapping[str, Any]], share: float) -> dict[str, np.ndarray]:
+    """The point each centred space of an index (its manifest's "models") is measured from: `share` of
+    its mean, where the mean is long enough and estimated from enough passages. A multilingual model's
     spaces are left alone: their cosines are compared across spaces as one scale, which a mean per
     space would break."""
     centres = {}
@@ -85,5 +75,5 @@ def space_centres(models: Mapping[str, Mapping[str, Any]], share: float) -> dict
             continue
         mean = np.asarray(stored["mean"], dtype=np.float64)
         if float(np.linalg.norm(mean)) >= CENTRE_MIN_NORM:
-            centres[space] = Centre((share * mean).astype(np.float32))
+            centres[space] = (share * mean).astype(np.float32)
     return centres

@@ -311,7 +311,7 @@ class Engine:
             "files": len(self.manifest["files"]),
             "passages": len(self.passages),
             "models": {space: {**{key: value for key, value in info.items() if key != "centre"}, "passages": self.backend.members.size(space),
-                               "centred": space in self.retriever.centres} for space, info in self.manifest["models"].items()},
+                               "centred": space in self.retriever.centred} for space, info in self.manifest["models"].items()},
             "backend": self.manifest.get("backend") or {"kind": "embedded"},
             "keyword_only": self.keyword_only,
             "bm25": self.manifest["bm25"],

@@ -12,7 +12,7 @@ from search.embedding.encoder import Encoder
 from search.embedding.models import ALL_LANGUAGES, reads_every_language, spaces_reading
 from search.index.backend import SearchBackend, Selection
 from search.query.candidates import EMPTY, Ranking, Retrieval
-from search.query.centring import Centre, CentredSpace
+from search.query.centring import CentredSpace
 from search.query.fusion import Hybrid
 from search.query.query import Query
 from search.text.tokenizing import tokenize_query
@@ -37,11 +37,11 @@ class Retriever:
     models take the time of one on two cores) while BM25 scores in the calling thread.
     """
 
-    def __init__(self, backend: SearchBackend, encoders: dict[str, Encoder], policy: Hybrid, centres: dict[str, Centre] | None = None) -> None:
+    def __init__(self, backend: SearchBackend, encoders: dict[str, Encoder], policy: Hybrid, centres: dict[str, np.ndarray] | None = None) -> None:
+        """`centres`: the point each centred space's cosines are measured from (search.query.centring)."""
         self.backend, self.encoders, self.policy = backend, encoders, policy
-        self.centres = centres or {}  # spaces whose cosines are measured from their centre (search.query.centring)
-        self._centred_spaces = {space: CentredSpace(centre, len(backend.members.rows[space]), partial(backend.dense_scores, space))
-                         for space, centre in self.centres.items()}
+        self.centred = {space: CentredSpace(centre, len(backend.members.rows[space]), partial(backend.dense_scores, space))
+                        for space, centre in (centres or {}).items()}
         self.members = backend.members
         self.models = {space: encoder.name for space, encoder in encoders.items()}
         self._encoder_of = {encoder.name: encoder for encoder in encoders.values()}  # one per model, whatever its spaces
@@ -124,13 +124,13 @@ class Retriever:
 
     def _search_spaces(self, model: str, text: str, spaces: list[str], depth: int, allowed: Selection | None) -> dict[str, tuple[np.ndarray, Ranking]]:
         vector = self._query_vector(model, text)
-        return {space: (vector, self._centred(space, vector, self.backend.dense_search(space, vector, depth, allowed))) for space in spaces}
+        return {space: (vector, self._centre_ranking(space, vector, self.backend.dense_search(space, vector, depth, allowed))) for space in spaces}
 
-    def _centred(self, space: str, vector: np.ndarray, ranking: Ranking) -> Ranking:
+    def _centre_ranking(self, space: str, vector: np.ndarray, ranking: Ranking) -> Ranking:
         """A space's nearest passages by raw cosine, re-scored and re-ordered by centred cosine where
         the space is centred (the measured gains come from re-ordering these, not from a search of
         their own)."""
-        centred = self._centred_spaces.get(space)
+        centred = self.centred.get(space)
         ids, raw = ranking
         if centred is None or not len(ids):
             return ranking
@@ -141,7 +141,7 @@ class Retriever:
     def _cosines(self, space: str, vector: np.ndarray, pids: np.ndarray) -> np.ndarray:
         """Cosines of `pids` (members of `space`) with the query's vector, centred where the space is."""
         raw = self.backend.dense_scores(space, vector, pids)
-        centred = self._centred_spaces.get(space)
+        centred = self.centred.get(space)
         return raw if centred is None else centred.cosines(raw, vector, pids)
 
     def _embed_query(self, model: str, text: str) -> np.ndarray:
