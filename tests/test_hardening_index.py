@@ -318,17 +318,27 @@ def test_a_generation_sealed_with_sha256_by_an_older_build_is_still_checked(keyw
     assert problems(generation, older, full=True)[name] == "has no readable checksum"
 
 
+_UNGUARDED_BUILDS = {
+    "build": "Engine.build([NOTES], INDEX, build_config=BuildConfig(keyword_only=True))",
+    # waiting for the build lock: the worker re-running the script used to wait for its parent's lock forever
+    "update(wait=True)": "Engine.update([NOTES], INDEX, build_config=BuildConfig(keyword_only=True), wait=True)",
+    "build_documents": ("Engine.build_documents((Document(path=f'd{i}', text='这是一篇关于序列并行和数据并行的笔记。' * 40, kind='text') "
+                        "for i in range(1500)), INDEX, build_config=BuildConfig(keyword_only=True))"),
+}
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the build prepares text in a process pool only with 2 or more CPUs")
-def test_a_script_that_builds_without_a_main_guard_gets_one_line(tmp_path):
+@pytest.mark.parametrize("call", sorted(_UNGUARDED_BUILDS))
+def test_a_script_that_builds_without_a_main_guard_gets_one_line(tmp_path, call):
     """Python's forkserver workers run the calling script again; there it builds too, and the pool
-    breaks. The script gets a line that says why, not BrokenProcessPool, and no index is published."""
+    breaks. The script gets a line that says why, not BrokenProcessPool nor a hang, and no index is published."""
     notes = tmp_path / "notes"
     notes.mkdir()
     for i in range(1500):  # ~1.3 MB of new text: more than POOL_AFTER, so the pool starts
         (notes / f"n{i}.md").write_text(f"# Note {i}\n\n" + "这是一篇关于序列并行和数据并行的笔记。" * 40 + "\n", encoding="utf-8")
     script = tmp_path / "build.py"
-    script.write_text("from search import BuildConfig, Engine\n"
-                      f"Engine.build([{str(notes)!r}], {str(tmp_path / 'index')!r}, build_config=BuildConfig(keyword_only=True))\n")
+    statement = _UNGUARDED_BUILDS[call].replace("NOTES", repr(str(notes))).replace("INDEX", repr(str(tmp_path / "index")))
+    script.write_text(f"from search import BuildConfig, Document, Engine\n{statement}\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode != 0
     assert 'without `if __name__ == "__main__":`' in done.stderr.strip().splitlines()[-1]

@@ -30,6 +30,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -290,6 +291,12 @@ class IndexFolder:
     def build_lock(self, wait: bool = False) -> Iterator[None]:
         """Hold the folder's build lock. flock is released by the kernel when the process dies,
         so a `kill -9` never leaves a stale lock behind."""
+        if _rerunning_main_in_a_worker():
+            # the build's own pool worker, re-running a script that builds without a main guard: waiting
+            # for the lock its parent holds would hang both forever; failing breaks the pool, which the
+            # parent reports in one line (search.index.preparing.pool_result)
+            raise SearchError('a process-pool worker ran the calling script again and reached a build: '
+                              'put the build under `if __name__ == "__main__":`')
         if self.root.exists() and not self.root.is_dir():
             raise SearchError(f"--index {self.root} is a file, not a folder: choose a folder for the index")
         try:
@@ -319,6 +326,13 @@ class IndexFolder:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def _rerunning_main_in_a_worker() -> bool:
+    """Whether this process is a multiprocessing child still importing the parent's main script
+    (spawn/forkserver do so before their first task); the flag is the one Python's own
+    `multiprocessing.spawn` check reads, as no public API tells this phase apart."""
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
 
 
 def check_compatible(manifest: dict[str, Any], model: str | None, root: Path) -> None:
