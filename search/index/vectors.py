@@ -23,6 +23,7 @@ from search.text.passages import contextual_text
 __all__ = ["EMBED_BATCH", "PreviousVectors", "VectorWriter", "text_key"]
 
 EMBED_BATCH = 1024  # passages embedded at a time per space
+_ROWS_AT_A_TIME = 16 * EMBED_BATCH  # vectors read or written at a time where a whole space is walked (bounded memory)
 
 
 def text_key(model: str, identity: str, text: str) -> int:
@@ -117,8 +118,8 @@ class PreviousVectors:
         else:
             total, weights = known.copy(), uses - (index.ids >= 0)  # retired rows (-1) were not in it
         changed = np.flatnonzero(weights)
-        for start in range(0, len(changed), 16 * EMBED_BATCH):  # bounded memory, as `_Vectors.total`
-            chunk = changed[start : start + 16 * EMBED_BATCH]
+        for start in range(0, len(changed), _ROWS_AT_A_TIME):
+            chunk = changed[start : start + _ROWS_AT_A_TIME]
             total += weights[chunk].astype(np.float64) @ index.vectors_at(chunk).astype(np.float64)
         return total
 
@@ -277,8 +278,8 @@ class _Vectors:
         """The sum of all of them, in float64: the embedded ones read a batch at a time, the reused
         ones from the previous generation's sum where it is known."""
         total = np.zeros(self.embedded.shape[1], dtype=np.float64)
-        for start in range(0, len(self.embedded), 16 * EMBED_BATCH):
-            total += self.embedded[start : start + 16 * EMBED_BATCH].sum(axis=0, dtype=np.float64)
+        for start in range(0, len(self.embedded), _ROWS_AT_A_TIME):
+            total += self.embedded[start : start + _ROWS_AT_A_TIME].sum(axis=0, dtype=np.float64)
         reused = self.sources[self.sources >= 0]
         if len(reused):
             total += self.previous.sum_of_rows(self.space, reused)
@@ -290,6 +291,6 @@ class _Vectors:
         if not (self.sources >= 0).any():
             return self.embedded
         with open(path, "wb") as handle:
-            for start in range(0, len(self.sources), 16 * EMBED_BATCH):
-                handle.write(self.at(np.arange(start, min(start + 16 * EMBED_BATCH, len(self.sources)))).tobytes())
+            for start in range(0, len(self.sources), _ROWS_AT_A_TIME):
+                handle.write(self.at(np.arange(start, min(start + _ROWS_AT_A_TIME, len(self.sources)))).tobytes())
         return np.memmap(path, dtype=np.float32, mode="r", shape=(len(self.sources), self.embedded.shape[1])) if len(self.sources) else self.embedded
