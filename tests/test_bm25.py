@@ -328,3 +328,82 @@ def test_scores_at_some_passages_equal_the_full_scores_there(corpus, tmp_path, m
         for pids in picks:
             for source in (index, loaded):
                 np.testing.assert_array_equal(source.scores_at(q, pids), full[pids])
+
+
+# ----- each passage's window: itself and its neighbours in the same document ------------------------
+
+def _window_tokens(corpus, starts):
+    """Each passage's window written out: its tokens with those of its neighbours in its document."""
+    windows = []
+    for i, tokens in enumerate(corpus):
+        before = corpus[i - 1] if i > 0 and not starts[i] else []
+        after = corpus[i + 1] if i + 1 < len(corpus) and not starts[i + 1] else []
+        windows.append(list(before) + list(tokens) + list(after))
+    return windows
+
+
+STARTS = np.array([True, False, False, True, False, True, True, False, False, False, True, True, True, False, False, True])
+
+
+@pytest.mark.parametrize("method", ["lucene", "robertson", "atire"])
+def test_a_window_scores_as_an_index_of_the_windows_themselves(corpus, tmp_path, method):
+    """passage + λ·window, where the window's score is the one an index whose passages were the
+    windows would give (their own document frequencies and mean length), over segments, in memory
+    and streamed from disk."""
+    params = BM25Params(method=method, window=0.7)
+    plain = BM25Index.build(corpus, BM25Params(method=method, window=0))
+    windows = BM25Index.build(_window_tokens(corpus, STARTS), BM25Params(method=method, window=0))
+    built = BM25Index.build(corpus, params, segment_passages=6, document_starts=STARTS)
+    writer = TermWriter(tmp_path / "s")
+    for doc in corpus:
+        writer.add(doc)
+    BM25Index.build_from_terms(writer.close(), tmp_path / "s", params, segment_passages=5)
+    loaded = BM25Index.load(tmp_path / "s", document_starts=STARTS)
+    assert built.windows is not None and loaded.windows is not None and loaded.n_segments == 4
+    for text in QUERIES:
+        q = tokenize(text)
+        want = plain.scores(q) + 0.7 * windows.scores(q)
+        for index in (built, loaded):
+            np.testing.assert_allclose(index.scores(q), want, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(index.scores_at(q, np.array([15, 0, 4, 4])), want[[15, 0, 4, 4]], rtol=1e-12, atol=1e-12)
+        ids, scores = built.top_k(q, 5)
+        assert ids.tolist() == [int(i) for i in np.lexsort((np.arange(len(want)), -want))[: len(ids)]]
+    q = tokenize("序列 输入")  # only passage 0 holds them: its neighbour 1 gains, 2 (beyond 1) does not
+    assert plain.scores(q)[[1, 2]].tolist() == [0, 0] and built.scores(q)[0] > built.scores(q)[1] > 0 == built.scores(q)[2]
+
+
+def test_bm25plus_windows_rank_as_the_windows_index_does(corpus):
+    """bm25+ adds a non-occurrence term to every window; that constant cannot move one passage above another."""
+    plain = BM25Index.build(corpus, BM25Params(method="bm25+", window=0))
+    windows = BM25Index.build(_window_tokens(corpus, STARTS), BM25Params(method="bm25+", window=0))
+    built = BM25Index.build(corpus, BM25Params(method="bm25+", window=1.0), document_starts=STARTS)
+    for text in QUERIES[:-2]:
+        q = tokenize(text)
+        difference = built.scores(q) - (plain.scores(q) + windows.scores(q))
+        np.testing.assert_allclose(difference, difference[0], atol=1e-9)
+
+
+def test_without_documents_or_term_counts_passages_score_alone(corpus, tmp_path):
+    """No window without knowing where documents start, with weight 0, or over segments written before
+    the term counts were (an index of an older build scores as it did until it is built again)."""
+    plain = BM25Index.build(corpus, BM25Params(window=0))
+    writer = TermWriter(tmp_path / "s")
+    for doc in corpus:
+        writer.add(doc)
+    BM25Index.build_from_terms(writer.close(), tmp_path / "s", segment_passages=6)
+    assert BM25Index.load(tmp_path / "s", document_starts=STARTS).windows is not None
+    for path in (tmp_path / "s").glob("seg-0001.counts.npy"):
+        path.unlink()
+    older = BM25Index.load(tmp_path / "s", document_starts=STARTS)
+    others = (BM25Index.build(corpus), BM25Index.build(corpus, BM25Params(window=0), document_starts=STARTS), older)
+    assert all(index.windows is None for index in others)
+    for text in QUERIES:
+        q = tokenize(text)
+        for index in others:
+            np.testing.assert_array_equal(index.scores(q), plain.scores(q))
+
+
+def test_window_weight_must_not_be_negative():
+    with pytest.raises(ValueError, match="window"):
+        BM25Params(window=-1)
+    assert BM25Params.recorded({"method": "lucene", "k1": 0.9, "b": 0.4, "delta": 0.5}).window == 0.0  # written before windows

@@ -1,6 +1,7 @@
 """The library API end to end with the real bundled models on a tiny corpus."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -79,6 +80,31 @@ def test_hybrid_lets_dense_decide_when_bm25_best_two_nearly_tie(built):
     clear = Retrieval((bm25[0], np.array([10.0, 9.0, 2.0, 1.0])), dense, cosines=retrieval.cosines,
                       bm25_scores=dict(zip(bm25[0].tolist(), [10.0, 9.0, 2.0, 1.0])))
     assert engine.rank(clear) == engine.rank(clear, config=whole)  # a 10% lead keeps the whole weight
+    # passages 1 and 2 of one document (their windows share words): its lead over the next document is clear
+    one_document = dataclasses.replace(retrieval, bm25_leads=np.array([10.0, 2.0, 1.0]))
+    assert engine.rank(one_document) == engine.rank(one_document, config=whole) != engine.rank(retrieval)
+
+
+def test_a_passage_window_spans_its_document_never_the_next_record(tmp_path):
+    """A note cut into passages: a query word of one passage lifts its neighbour in the note (BM25's
+    window field). Records of one file are documents of their own: they never lift each other."""
+    from search import BuildConfig
+
+    def texts(filler: str) -> tuple[str, str]:
+        return "alpha " + " ".join(f"{filler}{i}" for i in range(12)), "beta " + " ".join(f"{filler}{i}" for i in range(12, 24))
+
+    first, second = texts("river")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "note.md").write_text(f"# Note\n\n{first}\n\n{second}\n", encoding="utf-8")
+    records = [json.dumps({"text": text}) for text in texts("cloud")]
+    (notes / "records.jsonl").write_text("\n".join(records) + "\n", encoding="utf-8")
+    config = BuildConfig(keyword_only=True, max_tokens=40, overlap_tokens=0)
+    with Engine.build([notes], tmp_path / "index", build_config=config)[0] as engine:
+        assert [passage.text.split()[0] for passage in engine.passages] == ["alpha", "beta"] * 2  # a passage a paragraph, a record
+        found = [(hit.path.rsplit("/", 1)[1], hit.text.split()[0]) for hit in engine.search("alpha", k=10, mode="bm25")]
+        assert ("note.md", "beta") in found and found[-1] == ("note.md", "beta")  # below both passages holding the word
+        assert ("records.jsonl", "beta") not in found and len(found) == 3
 
 
 def test_english_paraphrase_found_by_english_model(built):

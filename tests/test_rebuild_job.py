@@ -372,3 +372,47 @@ def test_a_build_with_nothing_changed_still_repairs_a_damaged_file_it_does_not_r
     os.utime(damaged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     Engine.update([notes], index)
     assert IndexFolder(index).live_name() != live and Engine.check(index).ok
+
+
+def test_an_index_older_than_document_starts_is_searched_without_windows_then_read_once_and_gains_them(tmp_path):
+    """A generation written before documents and term counts were recorded: queries score passages
+    alone (its BM25 as built), and the next `search index` reads every file again to find where its
+    documents start (reusing every vector), after which it ranks as a fresh build does."""
+    from search.index.bm25 import BM25Index
+    from search.index.integrity import seal
+    from search.index.passage_store import read_tokens
+
+    notes = write_notes(tmp_path / "notes")
+    index = tmp_path / "index"
+    with Engine.build([notes], index)[0] as engine:
+        assert engine.backend.bm25.windows is not None and engine.retriever.documents is not None
+    generation = IndexFolder(index).current()
+    generation.document_starts_file.unlink()
+    for counts in generation.bm25_folder.glob("seg-*.counts.npy"):
+        counts.unlink()
+    meta = generation.bm25_folder / "bm25_index.json"
+    recorded = json.loads(meta.read_text())
+    del recorded["params"]["window"]
+    meta.write_text(json.dumps(recorded))
+    manifest = generation.read_manifest()
+    del manifest["bm25"]["window"]
+    manifest["checksums"] = seal(generation)
+    (index / "CURRENT").write_text(f"{generation.name}\n{generation.write_manifest(manifest)}\n")
+
+    plain = BM25Index.build(read_tokens(generation), BM25Params(window=0))
+    with Engine.open(index) as older:
+        assert older.backend.bm25.windows is None and older.retriever.documents is None
+        for text in ("序列并行", "green tea"):
+            np.testing.assert_array_equal(older.backend.bm25.scores(tokenize_query(text)), plain.scores(tokenize_query(text)))
+        assert older.search("序列并行", k=3)
+
+    engine, summary = Engine.build([notes], index)
+    fresh = Engine.build([notes], tmp_path / "fresh")[0]
+    with engine, fresh:
+        assert summary.files_unchanged == 0 and summary.passages_embedded == 0 and summary.passages_reused == summary.passages
+        assert engine.backend.bm25.windows is not None
+        assert np.array_equal(np.load(engine.generation.document_starts_file), np.load(fresh.generation.document_starts_file))
+        for text in ("序列并行", "green tea", "专家并行 数据"):
+            tokens = tokenize_query(text)
+            assert np.array_equal(engine.backend.bm25.scores(tokens), fresh.backend.bm25.scores(tokens))
+            assert [hit.path for hit in engine.search(text, k=5)] == [hit.path for hit in fresh.search(text, k=5)]

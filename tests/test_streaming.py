@@ -49,7 +49,7 @@ def test_streaming_build_equals_in_memory_build(seeds_dir, tmp_path, monkeypatch
 
     tokens = [tokenize(contextual_text(p)) for p in expected]
     assert read_tokens(engine.generation) == tokens
-    in_memory = BM25Index.build(tokens, BuildConfig().bm25)
+    in_memory = BM25Index.build(tokens, BuildConfig().bm25, document_starts=np.load(engine.generation.document_starts_file))
     for query in ("序列并行", "all-to-all 通信", "BM25 fusion", "番茄"):
         np.testing.assert_array_equal(engine.backend.bm25.scores(tokenize(query)), in_memory.scores(tokenize(query)))
 

@@ -16,6 +16,10 @@ matrices (search.index.bm25_segments) are assembled with scipy.sparse, because b
 whole corpus at once and computes its statistics from it, so it cannot score one segment with global
 statistics.
 
+Where the passages' documents are known (where each begins), a passage's score also counts its window,
+the passage with its neighbours in the document, weighted by ``BM25Params.window``
+(search.index.bm25_window): summed from the same columns' term counts at query time, never stored.
+
 Also handled here: a 0-passage corpus, passages with no tokens, a corpus with no tokens at all; queries
 that are empty or only hold unknown tokens (zeros); repeated query tokens count once per occurrence, as in
 rank-bm25; ``top_k`` with an optional boolean ``allowed`` mask applied before the cut, deterministic ties
@@ -26,6 +30,7 @@ rank-bm25; ``top_k`` with an optional boolean ``allowed`` mask applied before th
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,7 +38,8 @@ import numpy as np
 
 from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params
 from search.index.bm25_segments import SEGMENT_PASSAGES, SEGMENT_POSTINGS, Segment, SegmentScorer, Stats
-from search.index.bm25_terms import VOCAB_FILE, TermStream
+from search.index.bm25_terms import LENGTHS_FILE, VOCAB_FILE, TermStream
+from search.index.bm25_window import Windows
 
 __all__ = ["BM25Index", "BM25Params"]
 
@@ -52,6 +58,7 @@ class BM25Index:
         params: BM25Params,
         nonoccurrence: np.ndarray | None = None,
         folder: Path | None = None,
+        windows: Windows | None = None,
     ) -> None:
         # Use build(), build_from_terms() or load().
         self._vocab = vocab
@@ -61,6 +68,10 @@ class BM25Index:
         self._nonoccurrence = nonoccurrence
         self._folder = folder  # where the arrays live when they are memory-mapped from disk
         self._needs_match_mask = params.method in NONOCCURRENCE_METHODS
+        # each passage's window (search.index.bm25_window), scored where the documents are known, the
+        # weight is positive, and every segment holds its term counts (one written before has none)
+        usable = windows is not None and params.window > 0 and all(segment.counts is not None for segment in segments)
+        self.windows = windows if usable else None
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -70,14 +81,17 @@ class BM25Index:
         params: BM25Params = BM25Params(),
         segment_passages: int = SEGMENT_PASSAGES,
         segment_postings: int = SEGMENT_POSTINGS,
+        document_starts: np.ndarray | None = None,
     ) -> "BM25Index":
-        """Index ``corpus_tokens[i]`` (the tokens of passage i) in memory."""
+        """Index ``corpus_tokens[i]`` (the tokens of passage i) in memory; with ``document_starts``
+        (whether passage i begins a document), each passage's window counts too."""
         stream = TermStream.of_tokens(corpus_tokens)
         if not stream.vocab:  # no passages, or no passage with a token: nothing can ever match
             return cls({}, [], len(stream.lengths), params)
         scorer = SegmentScorer(Stats.of_terms(stream), params)
         segments = list(scorer.segments(stream, segment_passages, segment_postings))
-        return cls(stream.vocab, segments, len(stream.lengths), params, scorer.nonoccurrence)
+        windows = Windows(document_starts, stream.lengths) if document_starts is not None else None
+        return cls(stream.vocab, segments, len(stream.lengths), params, scorer.nonoccurrence, windows=windows)
 
     @classmethod
     def build_from_terms(
@@ -126,7 +140,19 @@ class BM25Index:
             segment.add_scores(terms, out[segment.start : segment.start + segment.n])
         if self._nonoccurrence is not None:
             out += self._nonoccurrence[terms].sum()
+        if self.windows is not None:
+            self._add_window_scores(ids, out)
         return out
+
+    def _add_window_scores(self, ids: list[int], out: np.ndarray) -> None:
+        """Add each passage's window score, weighted, for every query term (a repeated one once per
+        occurrence, as its own score counts)."""
+        for term, times in Counter(ids).items():  # in query order, as the columns are added: the same bits whatever the term ids
+            columns = [segment.postings(term) for segment in self._segments]
+            passages = np.concatenate([segment.start + offsets for segment, (offsets, _) in zip(self._segments, columns)])
+            counts = np.concatenate([counts for _, counts in columns])
+            held, scores = self.windows.scores(self.params, passages, counts)
+            out[held] += (self.params.window * times) * scores
 
     def scores(self, query_tokens: Sequence[str]) -> np.ndarray:
         """BM25 score of every passage for the query (float64); 0 where no query term occurs (lucene,
@@ -146,6 +172,8 @@ class BM25Index:
         ids = self._query_ids(query_tokens)
         if not ids or not len(pids):
             return out
+        if self.windows is not None:  # a window's score needs its term's document frequency among windows: every posting
+            return self._scores_of_ids(ids)[pids]
         terms = np.asarray(ids, dtype=np.int64)
         order = np.argsort(pids, kind="stable")
         ascending = pids[order]
@@ -241,8 +269,9 @@ class BM25Index:
             return False
 
     @classmethod
-    def load(cls, folder: str | Path, mmap: bool = True) -> "BM25Index":
-        """Read an index written by ``save``; with ``mmap`` the score matrices stay on disk, paged in on use."""
+    def load(cls, folder: str | Path, mmap: bool = True, document_starts: np.ndarray | None = None) -> "BM25Index":
+        """Read an index written by ``save``; with ``mmap`` the score matrices stay on disk, paged in on use.
+        With ``document_starts`` (as for `build`), each passage's window counts too."""
         folder = Path(folder)
         meta_path = folder / _META_NAME
         if not meta_path.is_file():
@@ -251,7 +280,7 @@ class BM25Index:
         n = int(meta["n_passages"])
         if meta.get("format") != _FORMAT:
             raise ValueError(f"BM25 index in {folder} has format {meta.get('format')!r}, expected {_FORMAT}; rebuild it")
-        params = BM25Params(**meta["params"])
+        params = BM25Params.recorded(meta["params"])
         if meta["empty"]:
             return cls({}, [], n, params, folder=folder)
         with open(folder / VOCAB_FILE, encoding="utf-8") as handle:
@@ -263,7 +292,9 @@ class BM25Index:
         if start != n:
             raise ValueError(f"BM25 index in {folder} is inconsistent: segments hold {start} != {n} passages")
         nonoccurrence = np.load(folder / "nonoccurrence.npy") if (folder / "nonoccurrence.npy").is_file() else None
-        return cls(vocab, segments, n, params, nonoccurrence, folder=folder)
+        lengths = folder / LENGTHS_FILE
+        windows = Windows(document_starts, np.load(lengths)) if document_starts is not None and lengths.is_file() else None
+        return cls(vocab, segments, n, params, nonoccurrence, folder=folder, windows=windows)
 
     # ------------------------------------------------------------------ misc
     @property

@@ -20,6 +20,7 @@ __all__ = ["SEGMENT_PASSAGES", "SEGMENT_POSTINGS", "Segment", "SegmentScorer", "
 SEGMENT_PASSAGES = 200_000
 SEGMENT_POSTINGS = 8_000_000
 _CHUNK_POSTINGS = 2_000_000  # postings counted per bincount (a bounded read of the memory-mapped ids)
+_ARRAYS = ("data", "indices", "indptr", "counts")
 _SCORE_POSTINGS = 1_000_000  # postings scored at a time (8 MB temporaries, below malloc's mmap threshold)
 
 
@@ -55,6 +56,9 @@ class Segment:
     data: np.ndarray  # float64 scores
     indices: np.ndarray  # int32 passage offsets within the segment
     indptr: np.ndarray  # int64, one entry per term + 1
+    # int32 term counts beside the scores, which a passage's window (search.index.bm25_window) sums;
+    # None in a segment written before windows were (it is scored without them until the next build)
+    counts: np.ndarray | None = None
 
     def add_scores(self, terms: np.ndarray, out: np.ndarray) -> None:
         """Add the segment's column of each term (in order) to `out`, the segment's slice of the scores."""
@@ -74,17 +78,25 @@ class Segment:
                 found = column[at] == offsets
                 out[found] += self.data[a:b][at[found]]
 
+    def postings(self, term: int) -> tuple[np.ndarray, np.ndarray]:
+        """The passages (offsets within the segment) holding `term`, and how often each holds it."""
+        a, b = int(self.indptr[term]), int(self.indptr[term + 1])
+        return self.indices[a:b], self.counts[a:b]
+
     def mark(self, terms: set[int], mask: np.ndarray) -> None:
         for t in terms:
             mask[self.indices[self.indptr[t] : self.indptr[t + 1]]] = True
 
     def save(self, folder: Path, number: int) -> None:
-        for name in ("data", "indices", "indptr"):
-            np.save(folder / f"seg-{number:04d}.{name}.npy", getattr(self, name))
+        for name in _ARRAYS:
+            if getattr(self, name) is not None:
+                np.save(folder / f"seg-{number:04d}.{name}.npy", getattr(self, name))
 
     @classmethod
     def load(cls, folder: Path, number: int, start: int, n: int, mmap: bool) -> "Segment":
-        arrays = [np.load(folder / f"seg-{number:04d}.{name}.npy", mmap_mode="r" if mmap else None) for name in ("data", "indices", "indptr")]
+        paths = [folder / f"seg-{number:04d}.{name}.npy" for name in _ARRAYS]
+        arrays = [np.load(path, mmap_mode="r" if mmap else None) if path.is_file() or name != "counts" else None
+                  for name, path in zip(_ARRAYS, paths)]
         return cls(start, n, *arrays)
 
 
@@ -136,9 +148,13 @@ class SegmentScorer:
                 chunk -= self.nonoccurrence[col]  # added back for every passage at query time, as in bm25s
             scores[indptr[a] : indptr[b]] = chunk
         # the postings are already a CSR matrix (a row per passage, each (passage, term) once); scipy turns it
-        # into columns by a linear counting pass, no sort
-        matrix = sp.csr_matrix((scores, terms, indptr), shape=(stop - start, len(self.stats.vocab))).tocsc()
-        return Segment(start, stop - start, matrix.data, matrix.indices.astype(np.int32, copy=False), matrix.indptr.astype(np.int64, copy=False))
+        # into columns by a linear counting pass, no sort. Its data is each posting's place in the stream,
+        # so the one pass orders both the scores and the counts.
+        place = np.arange(len(terms), dtype=np.int64)
+        matrix = sp.csr_matrix((place, terms, indptr), shape=(stop - start, len(self.stats.vocab))).tocsc()
+        counts = np.asarray(stream.counts[first_posting:end_posting], dtype=np.int32)[matrix.data]
+        return Segment(start, stop - start, scores[matrix.data], matrix.indices.astype(np.int32, copy=False),
+                       matrix.indptr.astype(np.int64, copy=False), counts)
 
 
 def _runs(indptr: np.ndarray, size: int) -> Iterator[tuple[int, int]]:

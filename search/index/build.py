@@ -45,8 +45,7 @@ class BuildConfig:
     overlap_tokens: int = 40
     bm25: BM25Params = field(default_factory=BM25Params)
     load: LoadOptions = field(default_factory=LoadOptions)
-    # BM25 only, no embeddings (embedding 1 GB of text on a laptop CPU takes about a day).
-    # None: as the existing index was built (a new index embeds).
+    # BM25 only, no embeddings (embedding 1 GB of text on a laptop CPU takes about a day); None: as the index was (a new one embeds)
     keyword_only: bool | None = None
     # The folders given are the boundary: links in them to files outside are skipped unless this is set.
     follow_symlinks: bool = False
@@ -111,6 +110,7 @@ class Builder:
             self.untrusted_spaces = {space for space in manifest["models"] if generation.space_files(space, bad)}
             redo = ([] if self.trust_passages else ["re-reading every file"]) + [f"re-embedding {space}" for space in sorted(self.untrusted_spaces)]
             log.warning("index at %s is damaged (%s): %s", self.folder.root, "; ".join(described(bad)), ", ".join(redo))
+        self.trust_passages &= generation.document_starts_file.is_file()  # else older than BM25 windows: documents are read anew
         return generation, manifest
 
     @staticmethod
@@ -222,11 +222,11 @@ class Builder:
                     continue
                 if carrier is not None:
                     carrier.flush()  # the unchanged files before this passage
-                passage, tokens = item
+                passage, tokens, starts_document = item
                 with timer("write"):
                     pid = writer.add(passage, tokens)
                     terms.add(tokens)
-                    facets.add(passage)
+                    facets.add(passage, starts_document)
                 if vectors is not None:
                     vectors.add(pid, passage)
                 self._report("indexing", 1, None)
@@ -299,8 +299,8 @@ class Builder:
             yield _FileDone(source.path, {"size": source.size, "mtime": source.mtime, "sha256": digest})
         summary.files_removed = len(set(old_files) - recorded)
 
-    def _prepared(self, units: Iterable["_Unit"]) -> Iterator["tuple[Passage, list[str]] | Run | _FileDone"]:
-        """`units` with every new document replaced by its passages and their tokens, in order.
+    def _prepared(self, units: Iterable["_Unit"]) -> Iterator["tuple[Passage, list[str], bool] | Run | _FileDone"]:
+        """`units` with every new document replaced by its passages, their tokens and whether each begins it, in order.
 
         Chunking (which counts model tokens) and jieba cost ~3 CPU-s per MB of text; once there is
         enough new text, a process pool of os.cpu_count() workers does both while this process reads
@@ -338,7 +338,7 @@ class Builder:
                 return
             yield unit
 
-    def _merge_prepared(self, batch: list["_Unit"], work: Any) -> Iterator["tuple[Passage, list[str]] | Run | _FileDone"]:
+    def _merge_prepared(self, batch: list["_Unit"], work: Any) -> Iterator["tuple[Passage, list[str], bool] | Run | _FileDone"]:
         if not isinstance(work, Prepared):
             with self.timer("wait_pool"):  # time this process waited for the workers
                 work = pool_result(work)
@@ -354,7 +354,7 @@ class Builder:
                 if failure is not None:  # the document could not be chunked: its file is skipped
                     self.failed.add(unit.path)
                     self.summary.skipped.append(Skipped(unit.path, failure))
-                yield from next(prepared)
+                yield from ((passage, tokens, number == 0) for number, (passage, tokens) in enumerate(next(prepared)))
             else:
                 yield unit
 

@@ -19,7 +19,8 @@ class EmbeddedBackend:
     """bm25s-style BM25 (search.index.bm25) and one FAISS index per space (search.index.dense)."""
 
     def __init__(self, generation: Generation, manifest: dict[str, Any], n_passages: int) -> None:
-        self.bm25 = BM25Index.load(generation.bm25_folder)
+        starts = generation.document_starts_file  # a generation written before it: BM25 without windows
+        self.bm25 = BM25Index.load(generation.bm25_folder, document_starts=np.load(starts) if starts.is_file() else None)
         # each thread's last BM25 query and the score of every passage for it: hybrid fusion asks for the
         # scores of its candidates next, which are then read instead of computed again
         self._last = threading.local()

@@ -30,7 +30,7 @@ from search.errors import FilterError
 from search.index.folder import Generation
 from search.schema import Passage
 
-__all__ = ["FacetWriter", "Facets", "facet_rows", "file_type", "normalise_tag", "normalise_type", "read_facets"]
+__all__ = ["FacetWriter", "Facets", "document_numbers", "facet_rows", "file_type", "normalise_tag", "normalise_type", "read_facets"]
 
 # suffix spellings that name the same type; the key is what users may type, the value what is stored
 TYPE_ALIASES = {"markdown": "md", "mdown": "md", "mkd": "md", "text": "txt", "htm": "html", "yml": "yaml"}
@@ -91,9 +91,12 @@ class Facets:
     so a new suffix needs no rebuild.
     """
 
-    def __init__(self, rows: list[dict[str, Any]], passage_row: np.ndarray) -> None:
+    def __init__(self, rows: list[dict[str, Any]], passage_row: np.ndarray, document_starts: np.ndarray | None = None) -> None:
         self.rows = rows
         self.passage_row = np.asarray(passage_row, dtype=np.int32)
+        # whether each passage begins a document (a file may hold many: records, pages, cells); None
+        # in a generation written before it was recorded
+        self.document_starts = document_starts
         self.paths = [row["path"] for row in rows]
         self.types = [file_type(path) for path in self.paths]
         self.tags = [{normalise_tag(tag) for tag in row["tags"]} for row in rows]
@@ -160,6 +163,7 @@ class FacetWriter:
         self._row_of: dict[tuple[str, tuple[str, ...]], int] = {}
         self.rows: list[dict[str, Any]] = []
         self._passage_row = array("i")
+        self._starts = array("b")
 
     def _row(self, path: str, tags: tuple[str, ...]) -> int:
         row = self._row_of.get((path, tags))
@@ -168,7 +172,8 @@ class FacetWriter:
             self.rows.append({"path": path, "tags": list(tags)})
         return row
 
-    def add(self, passage: Passage) -> None:
+    def add(self, passage: Passage, starts_document: bool = True) -> None:
+        self._starts.append(starts_document)
         values = [passage.metadata.get(key) for key in TAG_KEYS]
         tags = tuple(dict.fromkeys(str(tag) for value in values for tag in (value if isinstance(value, list) else [value]) if tag is not None))
         self._passage_row.append(self._row(passage.path, tags))
@@ -178,6 +183,9 @@ class FacetWriter:
         old = previous.passage_row[first : first + count]
         if not len(old):
             return
+        if previous.document_starts is None:
+            raise ValueError("the previous generation does not record where its documents start: read its files again")
+        self._starts.extend(previous.document_starts[first : first + count].tolist())
         distinct, seen_at = np.unique(old, return_index=True)
         lookup = np.zeros(int(distinct[-1]) + 1, dtype=np.int32)
         for row in distinct[np.argsort(seen_at)].tolist():  # rows in order of first sight, as `add` numbers them
@@ -191,6 +199,7 @@ class FacetWriter:
     def save(self, generation: Generation) -> None:
         generation.facets_file.write_text(json.dumps({"files": self.rows}, ensure_ascii=False), encoding="utf-8")
         np.save(generation.passage_file_map, self.passage_row)
+        np.save(generation.document_starts_file, np.frombuffer(self._starts, dtype=bool))
 
 
 def facet_rows(passages: Iterable[Passage]) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -201,6 +210,14 @@ def facet_rows(passages: Iterable[Passage]) -> tuple[list[dict[str, Any]], np.nd
     return writer.rows, writer.passage_row
 
 
+def document_numbers(generation: Generation) -> np.ndarray | None:
+    """Each passage's document, numbered in passage order (a file may hold many documents: records,
+    pages, cells); None for a generation written before documents were recorded."""
+    starts = generation.document_starts_file
+    return np.cumsum(np.load(starts)) - 1 if starts.is_file() else None
+
+
 def read_facets(generation: Generation) -> Facets:
     rows = json.loads(generation.facets_file.read_text(encoding="utf-8"))["files"]
-    return Facets(rows, np.load(generation.passage_file_map))
+    starts = generation.document_starts_file
+    return Facets(rows, np.load(generation.passage_file_map), np.load(starts) if starts.is_file() else None)

@@ -52,7 +52,8 @@ GEN_PREFIX = "gen-"
 _GEN_NAME = re.compile(r"gen-[0-9A-Za-z-]{1,80}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 # the files an incremental build carries unchanged files' passages, tokens and facets over from
-PASSAGE_FILES = ("passages.jsonl", "passages.offsets.npy", "passages.keys.npy", "tokens.jsonl", "tokens.offsets.npy", "facets.json", "passage_file.npy")
+PASSAGE_FILES = ("passages.jsonl", "passages.offsets.npy", "passages.keys.npy", "tokens.jsonl", "tokens.offsets.npy", "facets.json", "passage_file.npy",
+                 "document_starts.npy")
 
 
 class Generation:
@@ -71,6 +72,7 @@ class Generation:
         self.bm25_folder = self.path / "bm25"
         self.facets_file = self.path / "facets.json"
         self.passage_file_map = self.path / "passage_file.npy"
+        self.document_starts_file = self.path / "document_starts.npy"  # whether each passage begins a document
         self.point_ids_file = self.path / "points.npy"
 
     def dense_prefix(self, space: str) -> Path:

@@ -15,6 +15,7 @@ import numpy as np
 
 from search.errors import BackendError
 from search.index.backend import BackendSpec, Ranking, Selection, SpaceMembers
+from search.index.bm25_scoring import BM25Params
 from search.index.dense import DenseIndex
 from search.index.folder import Generation
 from search.index.qdrant_store import SPARSE, QdrantEngine, check_layout, from_halves, query_sparse, to_halves
@@ -32,6 +33,7 @@ class QdrantBackend:
     def __init__(self, spec: BackendSpec, generation: Generation, manifest: dict[str, Any], n_passages: int, engine: QdrantEngine) -> None:
         self.spec, self.engine = spec, engine
         self.server_idf = manifest["backend"].get("idf") == "server"
+        self.window = BM25Params.recorded(manifest["bm25"]).window  # the weight of each passage's window field
         try:
             ids = {space: DenseIndex.load_ids(generation.dense_prefix(space)) for space in manifest["models"]}
             self.members = SpaceMembers(ids, n_passages)
@@ -56,13 +58,13 @@ class QdrantBackend:
     # ----- the searches -------------------------------------------------------------------------
 
     def bm25_top(self, tokens: Sequence[str], k: int, selection: Selection | None) -> Ranking:
-        indices, values = query_sparse(tokens)
+        indices, values = query_sparse(tokens, self.window)
         if not indices or k <= 0:
             return EMPTY_RANKING
         return self._query((indices, values), SPARSE, k, selection)
 
     def bm25_scores(self, tokens: Sequence[str], pids: np.ndarray) -> np.ndarray:
-        indices, values = query_sparse(tokens)
+        indices, values = query_sparse(tokens, self.window)
         if not indices or len(pids) == 0:
             return np.zeros(len(pids))
         if self.server_idf:  # only the server knows the IDF: ask it, restricted to these points

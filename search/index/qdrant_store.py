@@ -6,7 +6,9 @@ Layout of a collection (one per index; `--rebuild` fills a new one and the engin
 atomically): a sparse vector "bm25" per passage holding this project's jieba/stemmed BM25 tokens, each
 weighted with the full BM25 term weight (idf x length-normalised tf, search.index.bm25_scoring), so a
 query whose sparse vector holds each query token's count scores every passage with exactly the default
-backend's BM25 (a dot product); one named dense vector per embedding space (dot product over
+backend's BM25 (a dot product); the same vector holds the passage's window field (search.index.bm25_window)
+under other indices, weighted by the query with the recorded `bm25.window` (an index recorded without one
+is searched without it, as the default backend does); one named dense vector per embedding space (dot product over
 L2-normalised vectors = cosine); payload path, tags (normalised) and type, each with a keyword index, so
 filters apply inside the search, before the top k. Point ids are uuid5 of a passage's key (path, tags,
 text, vector key, occurrence), so a rerun or a resumed build writes the same points.
@@ -18,6 +20,7 @@ import hashlib
 import re
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
@@ -26,7 +29,7 @@ from search.errors import BackendError, IncompatibleIndex
 from search.index.backend import BackendSpec
 from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params, idf, term_frequency_component
 
-__all__ = ["BATCH", "LAYOUT_VERSION", "PAYLOAD_FIELDS", "SCROLL", "SPARSE", "Point", "QdrantEngine", "Sparse", "check_layout",
+__all__ = ["BATCH", "LAYOUT_VERSION", "PAYLOAD_FIELDS", "SCROLL", "SPARSE", "Field", "Point", "QdrantEngine", "Sparse", "check_layout",
            "from_sparse", "point_uuid", "query_sparse", "scrolled_ids", "sparse_weights", "target_name", "targets_of", "to_halves"]
 
 SPARSE = "bm25"
@@ -99,12 +102,13 @@ def targets_of(alias: str, names: Sequence[str]) -> list[str]:
 
 # ----- the collection's configuration, and refusing one made for other vectors ---------------------
 
-def layout(manifest: dict[str, Any], idf_mode: str, avg_length: float | None, index: str | None = None) -> dict[str, Any]:
+def layout(manifest: dict[str, Any], idf_mode: str, avg_length: float | None, index: str | None = None,
+           avg_window_length: float | None = None) -> dict[str, Any]:
     """What a collection's metadata records: what its vectors mean, and the index folder that writes it."""
     models = {space: {"name": info["name"], "identity": info["identity"], "dim": info["dim"]}
               for space, info in manifest["models"].items()}
     return {"layout": LAYOUT_VERSION, "models": models, "bm25": manifest["bm25"], "idf": idf_mode,
-            "avg_length": avg_length, "index": index}
+            "avg_length": avg_length, "avg_window_length": avg_window_length, "index": index}
 
 
 def check_layout(spec: BackendSpec, collection: str, found: dict[str, Any] | None, manifest: dict[str, Any]) -> None:
@@ -168,6 +172,7 @@ def from_halves(halves: np.ndarray) -> list[str]:
 # ----- BM25 as sparse vectors -------------------------------------------------------------------
 
 _term_ids: dict[str, int] = {}
+_WINDOW_MARK = "\x00window\x00"  # before a token, it hashes the window field's index apart from the token's own
 
 
 def term_id(token: str) -> int:
@@ -181,6 +186,12 @@ def term_id(token: str) -> int:
     return found
 
 
+def window_term_id(token: str) -> int:
+    """A token's sparse index in a passage's window field: another hash than its own field's, so the
+    two fields never share an index (nor, with server IDF, a document frequency)."""
+    return term_id(_WINDOW_MARK + token)
+
+
 def _sparse(indices: np.ndarray, values: np.ndarray) -> tuple[list[int], list[float]]:
     """Sorted unique indices with the values of equal indices summed (hash collisions)."""
     unique, where = np.unique(indices, return_inverse=True)
@@ -190,28 +201,50 @@ def _sparse(indices: np.ndarray, values: np.ndarray) -> tuple[list[int], list[fl
     return unique[keep].tolist(), summed[keep].tolist()
 
 
-def sparse_weights(tokens: Sequence[str], params: BM25Params, idf_of: dict[str, float] | None, avg_length: float) -> tuple[list[int], list[float]]:
-    """A passage's BM25 sparse vector: each distinct token's idf x tf component (idf 1 when the
-    server applies IDF), the posting score the default backend stores for it."""
-    if not tokens:
-        return [], []
+@dataclass(frozen=True)
+class Field:
+    """What scores the postings of one BM25 field (a passage's own tokens, or its window's): each
+    token's idf (None when the server applies IDF) and the field's mean length."""
+
+    idf_of: dict[str, float] | None
+    avg_length: float
+
+
+def sparse_weights(tokens: Sequence[str], params: BM25Params, own: Field, window: Sequence[str] = (), window_field: Field | None = None) -> Sparse:
+    """A passage's BM25 sparse vector: each distinct token's idf x tf component, the posting score the
+    default backend stores for it, and its window's (search.index.bm25_window) under the token's
+    window index (`window_term_id`), so that the server's IDF counts each field's own document
+    frequencies. `query_sparse` weighs the window's indices with `params.window`."""
+    indices, weights = _postings(tokens, params, own, term_id)
+    if params.window and window_field is not None and window:
+        more, more_weights = _postings(window, params, window_field, window_term_id)
+        indices, weights = np.concatenate([indices, more]), np.concatenate([weights, more_weights])
+    return _sparse(indices, weights)
+
+
+def _postings(tokens: Sequence[str], params: BM25Params, field: Field, index_of: Callable[[str], int]) -> tuple[np.ndarray, np.ndarray]:
+    """(sparse indices, posting scores) of one field's tokens."""
     counts = Counter(tokens)
     tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
-    weights = term_frequency_component(params, tf, np.float64(len(tokens)), avg_length)
-    if idf_of is not None:
-        weights = weights * np.fromiter((idf_of[token] for token in counts), dtype=np.float64, count=len(counts))
-    return _sparse(np.fromiter((term_id(token) for token in counts), dtype=np.int64, count=len(counts)), weights)
+    weights = term_frequency_component(params, tf, np.float64(len(tokens)), field.avg_length)
+    if field.idf_of is not None:
+        weights = weights * np.fromiter((field.idf_of[token] for token in counts), dtype=np.float64, count=len(counts))
+    return np.fromiter((index_of(token) for token in counts), dtype=np.int64, count=len(counts)), weights
 
 
 def idf_table(df: dict[str, int], n: int, params: BM25Params) -> dict[str, float]:
     return {token: idf(params, count, n) for token, count in df.items()}
 
 
-def query_sparse(tokens: Sequence[str]) -> tuple[list[int], list[float]]:
+def query_sparse(tokens: Sequence[str], window: float = 0.0) -> tuple[list[int], list[float]]:
     """The query's sparse vector: each token's count (repeated query tokens count once per occurrence,
-    as the default backend scores them)."""
+    as the default backend scores them), and `window` times it at the token's window index."""
     counts = Counter(tokens)
     if not counts:
         return [], []
     indices = np.fromiter((term_id(token) for token in counts), dtype=np.int64, count=len(counts))
-    return _sparse(indices, np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
+    values = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+    if window:
+        indices = np.concatenate([indices, np.fromiter((window_term_id(token) for token in counts), dtype=np.int64, count=len(counts))])
+        values = np.concatenate([values, window * values])
+    return _sparse(indices, values)

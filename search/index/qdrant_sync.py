@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -28,7 +29,7 @@ from search.index.dense import DenseIndex, load_vectors, passage_rows
 from search.index.facets import read_facets
 from search.index.folder import Generation
 from search.index.passage_store import PassageStore, iter_tokens
-from search.index.qdrant_store import (BATCH, SPARSE, Point, QdrantEngine, check_bm25, check_layout, from_halves, idf_table, layout,
+from search.index.qdrant_store import (BATCH, SPARSE, Field, Point, QdrantEngine, check_bm25, check_layout, from_halves, idf_table, layout,
                                        point_uuid, sparse_weights, target_name, to_halves)
 from search.index.report import Progress
 
@@ -66,8 +67,10 @@ class QdrantMirror:
         root = os.path.abspath(generation.path.parent)
         live, found = engine.live(alias, root)
         fresh = self.rebuild or live is None
-        df, n, total = _statistics(generation)
-        avg_length = total / n if n else 1.0
+        own, window = _statistics(generation)
+        n = own.n
+        avg_length = own.total / n if n else 1.0
+        avg_window_length = window.total / n if n else 1.0
         idf_mode = self.spec.idf
         if not fresh:
             check_layout(self.spec, live, found, manifest)
@@ -77,8 +80,8 @@ class QdrantMirror:
             # server IDF keeps the collection's mean length until a rebuild, so known points keep their weights
             fresh = found.get("idf") != idf_mode or found.get("bm25") != manifest["bm25"]
             if not fresh and idf_mode == "server":
-                avg_length = float(found["avg_length"])
-        metadata = layout(manifest, idf_mode, avg_length, root)
+                avg_length, avg_window_length = float(found["avg_length"]), float(found["avg_window_length"])
+        metadata = layout(manifest, idf_mode, avg_length, root, avg_window_length)
         target = target_name(alias, generation.name)
         if fresh:
             engine.create(target, manifest, metadata)
@@ -88,7 +91,9 @@ class QdrantMirror:
         np.save(generation.point_ids_file, ids)
         existing = np.zeros((0, 2), dtype=np.uint64) if fresh else engine.existing(target)
         known = _member_of(ids, existing)
-        weights = _Weights(generation, params, idf_table(df, n, params) if idf_mode == "client" else None, avg_length)
+        client = idf_mode == "client"
+        weights = _Weights(generation, params, Field(idf_table(own.df, n, params) if client else None, avg_length),
+                           Field(idf_table(window.df, n, params) if client else None, avg_window_length))
         added, updated = self._write(engine, target, generation, manifest, ids, known, weights, progress)
         stale = existing[~_member_of(existing, ids)] if len(existing) else existing
         for start in range(0, len(stale), BATCH):
@@ -134,12 +139,12 @@ class QdrantMirror:
 class _Weights:
     """Each passage's BM25 sparse vector and payload, streamed in passage order."""
 
-    def __init__(self, generation: Generation, params: BM25Params, idf_of: dict[str, float] | None, avg_length: float) -> None:
-        self.generation, self.params, self.idf_of, self.avg_length = generation, params, idf_of, avg_length
+    def __init__(self, generation: Generation, params: BM25Params, own: Field, window: Field) -> None:
+        self.generation, self.params, self.own, self.window = generation, params, own, window
 
     def __iter__(self) -> Iterator[tuple[list[int], list[float]]]:
-        for tokens in iter_tokens(self.generation):
-            yield sparse_weights(tokens, self.params, self.idf_of, self.avg_length)
+        for tokens, window in _tokens_and_windows(self.generation):
+            yield sparse_weights(tokens, self.params, self.own, window, self.window)
 
     def facets(self) -> Iterator[dict[str, Any]]:
         facets = read_facets(self.generation)
@@ -164,15 +169,41 @@ class _Vectors:
         return {}
 
 
-def _statistics(generation: Generation) -> tuple[dict[str, int], int, int]:
-    """Document frequency of every token, passages, and their total length: the corpus's BM25 statistics."""
-    df: Counter[str] = Counter()
-    n = total = 0
-    for tokens in iter_tokens(generation):
-        df.update(set(tokens))
-        n += 1
-        total += len(tokens)
-    return df, n, total
+@dataclass
+class _Statistics:
+    """One BM25 field's corpus statistics: document frequency of every token, units, total length."""
+
+    df: Counter[str] = field(default_factory=Counter)
+    n: int = 0
+    total: int = 0
+
+    def add(self, tokens: list[str]) -> None:
+        self.df.update(set(tokens))
+        self.n += 1
+        self.total += len(tokens)
+
+
+def _statistics(generation: Generation) -> tuple[_Statistics, _Statistics]:
+    """The corpus's BM25 statistics over passages, and over their windows."""
+    own, window = _Statistics(), _Statistics()
+    for tokens, tokens_of_window in _tokens_and_windows(generation):
+        own.add(tokens)
+        window.add(tokens_of_window)
+    return own, window
+
+
+def _tokens_and_windows(generation: Generation) -> Iterator[tuple[list[str], list[str]]]:
+    """Each passage's tokens, and its window's (search.index.bm25_window): its own with those of its
+    neighbours in the same document, read in one pass with one passage of lookahead."""
+    starts = np.load(generation.document_starts_file)
+    tokens = iter_tokens(generation)
+    before: list[str] = []
+    current = next(tokens, None)
+    for pid in range(len(starts)):
+        after = next(tokens, None)
+        joins_next = pid + 1 < len(starts) and not starts[pid + 1]
+        yield current, ([] if starts[pid] else before) + current + (after if joins_next else [])
+        before, current = current, after
 
 
 def _point_ids(generation: Generation, manifest: dict[str, Any]) -> np.ndarray:

@@ -34,3 +34,7 @@ class Retrieval:
     # `query_text` (the query as asked) is what a multilingual model re-reads its top with (rerank)
     dense_translated: bool = False
     query_text: str = ""
+    # BM25's score of each document's best candidate, best first (None: the documents are not known):
+    # what the tie rule reads, since passages of one document share words through their windows
+    # (search.index.bm25_window) and their near-equal scores are no tie between two answers
+    bm25_leads: np.ndarray | None = None

@@ -20,7 +20,7 @@ from search.errors import IndexDamaged, QueryError, SearchError
 from search.index.backend import BackendSpec, Selection
 from search.index.backends import choose_spec, mirror_for, open_backend, record_spec, spec_of
 from search.index.build import BuildConfig, Builder
-from search.index.facets import Facets, normalise_tag, normalise_type, read_facets
+from search.index.facets import Facets, document_numbers, normalise_tag, normalise_type, read_facets
 from search.index.folder import Generation, IndexFolder, check_compatible
 from search.index.integrity import IndexCheck, check_index, described, problems
 from search.index.passage_store import PassageStore
@@ -63,7 +63,8 @@ class Engine:
         # since a short query gains little from more and the models run side by side
         encoders = {space: Encoder(info["name"], backend=info["backend"], threads=1) for space, info in self.manifest["models"].items()}
         self.policy = Hybrid(self.config)
-        self.retriever = Retriever(self.backend, encoders, self.policy, space_centres(self.manifest["models"], self.config.centring))
+        self.retriever = Retriever(self.backend, encoders, self.policy, space_centres(self.manifest["models"], self.config.centring),
+                                   document_numbers(generation))
         self.reranker = CrossLingualReranker(lambda pids: [contextual_text(p) for p in self.passages.get_many(pids)])
 
     # ----- opening and building -------------------------------------------------------------

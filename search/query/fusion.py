@@ -217,7 +217,8 @@ class Hybrid:
         config = self.config
         weights = [config.translated_bm25_weight if retrieval.bm25_translated else config.bm25_weight, config.dense_weight]
         if config.fusion == "zscore":  # the tie rule answers z-scoring's stretch (and was measured with it)
-            weights[0] *= tie_weight(retrieval.bm25[1], config.bm25_tie_gap, config.bm25_tie_floor)
+            leads = retrieval.bm25[1] if retrieval.bm25_leads is None else retrieval.bm25_leads
+            weights[0] *= tie_weight(leads, config.bm25_tie_gap, config.bm25_tie_floor)
         columns = [retrieval.bm25_scores, self.dense_column(retrieval)]
         return fuse([retrieval.bm25, retrieval.dense], weights, config.fusion, config.rrf_k, columns)
 

@@ -37,9 +37,11 @@ class Retriever:
     models take the time of one on two cores) while BM25 scores in the calling thread.
     """
 
-    def __init__(self, backend: SearchBackend, encoders: dict[str, Encoder], policy: Hybrid, centres: dict[str, np.ndarray] | None = None) -> None:
-        """`centres`: the point each centred space's cosines are measured from (search.query.centring)."""
-        self.backend, self.encoders, self.policy = backend, encoders, policy
+    def __init__(self, backend: SearchBackend, encoders: dict[str, Encoder], policy: Hybrid, centres: dict[str, np.ndarray] | None = None,
+                 documents: np.ndarray | None = None) -> None:
+        """`centres`: the point each centred space's cosines are measured from (search.query.centring);
+        `documents`: each passage's document number (search.index.facets.document_numbers)."""
+        self.backend, self.encoders, self.policy, self.documents = backend, encoders, policy, documents
         self.centred = {space: CentredSpace(centre, len(backend.members.rows[space]), partial(backend.dense_scores, space))
                         for space, centre in (centres or {}).items()}
         self.members = backend.members
@@ -168,4 +170,12 @@ class Retriever:
         members = {space: frozenset(union[self.members.holds(space, union)].tolist()) for space in vectors}
         foreign = frozenset().union(*(members[space] for space in set(vectors) - readers - translated))
         return Retrieval(bm25, dense, bm25_scores, cosines, foreign, frozenset().union(*(members[space] for space in translated)), bm25_translated,
-                         dense_translated=bool(translated), query_text=query.text)
+                         dense_translated=bool(translated), query_text=query.text, bm25_leads=self._document_leads(bm25))
+
+    def _document_leads(self, ranking: Ranking) -> np.ndarray | None:
+        """The scores of a ranking's first candidate of each document, in its order."""
+        if self.documents is None:
+            return None
+        ids, scores = ranking
+        _, first = np.unique(self.documents[ids], return_index=True)
+        return scores[np.sort(first)]
