@@ -346,10 +346,18 @@ STARTS = np.array([True, False, False, True, False, True, True, False, False, Fa
 
 
 @pytest.mark.parametrize("method", ["lucene", "robertson", "atire"])
-def test_a_window_scores_as_an_index_of_the_windows_themselves(corpus, tmp_path, method):
+@pytest.mark.parametrize("counted", ["looked up", "laid out a term at a time"])
+def test_a_window_scores_as_an_index_of_the_windows_themselves(corpus, tmp_path, method, counted, monkeypatch):
     """passage + λ·window, where the window's score is the one an index whose passages were the
     windows would give (their own document frequencies and mean length), over segments, in memory
-    and streamed from disk."""
+    and streamed from disk, whichever way the windows' counts are read."""
+    from search.index import bm25_window
+
+    if counted == "looked up":
+        monkeypatch.setattr(bm25_window, "_LOOKUPS_PER_POSTING", 0)
+    else:
+        monkeypatch.setattr(bm25_window, "_LOOKUPS_PER_POSTING", 10**9)
+        monkeypatch.setattr(bm25_window, "_SCRATCH_SLOTS", len(corpus) + 2)  # room for one term's row at a time
     params = BM25Params(method=method, window=0.7)
     plain = BM25Index.build(corpus, BM25Params(method=method, window=0))
     windows = BM25Index.build(_window_tokens(corpus, STARTS), BM25Params(method=method, window=0))
@@ -366,8 +374,11 @@ def test_a_window_scores_as_an_index_of_the_windows_themselves(corpus, tmp_path,
         for index in (built, loaded):
             np.testing.assert_allclose(index.scores(q), want, rtol=1e-12, atol=1e-12)
             np.testing.assert_allclose(index.scores_at(q, np.array([15, 0, 4, 4])), want[[15, 0, 4, 4]], rtol=1e-12, atol=1e-12)
-        ids, scores = built.top_k(q, 5)
+        (ids, scores), known = built.top_k_and_scores(q, 5)
         assert ids.tolist() == [int(i) for i in np.lexsort((np.arange(len(want)), -want))[: len(ids)]]
+        np.testing.assert_allclose(scores, want[ids], rtol=1e-12, atol=1e-12)
+        everyone = np.arange(len(corpus))  # what the top k scored is read, the rest scored: the same either way
+        np.testing.assert_array_equal(built.scores_at(q, everyone, known), built.scores_at(q, everyone))
     q = tokenize("序列 输入")  # only passage 0 holds them: its neighbour 1 gains, 2 (beyond 1) does not
     assert plain.scores(q)[[1, 2]].tolist() == [0, 0] and built.scores(q)[0] > built.scores(q)[1] > 0 == built.scores(q)[2]
 

@@ -150,7 +150,7 @@ class SegmentScorer:
         # the postings are already a CSR matrix (a row per passage, each (passage, term) once); scipy turns it
         # into columns by a linear counting pass, no sort. Its data is each posting's place in the stream,
         # so the one pass orders both the scores and the counts.
-        place = np.arange(len(terms), dtype=np.int64)
+        place = np.arange(len(terms), dtype=np.int32)  # a segment holds under 2**31 postings (SEGMENT_POSTINGS)
         matrix = sp.csr_matrix((place, terms, indptr), shape=(stop - start, len(self.stats.vocab))).tocsc()
         counts = np.asarray(stream.counts[first_posting:end_posting], dtype=np.int32)[matrix.data]
         return Segment(start, stop - start, scores[matrix.data], matrix.indices.astype(np.int32, copy=False),

@@ -5,16 +5,20 @@ frequencies, lengths and mean length), and added to the passage's own score with
 
 Why: a claim or question is often answered across a passage boundary (SciFact's claims spread over an
 abstract cut into 200-token passages), while the answer's own passage should still win (cmrc2018's
-answers are local). Measured on ../shared/eval (README, Relevance): scifact 0.7379 -> 0.7466 hybrid,
-cmrc2018 0.9903 -> 0.9907; one passage per document cannot change.
+answers are local). Measured on ../shared/eval (README, Relevance).
 
-The windows are never stored: a window's term count is the sum of its passages' counts, so a query
-sums the postings of its own terms into the windows they fall in (each posting counts for its passage
-and its two neighbours), which costs a few times the postings BM25 reads anyway, and no build pays
-for merging every passage's neighbours (17M postings and 3 s at 100k passages).
+The windows are never stored: a window's term count is the sum of its passages' counts, read from the
+term's column (the passages holding it, ascending), and its document frequency is counted from the
+same column once per term and kept. So no build pays for merging every passage's neighbours (17M
+postings and 3 s at 100k passages), and a query pays for the windows it scores: search.index.bm25
+scores those of its best passages and their neighbours (WINDOW_POOL), since summing a frequent
+term's column into every window cost 10 ms a query at 100k passages.
 """
 
 from __future__ import annotations
+
+import threading
+from typing import Sequence
 
 import numpy as np
 
@@ -22,9 +26,11 @@ from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params, idf, te
 
 __all__ = ["Windows"]
 
-# Above this share of the passages, a term's windows are summed into an array over every passage (a
-# bincount); below it, its postings are sorted instead, which costs less than touching every passage.
-_DENSE_SHARE = 1 / 16
+# Where a query's windows and their neighbours are fewer than the postings of its terms by this factor,
+# they are looked up (binary search, a few reads each) rather than the postings laid out (2 writes each).
+_LOOKUPS_PER_POSTING = 1
+_SCRATCH_SLOTS = 1 << 23  # a thread's slots for laying out terms' counts over every passage (32 MB)
+_KEPT_FREQUENCIES = 1 << 16  # terms whose window document frequency is kept (a dict of ints: a few MB)
 
 
 class Windows:
@@ -48,26 +54,99 @@ class Windows:
         window[:-1] += np.where(self.joins_next[:-1], lengths[1:], 0)
         self.lengths = window.astype(np.float64)
         self.avg_length = float(window.sum()) / self.n if self.n else 0.0
+        self._frequencies: dict[int, int] = {}
+        self._threads = threading.local()
 
-    def term_counts(self, passages: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The windows holding a term, ascending, and how often each holds it, from the passages
-        holding it and their counts: each passage's count goes to its own window and its neighbours'."""
-        before, after = self.joins_previous[passages], self.joins_next[passages]
-        windows = np.concatenate([passages, passages[before] - 1, passages[after] + 1])
-        weights = np.concatenate([counts, counts[before], counts[after]]).astype(np.float64)
-        if len(windows) > _DENSE_SHARE * self.n:
-            summed = np.bincount(windows, weights, minlength=self.n)
-            held = np.flatnonzero(summed)
-            return held, summed[held]
-        held, place = np.unique(windows, return_inverse=True)
-        return held, np.bincount(place, weights)
+    def with_neighbours(self, pids: np.ndarray) -> np.ndarray:
+        """`pids` and their neighbours in their documents, ascending, once each."""
+        pids = np.asarray(pids, dtype=np.int64)
+        return np.unique(np.concatenate([pids, pids[self.joins_previous[pids]] - 1, pids[self.joins_next[pids]] + 1]))
 
-    def scores(self, params: BM25Params, passages: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(windows, their BM25 score for one term) from the term's postings."""
-        held, tf = self.term_counts(passages, counts)
-        if not len(held):
-            return held, tf
-        component = term_frequency_component(params, tf, self.lengths[held], self.avg_length)
+    def document_frequency(self, term: int, passages: np.ndarray) -> int:
+        """How many windows hold a term, from the passages holding it (ascending): each of them, and each
+        neighbour that does not hold it, counted once when it neighbours two of them."""
+        found = self._frequencies.get(term)
+        if found is None:
+            found = self._frequencies[term] = _windows_holding(passages, self.joins_previous, self.joins_next)
+            if len(self._frequencies) > _KEPT_FREQUENCIES:
+                self._frequencies.clear()
+        return found
+
+    def term_counts_at(self, columns: Sequence[tuple[np.ndarray, np.ndarray]], at: np.ndarray) -> np.ndarray:
+        """How often each window of `at` holds each term, one row a term, from the terms' columns (the
+        passages holding it, ascending, and their counts), in a few array operations for all the terms:
+        each window's passage and its joined neighbours are looked up in the columns, or, when they
+        are many against the columns' postings, the columns are laid out over every passage and read."""
+        width = self.n + 2  # a row a term: passages -1 and n, the neighbours of the ends, fall between rows
+        postings = sum(len(passages) for passages, _ in columns)
+        if _LOOKUPS_PER_POSTING * 3 * len(columns) * len(at) < postings:
+            found = self._looked_up(columns, at)
+        else:
+            found = self._laid_out(columns, at, width)
+        own, before, after = found
+        return own + np.where(self.joins_previous[at], before, 0) + np.where(self.joins_next[at], after, 0)
+
+    @staticmethod
+    def _looked_up(columns: Sequence[tuple[np.ndarray, np.ndarray]], at: np.ndarray) -> list[np.ndarray]:
+        """Each term's count in each passage of `at`, before and after it (a row a term): a binary
+        search of each column for the three at once."""
+        wanted = np.concatenate([at, at - 1, at + 1])
+        rows = np.zeros((len(columns), len(wanted)), dtype=np.int64)
+        for row, (passages, counts) in enumerate(columns):
+            if len(passages):
+                place = np.minimum(np.searchsorted(passages, wanted), len(passages) - 1)
+                rows[row] = np.where(passages[place] == wanted, counts[place], 0)
+        return np.split(rows, 3, axis=1)
+
+    def _laid_out(self, columns: Sequence[tuple[np.ndarray, np.ndarray]], at: np.ndarray, width: int) -> list[np.ndarray]:
+        """Each term's count in each passage of `at`, before and after it: the columns written over
+        this thread's zeros (left as they were found), `_SCRATCH_SLOTS` at a time, and read."""
+        rows = max(1, _SCRATCH_SLOTS // width)
+        parts = []
+        for first in range(0, len(columns), rows):
+            group = columns[first : first + rows]
+            scratch = self._scratch(len(group) * width)
+            slots = np.concatenate([passages + (1 + row * width) for row, (passages, _) in enumerate(group)])
+            try:
+                scratch[slots] = np.concatenate([counts for _, counts in group])
+                base = (np.arange(len(group)) * width)[:, None] + (at + 1)[None, :]
+                parts.append([scratch[base], scratch[base - 1], scratch[base + 1]])
+            finally:
+                scratch[slots] = 0
+        return [np.concatenate([part[i] for part in parts]) for i in range(3)]
+
+    def _scratch(self, size: int) -> np.ndarray:
+        """This thread's zeros, at least `size` (kept: fresh ones cost page faults on every query)."""
+        scratch = getattr(self._threads, "scratch", None)
+        if scratch is None or len(scratch) < size:
+            scratch = self._threads.scratch = np.zeros(size, dtype=np.int32)
+        return scratch
+
+    def scores_at(self, params: BM25Params, terms: Sequence[tuple[int, float, np.ndarray, np.ndarray]], at: np.ndarray) -> np.ndarray:
+        """The window field's BM25 score of the windows `at` for the query `terms`: (term id, its weight,
+        the passages holding it (ascending), their counts), summed in the order given."""
+        out = np.zeros(len(at), dtype=np.float64)
+        if not terms or not len(at):
+            return out
+        tf = self.term_counts_at([(passages, counts) for _, _, passages, counts in terms], at).astype(np.float64)
+        component = term_frequency_component(params, tf, self.lengths[at][None, :], self.avg_length)
         if params.method in NONOCCURRENCE_METHODS:  # the same for every window: it cannot move one above another
             component -= term_frequency_component(params, 0.0, self.avg_length, self.avg_length)
-        return held, idf(params, len(held), self.n) * component
+        for row, (term, weight, passages, _) in enumerate(terms):
+            out += (weight * idf(params, self.document_frequency(term, passages), self.n)) * component[row]
+        return out
+
+
+def _windows_holding(passages: np.ndarray, joins_previous: np.ndarray, joins_next: np.ndarray) -> int:
+    """The windows that hold a term held by `passages` (ascending): a passage's previous neighbour adds
+    a window unless it holds the term itself, its next one likewise, and a neighbour between two of
+    them (the gap of 2) is one window, not two."""
+    if not len(passages):
+        return 0
+    gap = np.diff(passages)
+    before = joins_previous[passages].copy()
+    before[1:] &= gap != 1
+    after = joins_next[passages].copy()
+    after[:-1] &= gap != 1
+    shared = before[1:] & after[:-1] & (gap == 2)
+    return int(len(passages) + before.sum() + after.sum() - shared.sum())

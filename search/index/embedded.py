@@ -34,9 +34,8 @@ class EmbeddedBackend:
 
     def bm25_scores(self, tokens: Sequence[str], pids: np.ndarray) -> np.ndarray:
         last_tokens, scores = getattr(self._last, "query", (None, None))
-        if scores is not None and last_tokens == list(tokens):
-            return scores[pids]
-        return self.bm25.scores_at(tokens, pids)
+        same = scores is not None and last_tokens == list(tokens)
+        return self.bm25.scores_at(tokens, pids, known=scores if same else None)
 
     def dense_search(self, space: str, vector: np.ndarray, k: int, selection: Selection | None) -> Ranking:
         index = self.dense[space]
