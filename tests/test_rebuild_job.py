@@ -374,7 +374,7 @@ def test_a_build_with_nothing_changed_still_repairs_a_damaged_file_it_does_not_r
     assert IndexFolder(index).live_name() != live and Engine.check(index).ok
 
 
-def test_an_index_older_than_document_starts_is_searched_without_windows_then_read_once_and_gains_them(tmp_path):
+def test_an_index_older_than_document_starts_is_searched_without_windows_then_read_once_and_gains_them(tmp_path, caplog):
     """A generation written before documents and term counts were recorded: queries score passages
     alone (its BM25 as built), and the next `search index` reads every file again to find where its
     documents start (reusing every vector), after which it ranks as a fresh build does."""
@@ -406,7 +406,9 @@ def test_an_index_older_than_document_starts_is_searched_without_windows_then_re
             np.testing.assert_array_equal(older.backend.bm25.scores(tokenize_query(text)), plain.scores(tokenize_query(text)))
         assert older.search("序列并行", k=3)
 
-    engine, summary = Engine.build([notes], index)
+    with caplog.at_level("INFO", logger="search"):
+        engine, summary = Engine.build([notes], index)
+    assert "built before documents were recorded: reading every file once more" in caplog.text
     fresh = Engine.build([notes], tmp_path / "fresh")[0]
     with engine, fresh:
         assert summary.files_unchanged == 0 and summary.passages_embedded == 0 and summary.passages_reused == summary.passages

@@ -85,9 +85,8 @@ class Builder:
         self.timer = StageTimer()
 
     def _previous(self, model: str | None) -> tuple[Generation | None, dict | None]:
-        """The live generation to update and its manifest, after hashing the files a build reuses
-        (passages, tokens, vectors): what does not match is built anew, never reused. (None, None)
-        when there is no usable generation (missing, garbage CURRENT, damaged manifest)."""
+        """The live generation to update and its manifest, after hashing the files a build reuses (passages, tokens,
+        vectors): what does not match is built anew, never reused. (None, None) when there is none usable."""
         try:
             generation = self.folder.current()
             manifest = generation.read_manifest()
@@ -110,7 +109,9 @@ class Builder:
             self.untrusted_spaces = {space for space in manifest["models"] if generation.space_files(space, bad)}
             redo = ([] if self.trust_passages else ["re-reading every file"]) + [f"re-embedding {space}" for space in sorted(self.untrusted_spaces)]
             log.warning("index at %s is damaged (%s): %s", self.folder.root, "; ".join(described(bad)), ", ".join(redo))
-        self.trust_passages &= generation.document_starts_file.is_file()  # else older than BM25 windows: documents are read anew
+        if self.trust_passages and not generation.document_starts_file.is_file():  # written before BM25's window field
+            log.info("index at %s was built before documents were recorded: reading every file once more (no re-embedding)", self.folder.root)
+            self.trust_passages = False
         return generation, manifest
 
     @staticmethod
@@ -170,11 +171,9 @@ class Builder:
         return self._write(units(), summary, started)
 
     def _write(self, units: Iterable["_Unit"], summary: BuildSummary, started: float) -> BuildSummary:
-        """Stream passages into a new generation, build its indexes and switch it in.
-
-        `units` are new documents (chunked and tokenised here), reused passages with their tokens, and
-        a _FileDone after each source file's others, which records the file and its passage range.
-        """
+        """Stream passages into a new generation, build its indexes and switch it in. `units` are new documents
+        (chunked and tokenised here), reused passages with their tokens, and a _FileDone after each source
+        file's others, which records the file and its passage range."""
         self.folder.remove_stale()  # leftovers of aborted builds (the live generation stays)
         self.summary, self.vectors, self.terms = summary, None, None
         generation = self.folder.new_generation()
