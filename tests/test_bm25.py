@@ -379,6 +379,9 @@ def test_a_window_scores_as_an_index_of_the_windows_themselves(corpus, tmp_path,
         np.testing.assert_allclose(scores, want[ids], rtol=1e-12, atol=1e-12)
         everyone = np.arange(len(corpus))  # what the top k scored is read, the rest scored: the same either way
         np.testing.assert_array_equal(built.scores_at(q, everyone, known), built.scores_at(q, everyone))
+        allowed = (np.cumsum(STARTS) - 1) % 2 == 0  # a filter (whole documents, as filters allow) before the cut
+        expected = [i for i in np.lexsort((np.arange(len(want)), -want)).tolist() if allowed[i] and want[i] > 0][:4]
+        assert built.top_k(q, 4, allowed)[0].tolist() == expected
     q = tokenize("序列 输入")  # only passage 0 holds them: its neighbour 1 gains, 2 (beyond 1) does not
     assert plain.scores(q)[[1, 2]].tolist() == [0, 0] and built.scores(q)[0] > built.scores(q)[1] > 0 == built.scores(q)[2]
 

@@ -218,7 +218,9 @@ class BM25Index:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best passages as (ids int64, scores), best first; only passages with score > 0 that hold a
         query term, and (when given) ``allowed[id]`` is True. The mask applies before the cut, so a filter
-        never returns fewer than ``k`` hits while ``k`` allowed matches exist. Ties: lower id first."""
+        never returns fewer than ``k`` hits while ``k`` allowed matches exist. Ties: lower id first. With
+        windows, a passage may score by its window alone; the neighbours considered are those of the best
+        allowed passages (a filter allows whole documents, so a window's passages are allowed together)."""
         return self.top_k_and_scores(query_tokens, k, allowed)[0]
 
     def top_k_and_scores(
@@ -247,8 +249,9 @@ class BM25Index:
         cand, cand_scores = _best(cand, scores[cand], k if self.windows is None else max(k, WINDOW_POOL))
         if self.windows is not None:  # the best passages and their neighbours, by their own and their windows' scores
             cand = self.windows.with_neighbours(cand)
-            if matched is not None or allowed is not None:
-                cand = cand[(True if matched is None else matched[cand]) & (True if allowed is None else allowed[cand])]
+            for mask in (matched, allowed):
+                if mask is not None:
+                    cand = cand[mask[cand]]
             scores[cand] += self._window_scores_at(ids, cand)
             windowed, cand_scores = cand, scores[cand]
             cand, cand_scores = _best(cand[cand_scores > 0], cand_scores[cand_scores > 0], k)

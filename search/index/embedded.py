@@ -21,21 +21,20 @@ class EmbeddedBackend:
     def __init__(self, generation: Generation, manifest: dict[str, Any], n_passages: int) -> None:
         starts = generation.document_starts_file  # a generation written before it: BM25 without windows
         self.bm25 = BM25Index.load(generation.bm25_folder, document_starts=np.load(starts) if starts.is_file() else None)
-        # each thread's last BM25 query and the score of every passage for it: hybrid fusion asks for the
-        # scores of its candidates next, which are then read instead of computed again
+        # each thread's last BM25 query and the scores it computed (search.index.bm25.QueryScores): hybrid fusion asks
+        # for the scores of its candidates next, which are then read instead of computed again
         self._last = threading.local()
         self.dense = {space: DenseIndex.load(generation.dense_prefix(space)) for space in manifest["models"]}
         self.members = SpaceMembers({space: index.ids for space, index in self.dense.items()}, n_passages)
 
     def bm25_top(self, tokens: Sequence[str], k: int, selection: Selection | None) -> Ranking:
-        ranking, scores = self.bm25.top_k_and_scores(tokens, k, None if selection is None else selection.mask)
-        self._last.query = (list(tokens), scores)
+        ranking, known = self.bm25.top_k_and_scores(tokens, k, None if selection is None else selection.mask)
+        self._last.query = (list(tokens), known)
         return ranking
 
     def bm25_scores(self, tokens: Sequence[str], pids: np.ndarray) -> np.ndarray:
-        last_tokens, scores = getattr(self._last, "query", (None, None))
-        same = scores is not None and last_tokens == list(tokens)
-        return self.bm25.scores_at(tokens, pids, known=scores if same else None)
+        last_tokens, known = getattr(self._last, "query", (None, None))
+        return self.bm25.scores_at(tokens, pids, known=known if last_tokens == list(tokens) else None)
 
     def dense_search(self, space: str, vector: np.ndarray, k: int, selection: Selection | None) -> Ranking:
         index = self.dense[space]
