@@ -233,6 +233,16 @@ def query(text: str, k: int, mode: str, as_json: bool, paths: tuple[str, ...], t
             click.echo(click.style(f"    (+{len(hit.duplicates)} {'copy' if len(hit.duplicates) == 1 else 'copies'}: {shown}{more})", dim=True))
 
 
+def _bm25_line(info: dict[str, Any]) -> str:
+    """How the index scores BM25, as `search stats` says it."""
+    params = info["bm25"]
+    line = f"{params['method']}, k1 {params['k1']}, b {params['b']}"
+    if info["documents"] is None:
+        return line + "; passages alone (built before windows: `search index` adds them)"
+    window = params.get("window", 0.0)
+    return line + (f"; each passage's window x{window} ({info['documents']} documents)" if window else "; passages alone")
+
+
 @cli.command()
 @index_option
 @click.option("--json", "as_json", is_flag=True)
@@ -253,6 +263,7 @@ def stats(index_dir: str, as_json: bool) -> None:
         click.echo(f"model      {space}: {model['name']} ({model['dim']}-dim, {model['passages']} passages{centred})")
     if info["keyword_only"]:
         click.echo("model      none: keyword-only index (bm25; `search index --rebuild` adds embeddings)")
+    click.echo(f"bm25       {_bm25_line(info)}")
     click.echo(f"backend    {info['backend']['kind']}" + (f": {info['backend']['collection']} at {info['backend'].get('url') or info['backend'].get('edge') or info['backend'].get('path')}" if info["backend"]["kind"] != "embedded" else ""))
     click.echo(f"size       {info['size_bytes'] / 1e6:.1f} MB")
     click.echo(f"built      {info['built_at']}")

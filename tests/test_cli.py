@@ -77,6 +77,7 @@ def test_env_var_selects_index_and_stats(indexed):
     assert info["models"]["zh"]["name"] == "m3e-small"
     human = CliRunner().invoke(cli, ["stats", "--index", str(index)])
     assert "m3e-small" in human.output and "passages" in human.output
+    assert info["documents"] == 3 and "bm25       lucene, k1 0.9, b 0.4; each passage's window x1.0 (3 documents)" in human.output
 
 
 @pytest.mark.parametrize(

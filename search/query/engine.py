@@ -316,6 +316,8 @@ class Engine:
             "backend": self.manifest.get("backend") or {"kind": "embedded"},
             "keyword_only": self.keyword_only,
             "bm25": self.manifest["bm25"],
+            # documents whose passages share BM25 windows; None for an index built before they were recorded
+            "documents": None if self.retriever.documents is None else int(self.retriever.documents.max(initial=-1)) + 1,
             "size_bytes": self.generation.size_bytes(),
             "built_at": self.manifest["built_at"],
         }
