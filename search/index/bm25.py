@@ -158,8 +158,12 @@ class BM25Index:
         terms = []
         for term, times in Counter(ids).items():
             columns = [segment.postings(term) for segment in self._segments]
-            passages = np.concatenate([segment.start + offsets for segment, (offsets, _) in zip(self._segments, columns)])
-            terms.append((term, self.params.window * times, passages, np.concatenate([counts for _, counts in columns])))
+            if len(columns) == 1:  # the column as it is on disk: passage ids are int32 throughout (under 2**31 passages)
+                (passages, counts), = columns
+            else:
+                passages = np.concatenate([offsets + np.int32(segment.start) for segment, (offsets, _) in zip(self._segments, columns)])
+                counts = np.concatenate([counts for _, counts in columns])
+            terms.append((term, self.params.window * times, passages, counts))
         return self.windows.scores_at(self.params, terms, pids)
 
     def scores(self, query_tokens: Sequence[str]) -> np.ndarray:

@@ -95,7 +95,9 @@ class Segment:
     @classmethod
     def load(cls, folder: Path, number: int, start: int, n: int, mmap: bool) -> "Segment":
         paths = [folder / f"seg-{number:04d}.{name}.npy" for name in _ARRAYS]
-        arrays = [np.load(path, mmap_mode="r" if mmap else None) if path.is_file() or name != "counts" else None
+        # plain arrays over the mapped files: a numpy.memmap pays Python-level bookkeeping on every slice,
+        # and a query slices each of its terms' columns several times
+        arrays = [np.asarray(np.load(path, mmap_mode="r" if mmap else None)) if path.is_file() or name != "counts" else None
                   for name, path in zip(_ARRAYS, paths)]
         return cls(start, n, *arrays)
 

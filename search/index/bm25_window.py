@@ -90,7 +90,7 @@ class Windows:
     def _looked_up(columns: Sequence[tuple[np.ndarray, np.ndarray]], at: np.ndarray) -> list[np.ndarray]:
         """Each term's count in each passage of `at`, before and after it (a row a term): a binary
         search of each column for the three at once."""
-        wanted = np.concatenate([at, at - 1, at + 1])
+        wanted = np.concatenate([at, at - 1, at + 1]).astype(np.int32)  # as the columns: searched without a copy of them
         rows = np.zeros((len(columns), len(wanted)), dtype=np.int64)
         for row, (passages, counts) in enumerate(columns):
             if len(passages):
