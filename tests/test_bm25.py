@@ -346,18 +346,14 @@ STARTS = np.array([True, False, False, True, False, True, True, False, False, Fa
 
 
 @pytest.mark.parametrize("method", ["lucene", "robertson", "atire"])
-@pytest.mark.parametrize("counted", ["looked up", "laid out a term at a time"])
-def test_a_window_scores_as_an_index_of_the_windows_themselves(corpus, tmp_path, method, counted, monkeypatch):
+@pytest.mark.parametrize("search_cost", [0, 10**9], ids=["searched", "read through marks"])
+def test_a_window_scores_as_an_index_of_the_windows_themselves(corpus, tmp_path, method, search_cost, monkeypatch):
     """passage + λ·window, where the window's score is the one an index whose passages were the
     windows would give (their own document frequencies and mean length), over segments, in memory
     and streamed from disk, whichever way the windows' counts are read."""
     from search.index import bm25_window
 
-    if counted == "looked up":
-        monkeypatch.setattr(bm25_window, "_LOOKUPS_PER_POSTING", 0)
-    else:
-        monkeypatch.setattr(bm25_window, "_LOOKUPS_PER_POSTING", 10**9)
-        monkeypatch.setattr(bm25_window, "_SCRATCH_SLOTS", len(corpus) + 2)  # room for one term's row at a time
+    monkeypatch.setattr(bm25_window, "_SEARCH_COST", search_cost)
     params = BM25Params(method=method, window=0.7)
     plain = BM25Index.build(corpus, BM25Params(method=method, window=0))
     windows = BM25Index.build(_window_tokens(corpus, STARTS), BM25Params(method=method, window=0))

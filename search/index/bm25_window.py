@@ -26,10 +26,9 @@ from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params, idf, te
 
 __all__ = ["Windows"]
 
-# Where a query's windows and their neighbours are fewer than the postings of its terms by this factor,
-# they are looked up (binary search, a few reads each) rather than the postings laid out (2 writes each).
-_LOOKUPS_PER_POSTING = 1
-_SCRATCH_SLOTS = 1 << 23  # a thread's slots for laying out terms' counts over every passage (32 MB)
+# A binary search in a column costs about this many of the in-order reads a pass over it makes: fewer
+# passages to count than a query's postings by this factor are searched for, more are read through marks.
+_SEARCH_COST = 4
 _KEPT_FREQUENCIES = 1 << 16  # terms whose window document frequency is kept (a dict of ints: a few MB)
 
 
@@ -60,7 +59,7 @@ class Windows:
     def with_neighbours(self, pids: np.ndarray) -> np.ndarray:
         """`pids` and their neighbours in their documents, ascending, once each."""
         pids = np.asarray(pids, dtype=np.int64)
-        return np.unique(np.concatenate([pids, pids[self.joins_previous[pids]] - 1, pids[self.joins_next[pids]] + 1]))
+        return _sorted_unique(np.concatenate([pids, pids[self.joins_previous[pids]] - 1, pids[self.joins_next[pids]] + 1]))
 
     def document_frequency(self, term: int, passages: np.ndarray) -> int:
         """How many windows hold a term, from the passages holding it (ascending): each of them, and each
@@ -74,46 +73,48 @@ class Windows:
 
     def term_counts_at(self, columns: Sequence[tuple[np.ndarray, np.ndarray]], at: np.ndarray) -> np.ndarray:
         """How often each window of `at` holds each term, one row a term, from the terms' columns (the
-        passages holding it, ascending, and their counts), in a few array operations for all the terms:
-        each window's passage and its joined neighbours are looked up in the columns, or, when they
-        are many against the columns' postings, the columns are laid out over every passage and read."""
-        width = self.n + 2  # a row a term: passages -1 and n, the neighbours of the ends, fall between rows
+        passages holding it, ascending, and their counts)."""
+        spanned = _sorted_unique(np.concatenate([at - 1, at, at + 1]))
+        spanned = spanned[(spanned >= 0) & (spanned < self.n)]
         postings = sum(len(passages) for passages, _ in columns)
-        if _LOOKUPS_PER_POSTING * 3 * len(columns) * len(at) < postings:
-            found = self._looked_up(columns, at)
+        if _SEARCH_COST * len(columns) * len(spanned) < postings:
+            counts = self._searched(columns, spanned)
         else:
-            found = self._laid_out(columns, at, width)
-        own, before, after = found
+            counts = self._read_through_marks(columns, spanned)
+        counts = np.concatenate([counts, np.zeros((len(columns), 1), dtype=counts.dtype)], axis=1)  # last: no passage
+
+        def counts_of(pids: np.ndarray) -> np.ndarray:  # a neighbour beyond either end reads the empty column
+            inside = (pids >= 0) & (pids < self.n)
+            return counts[:, np.where(inside, np.searchsorted(spanned, pids), len(spanned))]
+
+        own, before, after = counts_of(at), counts_of(at - 1), counts_of(at + 1)
         return own + np.where(self.joins_previous[at], before, 0) + np.where(self.joins_next[at], after, 0)
 
     @staticmethod
-    def _looked_up(columns: Sequence[tuple[np.ndarray, np.ndarray]], at: np.ndarray) -> list[np.ndarray]:
-        """Each term's count in each passage of `at`, before and after it (a row a term): a binary
-        search of each column for the three at once."""
-        wanted = np.concatenate([at, at - 1, at + 1]).astype(np.int32)  # as the columns: searched without a copy of them
-        rows = np.zeros((len(columns), len(wanted)), dtype=np.int64)
-        for row, (passages, counts) in enumerate(columns):
+    def _searched(columns: Sequence[tuple[np.ndarray, np.ndarray]], spanned: np.ndarray) -> np.ndarray:
+        """Each term's count in each passage of `spanned`: a binary search of its column for each."""
+        wanted = spanned.astype(np.int32)  # as the columns: searched without a copy of them
+        counts = np.zeros((len(columns), len(spanned)), dtype=np.int64)
+        for row, (passages, held) in enumerate(columns):
             if len(passages):
                 place = np.minimum(np.searchsorted(passages, wanted), len(passages) - 1)
-                rows[row] = np.where(passages[place] == wanted, counts[place], 0)
-        return np.split(rows, 3, axis=1)
+                counts[row] = np.where(passages[place] == wanted, held[place], 0)
+        return counts
 
-    def _laid_out(self, columns: Sequence[tuple[np.ndarray, np.ndarray]], at: np.ndarray, width: int) -> list[np.ndarray]:
-        """Each term's count in each passage of `at`, before and after it: the columns written over
-        this thread's zeros (left as they were found), `_SCRATCH_SLOTS` at a time, and read."""
-        rows = max(1, _SCRATCH_SLOTS // width)
-        parts = []
-        for first in range(0, len(columns), rows):
-            group = columns[first : first + rows]
-            scratch = self._scratch(len(group) * width)
-            slots = np.concatenate([passages + (1 + row * width) for row, (passages, _) in enumerate(group)])
-            try:
-                scratch[slots] = np.concatenate([counts for _, counts in group])
-                base = (np.arange(len(group)) * width)[:, None] + (at + 1)[None, :]
-                parts.append([scratch[base], scratch[base - 1], scratch[base + 1]])
-            finally:
-                scratch[slots] = 0
-        return [np.concatenate([part[i] for part in parts]) for i in range(3)]
+    def _read_through_marks(self, columns: Sequence[tuple[np.ndarray, np.ndarray]], spanned: np.ndarray) -> np.ndarray:
+        """Each term's count in each passage of `spanned`: the passages marked with their place in this
+        thread's zeros (left as they were found), each column read through the marks in one pass."""
+        marks = self._scratch(self.n)
+        counts = np.zeros((len(columns), len(spanned)), dtype=np.int64)
+        try:
+            marks[spanned] = np.arange(1, len(spanned) + 1, dtype=np.int32)
+            for row, (passages, held) in enumerate(columns):
+                place = marks[passages]
+                found = place > 0
+                counts[row, place[found] - 1] = held[found]
+        finally:
+            marks[spanned] = 0
+        return counts
 
     def _scratch(self, size: int) -> np.ndarray:
         """This thread's zeros, at least `size` (kept: fresh ones cost page faults on every query)."""
@@ -150,3 +151,9 @@ def _windows_holding(passages: np.ndarray, joins_previous: np.ndarray, joins_nex
     after[:-1] &= gap != 1
     shared = before[1:] & after[:-1] & (gap == 2)
     return int(len(passages) + before.sum() + after.sum() - shared.sum())
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """`values` ascending, once each (a sort and a comparison: np.unique's hashing costs more on a few thousand)."""
+    values = np.sort(values)
+    return values[np.concatenate([[True], values[1:] != values[:-1]])] if len(values) else values
