@@ -24,12 +24,23 @@ import numpy as np
 
 from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params, idf, term_frequency_component
 
-__all__ = ["Windows"]
+__all__ = ["Windows", "neighbour_joins"]
 
 # A binary search in a column costs about this many of the in-order reads a pass over it makes: fewer
 # passages to count than a query's postings by this factor are searched for, more are read through marks.
 _SEARCH_COST = 4
 _KEPT_FREQUENCIES = 1 << 16  # terms whose window document frequency is kept (a dict of ints: a few MB)
+
+
+def neighbour_joins(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which passages share a window with the one before, and with the one after: those of one document
+    (`starts[i]`: passage i begins a document; a document's passages are consecutive)."""
+    starts = np.asarray(starts, dtype=bool)
+    joins_previous = ~starts
+    joins_previous[:1] = False
+    joins_next = np.zeros(len(starts), dtype=bool)
+    joins_next[:-1] = joins_previous[1:]
+    return joins_previous, joins_next
 
 
 class Windows:
@@ -43,11 +54,7 @@ class Windows:
         if len(starts) != len(lengths):
             raise ValueError(f"{len(starts)} document marks for {len(lengths)} passages")
         self.n = len(lengths)
-        self.joins_previous = ~starts
-        if self.n:
-            self.joins_previous[0] = False
-        self.joins_next = np.zeros(self.n, dtype=bool)
-        self.joins_next[:-1] = self.joins_previous[1:]
+        self.joins_previous, self.joins_next = neighbour_joins(starts)
         window = lengths.copy()
         window[1:] += np.where(self.joins_previous[1:], lengths[:-1], 0)
         window[:-1] += np.where(self.joins_next[:-1], lengths[1:], 0)

@@ -10,6 +10,7 @@ import numpy as np
 from search.index.backend import Ranking, Selection, SpaceMembers
 from search.index.bm25 import BM25Index
 from search.index.dense import DenseIndex, search_one_query_per_thread
+from search.index.facets import read_document_starts
 from search.index.folder import Generation
 
 __all__ = ["EmbeddedBackend"]
@@ -19,8 +20,8 @@ class EmbeddedBackend:
     """bm25s-style BM25 (search.index.bm25) and one FAISS index per space (search.index.dense)."""
 
     def __init__(self, generation: Generation, manifest: dict[str, Any], n_passages: int) -> None:
-        starts = generation.document_starts_file  # a generation written before it: BM25 without windows
-        self.bm25 = BM25Index.load(generation.bm25_folder, document_starts=np.load(starts) if starts.is_file() else None)
+        # a generation written before documents were recorded: BM25 without windows
+        self.bm25 = BM25Index.load(generation.bm25_folder, document_starts=read_document_starts(generation))
         # each thread's last BM25 query and the scores it computed (search.index.bm25.QueryScores): hybrid fusion asks
         # for the scores of its candidates next, which are then read instead of computed again
         self._last = threading.local()

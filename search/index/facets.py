@@ -30,7 +30,8 @@ from search.errors import FilterError
 from search.index.folder import Generation
 from search.schema import Passage
 
-__all__ = ["FacetWriter", "Facets", "document_numbers", "facet_rows", "file_type", "normalise_tag", "normalise_type", "read_facets"]
+__all__ = ["FacetWriter", "Facets", "document_numbers", "facet_rows", "file_type", "normalise_tag", "normalise_type", "read_document_starts",
+           "read_facets"]
 
 # suffix spellings that name the same type; the key is what users may type, the value what is stored
 TYPE_ALIASES = {"markdown": "md", "mdown": "md", "mkd": "md", "text": "txt", "htm": "html", "yml": "yaml"}
@@ -210,14 +211,19 @@ def facet_rows(passages: Iterable[Passage]) -> tuple[list[dict[str, Any]], np.nd
     return writer.rows, writer.passage_row
 
 
+def read_document_starts(generation: Generation) -> np.ndarray | None:
+    """Whether each passage begins a document (a file may hold many documents: records, pages, cells);
+    None for a generation written before documents were recorded."""
+    path = generation.document_starts_file
+    return np.load(path) if path.is_file() else None
+
+
 def document_numbers(generation: Generation) -> np.ndarray | None:
-    """Each passage's document, numbered in passage order (a file may hold many documents: records,
-    pages, cells); None for a generation written before documents were recorded."""
-    starts = generation.document_starts_file
-    return np.cumsum(np.load(starts)) - 1 if starts.is_file() else None
+    """Each passage's document, numbered in passage order; None as for `read_document_starts`."""
+    starts = read_document_starts(generation)
+    return None if starts is None else np.cumsum(starts) - 1
 
 
 def read_facets(generation: Generation) -> Facets:
     rows = json.loads(generation.facets_file.read_text(encoding="utf-8"))["files"]
-    starts = generation.document_starts_file
-    return Facets(rows, np.load(generation.passage_file_map), np.load(starts) if starts.is_file() else None)
+    return Facets(rows, np.load(generation.passage_file_map), read_document_starts(generation))

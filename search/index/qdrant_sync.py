@@ -25,8 +25,9 @@ import numpy as np
 from search.errors import IncompatibleIndex
 from search.index.backend import BackendSpec
 from search.index.bm25_scoring import BM25Params
+from search.index.bm25_window import neighbour_joins
 from search.index.dense import DenseIndex, load_vectors, passage_rows
-from search.index.facets import read_facets
+from search.index.facets import read_document_starts, read_facets
 from search.index.folder import Generation
 from search.index.passage_store import PassageStore, iter_tokens
 from search.index.qdrant_store import (BATCH, SPARSE, Field, Point, QdrantEngine, check_bm25, check_layout, from_halves, idf_table, layout,
@@ -195,14 +196,13 @@ def _statistics(generation: Generation) -> tuple[_Statistics, _Statistics]:
 def _tokens_and_windows(generation: Generation) -> Iterator[tuple[list[str], list[str]]]:
     """Each passage's tokens, and its window's (search.index.bm25_window): its own with those of its
     neighbours in the same document, read in one pass with one passage of lookahead."""
-    starts = np.load(generation.document_starts_file)
+    joins_previous, joins_next = neighbour_joins(read_document_starts(generation))
     tokens = iter_tokens(generation)
     before: list[str] = []
     current = next(tokens, None)
-    for pid in range(len(starts)):
+    for pid in range(len(joins_previous)):
         after = next(tokens, None)
-        joins_next = pid + 1 < len(starts) and not starts[pid + 1]
-        yield current, ([] if starts[pid] else before) + current + (after if joins_next else [])
+        yield current, (before if joins_previous[pid] else []) + current + (after if joins_next[pid] else [])
         before, current = current, after
 
 
