@@ -66,5 +66,11 @@ __attribute__((constructor)) static void start(void) {
     action.sa_flags = SA_SIGINFO | SA_NODEFER;
     sigaction(SIGSEGV, &action, NULL);
     // inherited by threads and forks made from now on; execve resets it (LD_PRELOAD sets it again)
-    syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0);
+    if (syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0) {
+        // without the cpuid_fault flag CPUID cannot be trapped: running on would test the native class
+        static const char why[] = "cpuid_mask: this CPU cannot trap CPUID (no cpuid_fault flag in /proc/cpuinfo), "
+                                  "so CPUID_MASK cannot apply; run on a CPU that has it, or under qemu-x86_64 -cpu Haswell\n";
+        write(2, why, sizeof why - 1);
+        _exit(2);
+    }
 }
