@@ -79,40 +79,42 @@ class Windows:
         return found
 
     def term_counts_at(self, columns: Sequence[tuple[np.ndarray, np.ndarray]], at: np.ndarray) -> np.ndarray:
-        """How often each window of `at` holds each term, one row a term, from the terms' columns (the
-        passages holding it, ascending, and their counts)."""
-        spanned = _sorted_unique(np.concatenate([at - 1, at, at + 1]))
-        spanned = spanned[(spanned >= 0) & (spanned < self.n)]
+        """How often each window of `at` holds each term, one row a term (float64,
+        as scored), from the terms' columns (the passages holding it, ascending, and their counts)."""
+        at = np.asarray(at, dtype=np.int64)
+        before = np.where(self.joins_previous[at], at - 1, -1)  # -1: no neighbour joins on that side
+        after = np.where(self.joins_next[at], at + 1, -1)
+        spanned = _sorted_unique(np.concatenate([before[before >= 0], at, after[after >= 0]]))
         postings = sum(len(passages) for passages, _ in columns)
         if _SEARCH_COST * len(columns) * len(spanned) < postings:
             counts = self._searched(columns, spanned)
         else:
             counts = self._read_through_marks(columns, spanned)
-        counts = np.concatenate([counts, np.zeros((len(columns), 1), dtype=counts.dtype)], axis=1)  # last: no passage
-
-        def counts_of(pids: np.ndarray) -> np.ndarray:  # a neighbour beyond either end reads the empty column
-            inside = (pids >= 0) & (pids < self.n)
-            return counts[:, np.where(inside, np.searchsorted(spanned, pids), len(spanned))]
-
-        own, before, after = counts_of(at), counts_of(at - 1), counts_of(at + 1)
-        return own + np.where(self.joins_previous[at], before, 0) + np.where(self.joins_next[at], after, 0)
+        # each window's passages' places among the spanned ones; a missing neighbour reads the last,
+        # empty column
+        own = np.searchsorted(spanned, at)
+        before = np.where(before >= 0, np.searchsorted(spanned, before), len(spanned))
+        after = np.where(after >= 0, np.searchsorted(spanned, after), len(spanned))
+        return counts[:, own] + counts[:, before] + counts[:, after]
 
     @staticmethod
     def _searched(columns: Sequence[tuple[np.ndarray, np.ndarray]], spanned: np.ndarray) -> np.ndarray:
-        """Each term's count in each passage of `spanned`: a binary search of its column for each."""
+        """Each term's count in each passage of `spanned` (and a last, empty column): a binary search of
+        its column for each."""
         wanted = spanned.astype(np.int32)  # as the columns: searched without a copy of them
-        counts = np.zeros((len(columns), len(spanned)), dtype=np.int64)
+        counts = np.zeros((len(columns), len(spanned) + 1), dtype=np.float64)
         for row, (passages, held) in enumerate(columns):
             if len(passages):
                 place = np.minimum(np.searchsorted(passages, wanted), len(passages) - 1)
-                counts[row] = np.where(passages[place] == wanted, held[place], 0)
+                counts[row, :-1] = np.where(passages[place] == wanted, held[place], 0)
         return counts
 
     def _read_through_marks(self, columns: Sequence[tuple[np.ndarray, np.ndarray]], spanned: np.ndarray) -> np.ndarray:
-        """Each term's count in each passage of `spanned`: the passages marked with their place in this
-        thread's zeros (left as they were found), each column read through the marks in one pass."""
+        """Each term's count in each passage of `spanned` (and a last, empty column): the passages marked
+        with their place in this thread's zeros (left as they were found), each column read through the
+        marks in one pass."""
         marks = self._scratch(self.n)
-        counts = np.zeros((len(columns), len(spanned)), dtype=np.int64)
+        counts = np.zeros((len(columns), len(spanned) + 1), dtype=np.float64)
         try:
             marks[spanned] = np.arange(1, len(spanned) + 1, dtype=np.int32)
             for row, (passages, held) in enumerate(columns):
@@ -136,7 +138,7 @@ class Windows:
         out = np.zeros(len(at), dtype=np.float64)
         if not terms or not len(at):
             return out
-        tf = self.term_counts_at([(passages, counts) for _, _, passages, counts in terms], at).astype(np.float64)
+        tf = self.term_counts_at([(passages, counts) for _, _, passages, counts in terms], at)
         component = term_frequency_component(params, tf, self.lengths[at][None, :], self.avg_length)
         if params.method in NONOCCURRENCE_METHODS:  # the same for every window: it cannot move one above another
             component -= term_frequency_component(params, 0.0, self.avg_length, self.avg_length)
