@@ -79,8 +79,8 @@ class Windows:
         return found
 
     def term_counts_at(self, columns: Sequence[tuple[np.ndarray, np.ndarray]], at: np.ndarray) -> np.ndarray:
-        """How often each window of `at` holds each term, one row a term (float64,
-        as scored), from the terms' columns (the passages holding it, ascending, and their counts)."""
+        """How often each window of `at` holds each term, one row a term (float64, as scored), from the
+        terms' columns (the passages holding it, ascending, and their counts)."""
         at = np.asarray(at, dtype=np.int64)
         before = np.where(self.joins_previous[at], at - 1, -1)  # -1: no neighbour joins on that side
         after = np.where(self.joins_next[at], at + 1, -1)
