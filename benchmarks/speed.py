@@ -283,14 +283,15 @@ def work_bm25(payload: dict[str, Any]) -> dict[str, Any]:
     from search.index.bm25 import BM25Index
     from search.text.tokenizing import tokenize
 
+    from search.index.facets import read_document_starts
     from search.index.folder import Generation
     from search.index.passage_store import read_tokens
 
     generation = Generation(Path(payload["generation"]))
     tokens = read_tokens(generation)
     ours = BM25Index.load(generation.bm25_folder)  # passages alone, as rank-bm25 scores them
-    starts = generation.document_starts_file
-    windowed = BM25Index.load(generation.bm25_folder, document_starts=np.load(starts)) if starts.is_file() else None
+    starts = read_document_starts(generation)
+    windowed = BM25Index.load(generation.bm25_folder, document_starts=starts) if starts is not None else None
     queries = [tokenize(q) for q in payload["queries"]]
     started = time.perf_counter()
     okapi = BM25Okapi(tokens, k1=ours.params.k1, b=ours.params.b)

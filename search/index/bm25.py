@@ -258,7 +258,8 @@ class BM25Index:
                     cand = cand[mask[cand]]
             scores[cand] += self._window_scores_at(ids, cand)
             windowed, cand_scores = cand, scores[cand]
-            cand, cand_scores = _best(cand[cand_scores > 0], cand_scores[cand_scores > 0], k)
+            positive = cand_scores > 0
+            cand, cand_scores = _best(cand[positive], cand_scores[positive], k)
         order = np.lexsort((cand, -cand_scores))
         return (cand[order].astype(np.int64, copy=False), cand_scores[order]), QueryScores(scores, windowed)
 
