@@ -134,33 +134,40 @@ class SegmentScorer:
         """Passages [start, stop), whose postings are [first_posting, end_posting) of the stream."""
         import scipy.sparse as sp
 
-        distinct = stream.distinct[start:stop]
-        indptr = np.zeros(stop - start + 1, dtype=np.int64)
-        np.cumsum(distinct, out=indptr[1:])
-        lengths = stream.lengths[start:stop].astype(np.float64)
+        rows = np.zeros(stop - start + 1, dtype=np.int64)
+        np.cumsum(stream.distinct[start:stop], out=rows[1:])
         terms = np.asarray(stream.terms[first_posting:end_posting])
-        scores = np.empty(end_posting - first_posting, dtype=np.float64)
-        # scored a bounded run of passages at a time: the formulas' temporaries stay small and are reused
-        # (whole-segment temporaries are fresh memory each, and page faults cost more than the arithmetic)
-        for a, b in _runs(indptr, _SCORE_POSTINGS):
-            col = terms[indptr[a] : indptr[b]]
-            tf = np.asarray(stream.counts[first_posting + indptr[a] : first_posting + indptr[b]], dtype=np.float64)
-            chunk = self.idf[col] * term_frequency_component(self.params, tf, np.repeat(lengths[a:b], distinct[a:b]), self.stats.avg_length)
-            if self.nonoccurrence is not None:
-                chunk -= self.nonoccurrence[col]  # added back for every passage at query time, as in bm25s
-            scores[indptr[a] : indptr[b]] = chunk
         # the postings are already a CSR matrix (a row per passage, each (passage, term) once); scipy turns it
         # into columns by a linear counting pass, no sort. Its data is each posting's place in the stream,
-        # so the one pass orders both the scores and the counts.
+        # so the one pass orders the counts, which are then scored in column order.
         place = np.arange(len(terms), dtype=np.int32)  # a segment holds under 2**31 postings (SEGMENT_POSTINGS)
-        matrix = sp.csr_matrix((place, terms, indptr), shape=(stop - start, len(self.stats.vocab))).tocsc()
+        matrix = sp.csr_matrix((place, terms, rows), shape=(stop - start, len(self.stats.vocab))).tocsc()
         counts = np.asarray(stream.counts[first_posting:end_posting], dtype=np.int32)[matrix.data]
-        return Segment(start, stop - start, scores[matrix.data], matrix.indices.astype(np.int32, copy=False),
-                       matrix.indptr.astype(np.int64, copy=False), counts)
+        passages = matrix.indices.astype(np.int32, copy=False)
+        columns = matrix.indptr.astype(np.int64, copy=False)
+        return Segment(start, stop - start, self._column_scores(columns, passages, counts, stream.lengths[start:stop]), passages, columns, counts)
+
+    def _column_scores(self, columns: np.ndarray, passages: np.ndarray, counts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Each posting's score, column (term) by column: the scores a pass in passage order gives, bit for
+        bit (the same formula on the same numbers), without gathering 8-byte scores into column order
+        afterwards (a random read of the whole array: 0.1-0.2 s at 100k passages)."""
+        lengths = np.asarray(lengths, dtype=np.float64)
+        held = np.diff(columns)
+        scores = np.empty(len(passages), dtype=np.float64)
+        # scored a bounded run of columns at a time: the formulas' temporaries stay small and are reused
+        # (whole-segment temporaries are fresh memory each, and page faults cost more than the arithmetic)
+        for a, b in _runs(columns, _SCORE_POSTINGS):
+            lo, hi = columns[a], columns[b]
+            tf = counts[lo:hi].astype(np.float64)
+            chunk = np.repeat(self.idf[a:b], held[a:b]) * term_frequency_component(self.params, tf, lengths[passages[lo:hi]], self.stats.avg_length)
+            if self.nonoccurrence is not None:
+                chunk -= np.repeat(self.nonoccurrence[a:b], held[a:b])  # added back for every passage at query time, as in bm25s
+            scores[lo:hi] = chunk
+        return scores
 
 
 def _runs(indptr: np.ndarray, size: int) -> Iterator[tuple[int, int]]:
-    """(a, b): runs of whole passages holding about `size` postings (at least one passage each)."""
+    """(a, b): runs of whole rows (passages, or columns) holding about `size` postings (at least one row each)."""
     a, n = 0, len(indptr) - 1
     while a < n:
         b = max(a + 1, int(np.searchsorted(indptr, indptr[a] + size, side="right")) - 1)
