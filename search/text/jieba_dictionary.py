@@ -34,8 +34,9 @@ class CompactDictionary:
     def __init__(self, folder: Path) -> None:
         import numpy as np
 
-        self._words = np.load(folder / "words.npy", mmap_mode="r")  # sorted, dtype S<longest word>
-        self._freqs = np.load(folder / "freqs.npy", mmap_mode="r")
+        # plain arrays over the mapped files: a numpy.memmap pays Python-level bookkeeping on every lookup
+        self._words = np.asarray(np.load(folder / "words.npy", mmap_mode="r"))  # sorted, dtype S<longest word>
+        self._freqs = np.asarray(np.load(folder / "freqs.npy", mmap_mode="r"))
         self.total = int((folder / "total.txt").read_text())
         self._width = self._words.dtype.itemsize
         self._searchsorted = np.searchsorted
