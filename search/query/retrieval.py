@@ -61,12 +61,14 @@ class Retriever:
     def retrieve(self, query: Query, depth: int, allowed: Selection | None = None) -> Retrieval:
         """Candidates `depth` deep for what `query.mode` needs, among the passages `allowed` lets through."""
         translations = self._translations(query)
-        tokens = list(query.tokens) + [token for space in translations for token in tokenize_query(translate(query.text, space))]
         # a multilingual model reads the query as asked: the translation is for BM25 and the other models
         dense_texts = {space: text for space, text in translations.items() if not reads_every_language(self.models[space])}
         if dense_texts and query.mode != "bm25" and self.policy.config.rereads(translated=True):
             depth = max(depth, self.policy.config.rerank_depth)  # the candidates a multilingual model re-reads
         jobs = self._start_dense(query, depth, allowed, dense_texts) if query.mode != "bm25" else []
+        tokens = []  # tokenised while the dense threads embed; a dense search needs none
+        if query.mode != "dense":
+            tokens = list(query.tokens) + [token for space in translations for token in tokenize_query(translate(query.text, space))]
         bm25 = self.backend.bm25_top(tokens, depth, allowed) if query.mode != "dense" else EMPTY
         found = {space: result for job in jobs for space, result in job.result().items()}  # space -> (query vector, ranking)
         one_scale = len({(self.models[space], dense_texts.get(space)) for space in found}) == 1  # one model, one text
