@@ -127,9 +127,11 @@ def test_an_extended_graph_never_returns_a_retired_row(tmp_path):
     ids[:10] = -1
     extended = DenseIndex.extended(tmp_path / "dense-zh", ids, vectors[500:])
     assert extended is not None and (extended.retired, extended.live, len(extended)) == (10, 590, 600)
+    live = ids >= 0
     for row in (0, 5, 9):  # a retired passage's own vector finds everything but it
-        found, _ = extended.search(vectors[row], 20)
-        assert -1 not in found.tolist() and len(found) == 20
+        for k in (20, 5):  # 10 retired rows searched past (k 20), or skipped by a selector (k 5)
+            found, _ = extended.search(vectors[row], k)
+            assert -1 not in found.tolist() and found.tolist() == ids[live][np.argsort(-(vectors[live] @ vectors[row]), kind="stable")[:k]].tolist()
     assert extended.search(vectors[550], 1)[0].tolist() == [2050]  # a new vector is found
     everything, _ = extended.search(vectors[0], 600)
     assert sorted(everything.tolist()) == sorted(ids[ids >= 0].tolist())  # k beyond the live rows: every live one
