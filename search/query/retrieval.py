@@ -66,10 +66,11 @@ class Retriever:
         if dense_texts and query.mode != "bm25" and self.policy.config.rereads(translated=True):
             depth = max(depth, self.policy.config.rerank_depth)  # the candidates a multilingual model re-reads
         jobs = self._start_dense(query, depth, allowed, dense_texts) if query.mode != "bm25" else []
-        tokens = []  # tokenised while the dense threads embed; a dense search needs none
-        if query.mode != "dense":
+        tokens: list[str] = []
+        bm25 = EMPTY
+        if query.mode != "dense":  # tokenised while the dense threads embed
             tokens = list(query.tokens) + [token for space in translations for token in tokenize_query(translate(query.text, space))]
-        bm25 = self.backend.bm25_top(tokens, depth, allowed) if query.mode != "dense" else EMPTY
+            bm25 = self.backend.bm25_top(tokens, depth, allowed)
         found = {space: result for job in jobs for space, result in job.result().items()}  # space -> (query vector, ranking)
         one_scale = len({(self.models[space], dense_texts.get(space)) for space in found}) == 1  # one model, one text
         dense = self.policy.merge_spaces({space: ranking for space, (_, ranking) in found.items()},
