@@ -281,11 +281,10 @@ def work_bm25(payload: dict[str, Any]) -> dict[str, Any]:
     from rank_bm25 import BM25Okapi
 
     from search.index.bm25 import BM25Index
-    from search.text.tokenizing import tokenize
-
     from search.index.facets import read_document_starts
     from search.index.folder import Generation
     from search.index.passage_store import read_tokens
+    from search.text.tokenizing import tokenize
 
     generation = Generation(Path(payload["generation"]))
     tokens = read_tokens(generation)

@@ -13,7 +13,7 @@ import numpy as np
 from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params, idf, term_frequency_component
 from search.index.bm25_terms import TermStream
 
-__all__ = ["SEGMENT_PASSAGES", "SEGMENT_POSTINGS", "Segment", "SegmentScorer", "Stats"]
+__all__ = ["SEGMENT_PASSAGES", "SEGMENT_POSTINGS", "Segment", "SegmentScorer", "Stats", "find_sorted"]
 
 # A segment ends at this many passages or postings (distinct terms of a passage), whichever comes first:
 # scoring one holds ~40 bytes per posting, so 8M keep a build's BM25 stage near 300 MB.
@@ -73,9 +73,7 @@ class Segment:
         lists its passages in ascending order (scipy's CSR-to-CSC pass visits the rows in order)."""
         for a, b in zip(self.indptr[terms].tolist(), self.indptr[terms + 1].tolist()):
             if b > a:
-                column = self.indices[a:b]
-                at = np.minimum(np.searchsorted(column, offsets), b - a - 1)
-                found = column[at] == offsets
+                at, found = find_sorted(self.indices[a:b], offsets)
                 out[found] += self.data[a:b][at[found]]
 
     def postings(self, term: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +162,15 @@ class SegmentScorer:
                 chunk -= np.repeat(self.nonoccurrence[a:b], held[a:b])  # added back for every passage at query time, as in bm25s
             scores[lo:hi] = chunk
         return scores
+
+
+def find_sorted(values: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of `wanted` would sit in `values` (ascending; clamped to the last place), and whether
+    it is there: a column's passages looked up without a pass over the column."""
+    if not len(values):
+        return np.zeros(len(wanted), dtype=np.intp), np.zeros(len(wanted), dtype=bool)
+    place = np.minimum(np.searchsorted(values, wanted), len(values) - 1)
+    return place, values[place] == wanted
 
 
 def _runs(indptr: np.ndarray, size: int) -> Iterator[tuple[int, int]]:

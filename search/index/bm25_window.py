@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params, idf, term_frequency_component
+from search.index.bm25_segments import find_sorted
 
 __all__ = ["Windows", "neighbour_joins"]
 
@@ -105,8 +106,8 @@ class Windows:
         counts = np.zeros((len(columns), len(spanned) + 1), dtype=np.float64)
         for row, (passages, held) in enumerate(columns):
             if len(passages):
-                place = np.minimum(np.searchsorted(passages, wanted), len(passages) - 1)
-                counts[row, :-1] = np.where(passages[place] == wanted, held[place], 0)
+                place, found = find_sorted(passages, wanted)
+                counts[row, :-1] = np.where(found, held[place], 0)
         return counts
 
     def _read_through_marks(self, columns: Sequence[tuple[np.ndarray, np.ndarray]], spanned: np.ndarray) -> np.ndarray:
