@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["BM25Params", "METHODS", "NONOCCURRENCE_METHODS", "idf", "term_frequency_component"]
+__all__ = ["BM25Params", "METHODS", "NONOCCURRENCE_METHODS", "idf", "length_norm", "saturation", "term_frequency_component"]
 
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 # Variants whose score adds a non-occurrence term for every passage, so a positive score does not mean a match.
@@ -80,32 +80,49 @@ def idf_bm25plus(df: int, n: int) -> float:
 
 
 # ----- term-frequency component: tf occurrences in a passage of length l_d, mean length l_avg ------
+# Written in two steps, the passage's length normalisation and then each posting's saturation by it, so a
+# build normalises each passage once rather than once per posting (the same operations on the same
+# numbers as the one-expression formulas: the same bits).
 
-def tfc_robertson(tf: np.ndarray, l_d: np.ndarray, l_avg: float, p: BM25Params) -> np.ndarray:
+def norm_k1(l_d: np.ndarray, l_avg: float, p: BM25Params) -> np.ndarray:
+    """k1 scaled by the passage's length against the mean (robertson, lucene, atire, bm25+)."""
+    return p.k1 * ((1 - p.b) + p.b * l_d / l_avg)
+
+
+def norm_plain(l_d: np.ndarray, l_avg: float, p: BM25Params) -> np.ndarray:
+    """The passage's length against the mean, without k1 (bm25l divides tf by it)."""
+    return (1 - p.b) + p.b * l_d / l_avg
+
+
+def saturation_robertson(tf: np.ndarray, norm: np.ndarray, p: BM25Params) -> np.ndarray:
     """Robertson's saturation (Lucene drops the (k1 + 1) factor too, so both use this)."""
-    return tf / (p.k1 * ((1 - p.b) + p.b * l_d / l_avg) + tf)
+    return tf / (norm + tf)
 
 
-def tfc_atire(tf: np.ndarray, l_d: np.ndarray, l_avg: float, p: BM25Params) -> np.ndarray:
-    return (tf * (p.k1 + 1)) / (tf + p.k1 * (1 - p.b + p.b * l_d / l_avg))
+def saturation_atire(tf: np.ndarray, norm: np.ndarray, p: BM25Params) -> np.ndarray:
+    return (tf * (p.k1 + 1)) / (tf + norm)
 
 
-def tfc_bm25l(tf: np.ndarray, l_d: np.ndarray, l_avg: float, p: BM25Params) -> np.ndarray:
+def saturation_bm25l(tf: np.ndarray, norm: np.ndarray, p: BM25Params) -> np.ndarray:
     """Lv and Zhai's BM25L: length-normalised tf shifted by delta, so long passages are not over-penalised."""
-    c = tf / (1 - p.b + p.b * l_d / l_avg)
+    c = tf / norm
     return ((p.k1 + 1) * (c + p.delta)) / (p.k1 + c + p.delta)
 
 
-def tfc_bm25plus(tf: np.ndarray, l_d: np.ndarray, l_avg: float, p: BM25Params) -> np.ndarray:
+def saturation_bm25plus(tf: np.ndarray, norm: np.ndarray, p: BM25Params) -> np.ndarray:
     """Lv and Zhai's BM25+: a lower bound delta for every occurrence."""
-    return ((p.k1 + 1) * tf) / (p.k1 * (1 - p.b + p.b * l_d / l_avg) + tf) + p.delta
+    return ((p.k1 + 1) * tf) / (norm + tf) + p.delta
 
 
 _IDF: dict[str, Callable[[int, int], float]] = {
     "robertson": idf_robertson, "lucene": idf_lucene, "atire": idf_atire, "bm25l": idf_bm25l, "bm25+": idf_bm25plus,
 }
-_TFC: dict[str, Callable[..., np.ndarray]] = {
-    "robertson": tfc_robertson, "lucene": tfc_robertson, "atire": tfc_atire, "bm25l": tfc_bm25l, "bm25+": tfc_bm25plus,
+_NORM: dict[str, Callable[..., np.ndarray]] = {
+    "robertson": norm_k1, "lucene": norm_k1, "atire": norm_k1, "bm25l": norm_plain, "bm25+": norm_k1,
+}
+_SATURATION: dict[str, Callable[..., np.ndarray]] = {
+    "robertson": saturation_robertson, "lucene": saturation_robertson, "atire": saturation_atire,
+    "bm25l": saturation_bm25l, "bm25+": saturation_bm25plus,
 }
 
 
@@ -113,5 +130,15 @@ def idf(params: BM25Params, df: int, n: int) -> float:
     return _IDF[params.method](df, n)
 
 
+def length_norm(params: BM25Params, l_d: np.ndarray, l_avg: float) -> np.ndarray:
+    """What a passage's length contributes to each of its postings' term-frequency component."""
+    return _NORM[params.method](l_d, l_avg, params)
+
+
+def saturation(params: BM25Params, tf: np.ndarray, norm: np.ndarray) -> np.ndarray:
+    """A posting's term-frequency component, from its passage's `length_norm`."""
+    return _SATURATION[params.method](tf, norm, params)
+
+
 def term_frequency_component(params: BM25Params, tf: np.ndarray, l_d: np.ndarray, l_avg: float) -> np.ndarray:
-    return _TFC[params.method](tf, l_d, l_avg, params)
+    return saturation(params, tf, length_norm(params, l_d, l_avg))
