@@ -256,6 +256,20 @@ def test_three_segments_score_exactly_like_one(corpus, tmp_path, method, monkeyp
             np.testing.assert_array_equal(a, b)
 
 
+def test_a_segment_of_passages_without_tokens_is_written_and_read(tmp_path):
+    corpus = [["gpu", "显存"], [], [], ["显存"], ["gpu"]]  # one passage a segment: two of them hold no postings
+    writer = TermWriter(tmp_path / "s")
+    for doc in corpus:
+        writer.add(doc)
+    streamed = BM25Index.build_from_terms(writer.close(), tmp_path / "s", segment_passages=1)
+    loaded = BM25Index.load(tmp_path / "s")
+    assert loaded.n_segments == 5
+    one = BM25Index.build(corpus)
+    for query in (["gpu"], ["显存"], ["gpu", "显存"]):
+        np.testing.assert_array_equal(streamed.scores(query), one.scores(query))
+        np.testing.assert_array_equal(loaded.scores(query), one.scores(query))
+
+
 def test_segments_cut_by_postings_count_too(corpus):
     index = BM25Index.build(corpus, segment_postings=30)
     assert index.n_segments > 3

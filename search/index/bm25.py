@@ -125,7 +125,7 @@ class BM25Index:
             stats = Stats(stream.vocab, stats.df[stats.df > 0], stats.n_passages, stats.total_length)
         scorer = SegmentScorer(stats, params)
         sizes = []
-        for number, segment in enumerate(scorer.segments(stream, segment_passages, segment_postings)):
+        for number, segment in enumerate(scorer.segments(stream, segment_passages, segment_postings, folder)):
             segment.save(folder, number)
             sizes.append(segment.n)
             if on_passages:

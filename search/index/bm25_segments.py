@@ -4,6 +4,7 @@ scorer that turns a term stream into segments."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -85,14 +86,22 @@ class Segment:
         for t in terms:
             mask[self.indices[self.indptr[t] : self.indptr[t + 1]]] = True
 
+    @staticmethod
+    def path(folder: Path, number: int, name: str) -> Path:
+        """The file of one of a segment's arrays (`name` in "data", "indices", "indptr", "counts")."""
+        return folder / f"seg-{number:04d}.{name}.npy"
+
     def save(self, folder: Path, number: int) -> None:
         for name in _ARRAYS:
-            if getattr(self, name) is not None:
-                np.save(folder / f"seg-{number:04d}.{name}.npy", getattr(self, name))
+            array = getattr(self, name)
+            path = self.path(folder, number, name)
+            # scores written straight into their file as they were computed (SegmentScorer) are there already
+            if array is not None and not (isinstance(array, np.memmap) and Path(array.filename).resolve() == path.resolve()):
+                np.save(path, array)
 
     @classmethod
     def load(cls, folder: Path, number: int, start: int, n: int, mmap: bool) -> "Segment":
-        paths = [folder / f"seg-{number:04d}.{name}.npy" for name in _ARRAYS]
+        paths = [cls.path(folder, number, name) for name in _ARRAYS]
         # plain arrays over the mapped files: a numpy.memmap pays Python-level bookkeeping on every slice,
         # and a query slices each of its terms' columns several times
         arrays = [np.asarray(np.load(path, mmap_mode="r" if mmap else None)) if path.is_file() or name != "counts" else None
@@ -117,19 +126,24 @@ class SegmentScorer:
             zero = term_frequency_component(params, 0, avg, avg)
             self.nonoccurrence = self.idf * zero  # idf(df) * tfc(0) per term, as bm25s's non-occurrence array
 
-    def segments(self, stream: TermStream, max_passages: int, max_postings: int) -> Iterator[Segment]:
+    def segments(self, stream: TermStream, max_passages: int, max_postings: int, folder: Path | None = None) -> Iterator[Segment]:
         """Segments in passage order: a segment ends after max_passages, or after the passage that brings
-        it to max_postings postings."""
+        it to max_postings postings. With `folder`, each segment's scores are written into their file
+        there as they are computed (`Segment.save` then writes the rest)."""
         ends = np.cumsum(stream.distinct)
         start = 0
-        while start < len(stream.lengths):
+        for number in itertools.count():
+            if start >= len(stream.lengths):
+                return
             base = ends[start] - stream.distinct[start]
             stop = min(start + max_passages, int(np.searchsorted(ends, base + max_postings, side="left")) + 1, len(stream.lengths))
-            yield self._segment(start, stop, base, int(ends[stop - 1]), stream)
+            data_file = None if folder is None else Segment.path(folder, number, "data")
+            yield self._segment(start, stop, base, int(ends[stop - 1]), stream, data_file)
             start = stop
 
-    def _segment(self, start: int, stop: int, first_posting: int, end_posting: int, stream: TermStream) -> Segment:
-        """Passages [start, stop), whose postings are [first_posting, end_posting) of the stream."""
+    def _segment(self, start: int, stop: int, first_posting: int, end_posting: int, stream: TermStream, data_file: Path | None) -> Segment:
+        """Passages [start, stop), whose postings are [first_posting, end_posting) of the stream; scores
+        into `data_file` (None: in memory)."""
         import scipy.sparse as sp
 
         rows = np.zeros(stop - start + 1, dtype=np.int64)
@@ -142,16 +156,20 @@ class SegmentScorer:
         passages = matrix.indices.astype(np.int32, copy=False)
         columns = matrix.indptr.astype(np.int64, copy=False)
         counts = matrix.data
-        return Segment(start, stop - start, self._column_scores(columns, passages, counts, stream.lengths[start:stop]), passages, columns, counts)
+        # into the file's pages directly: scores computed in memory and then written out cost page faults
+        # for 8 bytes a posting and a copy of them (0.1 s of a one-note edit at 100k passages)
+        scores = np.empty(len(passages), dtype=np.float64) if data_file is None else \
+            np.lib.format.open_memmap(data_file, mode="w+", dtype=np.float64, shape=(len(passages),))
+        self._column_scores(columns, passages, counts, stream.lengths[start:stop], scores)
+        return Segment(start, stop - start, scores, passages, columns, counts)
 
-    def _column_scores(self, columns: np.ndarray, passages: np.ndarray, counts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def _column_scores(self, columns: np.ndarray, passages: np.ndarray, counts: np.ndarray, lengths: np.ndarray, scores: np.ndarray) -> None:
         """Each posting's score, column (term) by column: the scores a pass in passage order gives, bit for
         bit (the same formula on the same numbers), without gathering 8-byte scores into column order
         afterwards (a random read of the whole array: 0.1-0.2 s at 100k passages). Each passage's
         length is normalised once, not once per posting."""
         norms = length_norm(self.params, np.asarray(lengths, dtype=np.float64), self.stats.avg_length)
         held = np.diff(columns)
-        scores = np.empty(len(passages), dtype=np.float64)
         # scored a bounded run of columns at a time: the formulas' temporaries stay small and are reused
         # (whole-segment temporaries are fresh memory each, and page faults cost more than the arithmetic)
         for a, b in _runs(columns, _SCORE_POSTINGS):
@@ -161,7 +179,6 @@ class SegmentScorer:
             if self.nonoccurrence is not None:
                 chunk -= np.repeat(self.nonoccurrence[a:b], held[a:b])  # added back for every passage at query time, as in bm25s
             scores[lo:hi] = chunk
-        return scores
 
 
 def find_sorted(values: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
