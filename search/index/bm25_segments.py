@@ -4,7 +4,6 @@ scorer that turns a term stream into segments."""
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -131,15 +130,13 @@ class SegmentScorer:
         it to max_postings postings. With `folder`, each segment's scores are written into their file
         there as they are computed (`Segment.save` then writes the rest)."""
         ends = np.cumsum(stream.distinct)
-        start = 0
-        for number in itertools.count():
-            if start >= len(stream.lengths):
-                return
+        start, number = 0, 0
+        while start < len(stream.lengths):
             base = ends[start] - stream.distinct[start]
             stop = min(start + max_passages, int(np.searchsorted(ends, base + max_postings, side="left")) + 1, len(stream.lengths))
             data_file = None if folder is None else Segment.path(folder, number, "data")
             yield self._segment(start, stop, base, int(ends[stop - 1]), stream, data_file)
-            start = stop
+            start, number = stop, number + 1
 
     def _segment(self, start: int, stop: int, first_posting: int, end_posting: int, stream: TermStream, data_file: Path | None) -> Segment:
         """Passages [start, stop), whose postings are [first_posting, end_posting) of the stream; scores
@@ -149,10 +146,10 @@ class SegmentScorer:
         rows = np.zeros(stop - start + 1, dtype=np.int64)
         np.cumsum(stream.distinct[start:stop], out=rows[1:])
         terms = np.asarray(stream.terms[first_posting:end_posting])
-        counts = np.asarray(stream.counts[first_posting:end_posting], dtype=np.int32)
+        row_counts = np.asarray(stream.counts[first_posting:end_posting], dtype=np.int32)
         # the postings are already a CSR matrix of term counts (a row per passage, each (passage, term)
         # once); scipy turns it into columns by a linear counting pass, no sort, carrying the counts along
-        matrix = sp.csr_matrix((counts, terms, rows), shape=(stop - start, len(self.stats.vocab))).tocsc()
+        matrix = sp.csr_matrix((row_counts, terms, rows), shape=(stop - start, len(self.stats.vocab))).tocsc()
         passages = matrix.indices.astype(np.int32, copy=False)
         columns = matrix.indptr.astype(np.int64, copy=False)
         counts = matrix.data
