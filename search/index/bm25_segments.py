@@ -12,6 +12,7 @@ import numpy as np
 
 from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params, idf, length_norm, saturation, term_frequency_component
 from search.index.bm25_terms import TermStream
+from search.index.folder import preallocate
 
 __all__ = ["SEGMENT_PASSAGES", "SEGMENT_POSTINGS", "Segment", "SegmentScorer", "Stats", "find_sorted"]
 
@@ -155,8 +156,11 @@ class SegmentScorer:
         counts = matrix.data
         # into the file's pages directly: scores computed in memory and then written out cost page faults
         # for 8 bytes a posting and a copy of them (0.1 s of a one-note edit at 100k passages)
-        scores = np.empty(len(passages), dtype=np.float64) if data_file is None else \
-            np.lib.format.open_memmap(data_file, mode="w+", dtype=np.float64, shape=(len(passages),))
+        if data_file is None:
+            scores = np.empty(len(passages), dtype=np.float64)
+        else:
+            scores = np.lib.format.open_memmap(data_file, mode="w+", dtype=np.float64, shape=(len(passages),))
+            preallocate(data_file)  # a full disk: ENOSPC now, not a SIGBUS while scoring
         self._column_scores(columns, passages, counts, stream.lengths[start:stop], scores)
         return Segment(start, stop - start, scores, passages, columns, counts)
 

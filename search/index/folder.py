@@ -179,6 +179,22 @@ def copy_range(source: int, target: int, start: int, end: int, target_at: int | 
             chunk, done = chunk[written:], done + written
 
 
+def preallocate(path: Path) -> None:
+    """Allocate the blocks of a file that is about to be written through a memory map. A full disk then
+    raises ENOSPC here, as a plain write would; through the map, the first write to a page beyond the free
+    space is a SIGBUS that kills the process. Where the system or the filesystem cannot allocate ahead
+    (macOS, some network filesystems), nothing is done."""
+    allocate = getattr(os, "posix_fallocate", None)
+    if allocate is None:
+        return
+    with open(path, "r+b") as handle:
+        try:
+            allocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write a file so readers see either the old or the new content, never a torn one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

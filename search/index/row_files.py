@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from search.index.folder import preallocate
+
 __all__ = ["RowFile", "StoredVectors"]
 
 _COPY_ROWS = 65_536  # rows copied at a time when saving (a build's staging file may hold millions)
@@ -95,6 +97,7 @@ class StoredVectors:
             np.save(path, np.zeros((0, self.dim), dtype=np.float32))
             return
         out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(rows), self.dim))
+        preallocate(path)  # a full disk: ENOSPC now, not a SIGBUS while copying
         for start in range(0, len(rows), _COPY_ROWS):
             out[start : start + _COPY_ROWS] = rows[start : start + _COPY_ROWS]
         out.flush()
