@@ -218,13 +218,15 @@ def test_a_real_full_disk_and_a_read_only_folder(tiny_filesystem, tmp_path):
     assert query(index).stdout == expected and cli("check", "--index", index).returncode == 0
 
 
-# Two files a build writes through a memory map, each on the full filesystem given (argv[2]), in a process
-# of its own: a write to a mapped page the disk has no room for kills the process with SIGBUS.
+# Files a build writes through a memory map or FAISS, each on the full filesystem given (argv[2]), in a
+# process of its own: a write to a mapped page the disk has no room for kills the process with SIGBUS,
+# and FAISS reports a failed write as a RuntimeError.
 MAPPED_WRITES = """
 import errno, sys, numpy as np
 from pathlib import Path
 from search.index.bm25 import BM25Index
 from search.index.bm25_terms import TermWriter
+from search.index.dense import DenseIndex
 from search.index.row_files import StoredVectors
 staging, full = Path(sys.argv[1]), Path(sys.argv[2])
 writer = TermWriter(staging)
@@ -232,7 +234,8 @@ for passage in range(2_000):
     writer.add([f"w{passage % 97}-{i}" for i in range(50)])  # 100k postings: 800 KB of BM25 scores
 stream = writer.close()
 for write in (lambda: BM25Index.build_from_terms(stream, full),
-              lambda: StoredVectors(np.arange(400), np.ones((400, 512), np.float32)).save(full / "dense-zh")):  # 800 KB
+              lambda: StoredVectors(np.arange(400), np.ones((400, 512), np.float32)).save(full / "dense-zh"),  # 800 KB
+              lambda: DenseIndex.build(np.ones((400, 512), np.float32), np.arange(400), 512).save(full / "dense-en")):
     try:
         write()
         print("written")
@@ -243,12 +246,12 @@ for write in (lambda: BM25Index.build_from_terms(stream, full),
 """
 
 
-def test_files_written_through_a_memory_map_meet_a_full_disk_with_enospc(tiny_filesystem, tmp_path):
+def test_files_written_through_a_memory_map_or_faiss_meet_a_full_disk_with_enospc(tiny_filesystem, tmp_path):
     (tmp_path / "staging").mkdir()
     done = subprocess.run([sys.executable, "-c", MAPPED_WRITES, str(tmp_path / "staging"), str(tiny_filesystem)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])  # -7: killed by SIGBUS
-    assert done.stdout.split() == ["ENOSPC", "ENOSPC"]
+    assert done.stdout.split() == ["ENOSPC", "ENOSPC", "ENOSPC"]
 
 
 def members_of_session(session: int) -> list[int]:

@@ -26,6 +26,7 @@ The float32 rows a query re-ranks are read with positional reads (search.index.r
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -265,7 +266,7 @@ class DenseIndex:
         if self._same_graph_as is not None:
             _link_or_copy(self._same_graph_as, path)  # a generation is never written after its build: sharing is safe
         else:
-            faiss.write_index(self.index, str(path))
+            _write_index(self.index, path)
         np.save(prefix.with_suffix(".ids.npy"), self.ids)
         if self.reranks:
             np.save(prefix.with_suffix(".vectors.npy"), np.ascontiguousarray(self.vectors(), dtype=np.float32))
@@ -337,3 +338,15 @@ def _search_parameters(index: faiss.Index, selector: faiss.IDSelector) -> faiss.
     except RuntimeError:  # not an IVF index
         return faiss.SearchParameters(sel=selector)
     return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe, max_codes=ivf.max_codes)
+
+
+def _write_index(index: faiss.Index, path: Path) -> None:
+    """faiss.write_index, whose failed write (a full disk) is a RuntimeError ending in the system's
+    message: raised as the OSError it is, which a build reports in one line with what to do."""
+    try:
+        faiss.write_index(index, str(path))
+    except RuntimeError as error:
+        for code in (errno.ENOSPC, errno.EDQUOT):
+            if os.strerror(code) in str(error):
+                raise OSError(code, os.strerror(code), str(path)) from error
+        raise
