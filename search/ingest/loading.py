@@ -110,9 +110,10 @@ class _Tree:
         real = os.path.realpath(path)
         return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in self.roots)
 
-    def link_outside(self, path: str) -> Skipped | None:
-        """A file link whose target is outside the indexed folders is not followed unless asked."""
-        if self.follow_symlinks or not os.path.islink(path) or not os.path.exists(path) or self.inside(path):
+    def link_outside(self, path: str, is_link: bool) -> Skipped | None:
+        """A file link whose target is outside the indexed folders is not followed unless asked
+        (`is_link`: what the folder listing said of the file, so a plain file costs no lstat)."""
+        if self.follow_symlinks or not is_link or not os.path.exists(path) or self.inside(path):
             return None
         return Skipped(path, f"link to {os.path.realpath(path)}, outside the indexed folders: not followed "
                              "(pass --follow-symlinks to index it)")
@@ -131,8 +132,9 @@ def _is_index_folder(entries: list[os.DirEntry]) -> bool:
     return "CURRENT" in names and any(name.startswith("gen-") for name in names)
 
 
-def _walk(folder: str, skipped: list[Skipped], tree: _Tree) -> Iterator[str]:
-    """Files under a folder, hidden folders and files left out, in a stable order; folders that
+def _walk(folder: str, skipped: list[Skipped], tree: _Tree) -> Iterator[tuple[str, bool]]:
+    """Files under a folder, and whether each is a symbolic link (from the listing, no lstat), hidden
+    folders and files left out, in a stable order; folders that
     cannot be listed, links to folders, folders too deep and names that are not UTF-8 go to
     `skipped`. Iterative (an explicit stack), so no depth of folders can exhaust Python's stack. A
     `datasets.save_to_disk` folder yields its shards alone (search.ingest.arrow)."""
@@ -178,7 +180,7 @@ def _walk(folder: str, skipped: list[Skipped], tree: _Tree) -> Iterator[str]:
             elif is_folder:
                 folders.append(entry.path)
             else:
-                yield entry.path
+                yield entry.path, entry.is_symlink()
         stack.extend((path, depth + 1) for path in reversed(folders))
 
 
@@ -190,14 +192,15 @@ def _stat_error(path: str, error: OSError) -> Skipped:
     return Skipped(path, f"cannot read: {error.strerror or error}")
 
 
-def _source(path: str, tree: _Tree | None) -> SourceFile | Skipped:
-    """Stat one candidate file: a SourceFile, or why it cannot be used (`tree`: found by a walk)."""
+def _source(path: str, tree: _Tree | None, is_link: bool) -> SourceFile | Skipped:
+    """Stat one candidate file: a SourceFile, or why it cannot be used (`tree`: found by a walk, which
+    said whether it `is_link`)."""
     kind = kind_of(path)
     if kind is None:
         return _unsupported(path)
     if _bad_name(path):
         return Skipped(path, _BAD_NAME)
-    outside = tree.link_outside(path) if tree is not None else None
+    outside = tree.link_outside(path, is_link) if tree is not None else None
     if outside is not None:
         return outside
     try:
@@ -230,19 +233,19 @@ def discover_files(
             if real == inner or real.startswith(inner.rstrip(os.sep) + os.sep):
                 raise SearchError(f"{os.fspath(given)} is inside the index folder {folder}: index your notes into another folder (--index DIR)")
     tree = _Tree([path for path in given_paths if os.path.isdir(path)], excluded, follow_symlinks)
-    candidates: list[tuple[str, bool]] = []  # (path, found by a walk)
+    candidates: list[tuple[str, bool, bool]] = []  # (path, found by a walk, a link as the walk found it)
     walk_skipped: list[Skipped] = []
     for path in given_paths:
         if os.path.isdir(path):
-            candidates.extend((found, True) for found in _walk(path, walk_skipped, tree))
+            candidates.extend((found, True, is_link) for found, is_link in _walk(path, walk_skipped, tree))
         else:
-            candidates.append((path, False))  # explicit files are taken even when hidden or links
+            candidates.append((path, False, False))  # explicit files are taken even when hidden or links
     sources: dict[str, SourceFile] = {}
     skipped: dict[str, Skipped] = {s.path: s for s in walk_skipped}
-    for path, walked in dict.fromkeys(candidates):  # de-duplicate, keep order
+    for path, walked, is_link in dict.fromkeys(candidates):  # de-duplicate, keep order
         if path in sources:
             continue
-        found = _source(path, tree if walked else None)
+        found = _source(path, tree if walked else None, is_link)
         if isinstance(found, SourceFile):
             sources[path] = found
             skipped.pop(path, None)
