@@ -12,7 +12,7 @@ import numpy as np
 
 from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params, idf, length_norm, saturation, term_frequency_component
 from search.index.bm25_terms import TermStream
-from search.index.folder import preallocate
+from search.index.folder import new_mapped_npy
 
 __all__ = ["SEGMENT_PASSAGES", "SEGMENT_POSTINGS", "Segment", "SegmentScorer", "Stats", "find_sorted"]
 
@@ -159,8 +159,7 @@ class SegmentScorer:
         if data_file is None:
             scores = np.empty(len(passages), dtype=np.float64)
         else:
-            scores = np.lib.format.open_memmap(data_file, mode="w+", dtype=np.float64, shape=(len(passages),))
-            preallocate(data_file)  # a full disk: ENOSPC now, not a SIGBUS while scoring
+            scores = new_mapped_npy(data_file, np.float64, (len(passages),))
         self._column_scores(columns, passages, counts, stream.lengths[start:stop], scores)
         return Segment(start, stop - start, scores, passages, columns, counts)
 

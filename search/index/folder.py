@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
+
 from search.embedding.models import model_plan
 from search.errors import IncompatibleIndex, IndexDamaged, IndexNotFound, SearchError
 
@@ -179,20 +181,21 @@ def copy_range(source: int, target: int, start: int, end: int, target_at: int | 
             chunk, done = chunk[written:], done + written
 
 
-def preallocate(path: Path) -> None:
-    """Allocate the blocks of a file that is about to be written through a memory map. A full disk then
-    raises ENOSPC here, as a plain write would; through the map, the first write to a page beyond the free
-    space is a SIGBUS that kills the process. Where the system or the filesystem cannot allocate ahead
-    (macOS, some network filesystems), nothing is done."""
+def new_mapped_npy(path: Path, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A new .npy file, memory-mapped for writing, with its blocks allocated first. A full disk then
+    raises ENOSPC here, as a plain write would; through the map, the first write to a page beyond the
+    free space is a SIGBUS that kills the process. Where the system or the filesystem cannot allocate
+    ahead (macOS, some network filesystems), the blocks come as the pages are written."""
+    mapped = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
     allocate = getattr(os, "posix_fallocate", None)
-    if allocate is None:
-        return
-    with open(path, "r+b") as handle:
-        try:
-            allocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
-        except OSError as error:
-            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                raise
+    if allocate is not None:
+        with open(path, "r+b") as handle:
+            try:
+                allocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+            except OSError as error:
+                if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+    return mapped
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.index.folder import preallocate
+from search.index.folder import new_mapped_npy
 
 __all__ = ["RowFile", "StoredVectors"]
 
@@ -96,8 +96,7 @@ class StoredVectors:
         if len(rows) == 0:  # an empty file cannot be memory-mapped
             np.save(path, np.zeros((0, self.dim), dtype=np.float32))
             return
-        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(rows), self.dim))
-        preallocate(path)  # a full disk: ENOSPC now, not a SIGBUS while copying
+        out = new_mapped_npy(path, np.float32, (len(rows), self.dim))
         for start in range(0, len(rows), _COPY_ROWS):
             out[start : start + _COPY_ROWS] = rows[start : start + _COPY_ROWS]
         out.flush()
