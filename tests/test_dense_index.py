@@ -157,3 +157,19 @@ def test_a_graph_with_too_many_retired_rows_is_built_anew(tmp_path):
     ids[:50] = -1
     assert DenseIndex.extended(tmp_path / "graph", ids, vectors[:10]) is not None
     assert DenseIndex.extended(tmp_path / "flat", ids, vectors[:10]) is None  # a flat index is rebuilt: it costs nothing
+
+
+def test_a_graph_is_searched_at_the_depth_measured_for_its_neighbour_count(tmp_path):
+    """A new graph has 64 neighbours a node, searched 160 deep; a graph saved when the count was 32 keeps
+    the 512 its recall was measured at, when loaded and when an edit extends it."""
+    vectors = clustered(600, 16)
+    built = DenseIndex.build(vectors[:500], np.arange(500), dim=16, exact_max=100)
+    assert (built.index.hnsw.nb_neighbors(1), built.index.hnsw.efSearch) == (64, 160)
+    old = faiss.IndexHNSWFlat(16, 32, faiss.METRIC_INNER_PRODUCT)  # as builds made it before
+    old.add(vectors[:500])
+    DenseIndex(old, np.arange(500)).save(tmp_path / "dense-zh")
+    loaded = DenseIndex.load(tmp_path / "dense-zh")
+    assert (loaded.index.hnsw.nb_neighbors(1), loaded.index.hnsw.efSearch) == (32, 512)
+    extended = DenseIndex.extended(tmp_path / "dense-zh", np.arange(600), vectors[500:])
+    assert (extended.index.hnsw.nb_neighbors(1), extended.index.hnsw.efSearch) == (32, 512)
+    assert extended.search(vectors[550], 1)[0].tolist() == [550]
