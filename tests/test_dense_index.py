@@ -173,3 +173,16 @@ def test_a_graph_is_searched_at_the_depth_measured_for_its_neighbour_count(tmp_p
     extended = DenseIndex.extended(tmp_path / "dense-zh", np.arange(600), vectors[500:])
     assert (extended.index.hnsw.nb_neighbors(1), extended.index.hnsw.efSearch) == (32, 512)
     assert extended.search(vectors[550], 1)[0].tolist() == [550]
+
+
+def test_a_filtered_graph_search_goes_deeper_by_the_share_it_allows():
+    """Only the allowed rows a graph meets fill its candidate list, so a filter that lets a tenth of the
+    rows through is searched deeper (up to twice the graph's depth); a flat index takes the selector as is."""
+    from search.index.dense import _search_parameters
+
+    graph = DenseIndex.build(clustered(600, 16), np.arange(600), dim=16, exact_max=100).index
+    selector = faiss.IDSelectorRange(0, 60)
+    depths = [_search_parameters(graph, selector, share).efSearch for share in (1.0, 0.8, 0.5, 0.1)]
+    assert depths == [160, 200, 320, 320]
+    flat = DenseIndex.build(clustered(50, 16), np.arange(50), dim=16).index
+    assert type(_search_parameters(flat, selector, 0.1)) is faiss.SearchParameters

@@ -203,13 +203,13 @@ class DenseIndex:
             if self.retired <= k:  # a few: searched past, since a selector slows every step (HNSW 2.8 -> 3.1 ms)
                 depth = min(len(self), depth + self.retired)
             else:
-                params = _search_parameters(self.index, self._live[1])
+                params = _search_parameters(self.index, self._live[1], self.live / len(self))
         elif allowed_rows is not None and len(allowed_rows) < len(self):
             if not self.exact and len(allowed_rows) <= self.EXACT_FILTER_ROWS:
                 return self._search_rows(query, k, allowed_rows)
             mask = np.zeros(len(self), dtype=bool)
             mask[allowed_rows] = True
-            params = _search_parameters(self.index, faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little")))
+            params = _search_parameters(self.index, faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little")), len(allowed_rows) / len(self))
         scores, rows = self.index.search(query, depth, params=params)
         keep = rows[0] >= 0
         if self.retired:
@@ -339,10 +339,15 @@ def _add_in_chunks(index: faiss.Index, vectors: np.ndarray) -> None:
         index.add(np.ascontiguousarray(vectors[start : start + _ADD_CHUNK], dtype=np.float32))
 
 
-def _search_parameters(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
-    """Search parameters carrying `selector`, with the index's own search depth (nprobe, efSearch)."""
+def _search_parameters(index: faiss.Index, selector: faiss.IDSelector, allowed_share: float) -> faiss.SearchParameters:
+    """Search parameters carrying `selector`, which lets `allowed_share` of the rows through, with the
+    index's own search depth (nprobe, efSearch). A graph fills its candidate list only with the allowed
+    rows it meets, so it is searched deeper by that share, up to twice its depth: bench corpus, zh, 10%
+    / 30% of the rows allowed, recall@10 0.970 / 0.989 at M 64 and efSearch 160 (2.2 / 2.3 ms), 0.990 /
+    0.995 at 320 (3.6 / 3.5 ms; a graph of M 32 at 512: 0.956 / 0.981 in 2.0 / 2.8 ms)."""
     if isinstance(index, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
+        depth = index.hnsw.efSearch
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=min(2 * depth, max(depth, round(depth / allowed_share))))
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:  # not an IVF index
