@@ -41,10 +41,11 @@ EXACT_MAX_VECTORS = 20_000
 # ... a graph up to this many (its build costs ~0.75 CPU-s per 1k vectors), IVF above.
 GRAPH_MAX_VECTORS = 250_000
 # Neighbours per node (M). 64 rather than 32: a graph with more links reaches a query's neighbours in
-# fewer steps, so the same recall needs a fourth of the search depth and 40% less time (~50k vectors a
-# space of the bench corpus, 150 real queries each, one thread; recall@10 of the centred top 10 against
-# exact search): M 32 at efSearch 512 0.989 (zh) / 0.995 (en) in 1.9 / 2.0 ms, M 64 at 128 0.990 / 0.995
-# in 1.2 / 1.2 ms. It costs twice the build time (~0.75 CPU-s per 1k vectors) and 256 B more per vector.
+# fewer steps, so as much recall needs under a third of the search depth (~50k vectors a space of the
+# bench corpus, 150 real queries each, one thread; recall@10 against exact search): M 32 at efSearch 512
+# 0.989 (zh) / 0.997 (en) in 1.95 / 2.57 ms, M 64 at 160 0.993 / 0.999 in 1.56 / 1.50 ms (at 128: 0.990 /
+# 0.999 in 1.32 / 1.22 ms, but recall@100, fusion's depth, 0.970 / 0.987 against 0.974 / 0.994). It costs
+# twice the build time (~0.75 CPU-s per 1k vectors) and 256 B more per vector.
 HNSW_NEIGHBOURS = 64
 HNSW_BUILD_DEPTH = 80  # efConstruction
 # efSearch by a graph's M, so a graph built before M was 64 keeps the depth its recall was measured at
@@ -130,7 +131,7 @@ class DenseIndex:
         if kind == "hnsw":
             index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = HNSW_BUILD_DEPTH
-            set_search_depth(index)
+            _set_search_depth(index)
             _add_in_chunks(index, vectors)
             return cls(index, ids)
         nlist = ivf_lists(len(vectors))
@@ -155,7 +156,7 @@ class DenseIndex:
             return None
         if not len(vectors):
             return cls(index, ids, same_graph_as=graph)
-        set_search_depth(index)
+        _set_search_depth(index)
         _add_in_chunks(index, vectors)
         return cls(index, ids)
 
@@ -295,7 +296,7 @@ class DenseIndex:
         # flat codes, alone or under a graph, via IO_FLAG_MMAP_IFC; an HNSW graph itself is read in
         index = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0)
         if isinstance(index, faiss.IndexHNSW):
-            set_search_depth(index)
+            _set_search_depth(index)
         return cls(index, ids)
 
 
@@ -307,7 +308,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def set_search_depth(graph: faiss.IndexHNSW) -> None:
+def _set_search_depth(graph: faiss.IndexHNSW) -> None:
     """efSearch for the graph's M (HNSW_SEARCH_DEPTH; the deepest for an M it does not list)."""
     graph.hnsw.efSearch = HNSW_SEARCH_DEPTH.get(graph.hnsw.nb_neighbors(1), max(HNSW_SEARCH_DEPTH.values()))
 
