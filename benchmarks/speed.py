@@ -251,7 +251,10 @@ def work_warm(payload: dict[str, Any]) -> dict[str, Any]:
             ids, _ = approx.search(vector, engine.config.candidates)
             times.append(time.perf_counter() - started)
             hits.append(len(set(ids[:10].tolist()) & set(index.ids[true_rows].tolist())) / 10)
-        recall[space] = {"vectors": len(vectors), "queries": len(mine), "built_index": f"{approx.kind} (built for this test: the index is exact)" if index.exact else approx.kind,
+        kind = approx.kind
+        if isinstance(approx.index, faiss.IndexHNSW):  # which graph: its recall and speed follow M and efSearch
+            kind += f" (M {approx.index.hnsw.nb_neighbors(1)}, efSearch {approx.index.hnsw.efSearch})"
+        recall[space] = {"vectors": len(vectors), "queries": len(mine), "built_index": f"{kind} (built for this test: the index is exact)" if index.exact else kind,
                          "recall@10": round(float(np.mean(hits)), 4), "approx_search_ms": percentiles(times)}
     return {"open_seconds": round(open_seconds, 3), "latency_ms": latency, "rss_after_queries_mb": round(rss, 1), "dense_recall": recall,
             "centring": centring}
