@@ -3,9 +3,9 @@
 The index type follows the size of the space:
 
 * up to ``EXACT_MAX_VECTORS`` vectors, an exact ``IndexFlatIP`` (a full scan is a few ms there);
-* up to ``GRAPH_MAX_VECTORS``, an HNSW graph over the float32 vectors (``HNSW64,Flat``): about 1.2 ms
-  per query at recall@10 0.99 where the IVF index below needed 3.5 ms for 0.989 (bench corpus, ~50k
-  vectors per model, real queries), and its scores are exact cosines. Its vectors are read
+* up to ``GRAPH_MAX_VECTORS``, an HNSW graph over the float32 vectors (``HNSW64,Flat``): about 1.5 ms
+  per query at recall@10 0.99 (bench corpus, ~50k vectors per model, real queries; the IVF index below
+  needed 3.5 ms for 0.989 at ~30k), and its scores are exact cosines. Its vectors are read
   memory-mapped; only the graph (~520 B per vector) is loaded.
 * above it, an inverted-file index of 8-bit scalar-quantised codes (``IVF{nlist},SQ8``) that scans
   only the ``nprobe`` lists nearest the query (half of them), followed by an exact re-rank of its
