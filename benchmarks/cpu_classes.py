@@ -120,6 +120,8 @@ def report_cpu() -> None:
     print(f"class        {cpu_class(features)}")
     if os.environ.get("CPUID_MASK"):
         print(f"emulated     CPUID masked to the {os.environ['CPUID_MASK']} class (benchmarks/cpuid_mask.c)")
+    if os.environ.get("SEARCH_AVX2_LIBRARIES"):
+        print("emulated     CPUID as it is; libraries switched to AVX2 (benchmarks/avx2_libraries.py)")
 
 
 # ----- kernels: worst-case operands for each integer operator of the export ------------------------
@@ -135,13 +137,13 @@ def _session(graph, opsets):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def matmul_integer_error(rows: int, weight_max: int, k: int = 384, n: int = 64) -> float:
-    """Relative error of MatMulInteger (u8 activations, s8 weights of |q| <= weight_max) against exact
-    integer arithmetic, with large activations and same-sign weight pairs (the saturating case)."""
+def matmul_integer_error(rows: int, weight_max: int, k: int = 384, n: int = 64, activation_max: int = 255) -> float:
+    """Relative error of MatMulInteger (u8 activations up to activation_max, s8 weights of |q| <= weight_max)
+    against exact integer arithmetic, with large activations and same-sign weight pairs (the saturating case)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    a = rng.integers(200, 256, size=(rows, k), dtype=np.uint8)
+    a = rng.integers(activation_max * 4 // 5, activation_max + 1, size=(rows, k)).astype(np.uint8)
     b = rng.integers(weight_max // 2, weight_max + 1, size=(k, n)).astype(np.int8)
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["A", "B", "zero"], ["Y"])], "probe",
@@ -172,12 +174,25 @@ def matmul_nbits_error(rows: int, k: int = 1536, n: int = 64, block: int = 128) 
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
+def export_file_here() -> str:
+    """Which file of the int8 export this process's onnxruntime runs, and why (its kernel probe)."""
+    from search.embedding.onnx_export import MODEL_FILE, ROWS_FILE
+    from search.embedding.onnx_runtime import pairs_add_in_int16, write_kernel_probe
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_kernel_probe(Path(folder) / "probe.onnx")
+        in_int16 = pairs_add_in_int16(Path(folder) / "probe.onnx")
+    return f"{ROWS_FILE if in_int16 else MODEL_FILE} (u8 x s8 pairs add in {'saturating int16' if in_int16 else 'int32'}, says the kernel probe)"
+
+
 def report_kernels() -> None:
     print("\nkernels (relative error against exact arithmetic; saturation shows as > 0.01)")
     for rows in (1, 33):
         full, seven, nbits = matmul_integer_error(rows, 127), matmul_integer_error(rows, 64), matmul_nbits_error(rows)
+        row_file = matmul_integer_error(rows, 127, activation_max=127)
         print(f"  {rows:>2} rows  MatMulInteger u8 x s8, 8-bit weights (|q|<=127) {full:.4f}   7-bit weights (|q|<=64) {seven:.4f}"
-              f"   MatMulNBits 8-bit acc4 {nbits:.4f}")
+              f"   0..127 x 8-bit (rows file) {row_file:.4f}   MatMulNBits 8-bit acc4 {nbits:.4f}")
+    print(f"  the export file this CPU runs: {export_file_here()}")
 
 
 # ----- models ------------------------------------------------------------------------------------

@@ -515,13 +515,15 @@ def reindex_one_file(corpus: Path, index: Path) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     """The machine, with the instruction sets its int8 kernels dispatch on (CPUID, masked under
     --emulate-style runs) and the flags /proc/cpuinfo lists."""
-    from cpu_classes import cpu_class, cpuid_features, proc_cpuinfo_flags
+    from cpu_classes import cpu_class, cpuid_features, export_file_here, proc_cpuinfo_flags
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
     masked = os.environ.get("CPUID_MASK")
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "python": platform.python_version(), "platform": platform.platform(), "cpuinfo_flags": proc_cpuinfo_flags(),
-            "cpu_class": cpu_class(cpuid_features()) + (f" (CPUID masked to {masked})" if masked else "")}
+            "cpu_class": cpu_class(cpuid_features()) + (f" (CPUID masked to {masked})" if masked else "")
+            + (" (libraries switched to AVX2 by avx2_libraries.py)" if os.environ.get("SEARCH_AVX2_LIBRARIES") else ""),
+            "int8_export_file": export_file_here()}
 
 
 def print_table(r: dict[str, Any]) -> None:
@@ -570,7 +572,7 @@ def print_table(r: dict[str, Any]) -> None:
         rows.append(("1M: recall@10 vs exact", f"{m['recall@10']}", "", ""))
     width = [max(len(row[i]) for row in rows) for i in range(4)]
     print(f"\nmachine: {r['machine']['cpu']}, {r['machine']['cores']} cores, {r['machine']['memory_gb']} GB; total {r['total_minutes']} min")
-    print(f"cpu flags: {' '.join(r['machine']['cpuinfo_flags'])}; int8 kernels: {r['machine']['cpu_class']}")
+    print(f"cpu flags: {' '.join(r['machine']['cpuinfo_flags'])}; int8 kernels: {r['machine']['cpu_class']}; runs {r['machine'].get('int8_export_file', '?')}")
     for row in [("figure", "ours", "baseline", "ratio"), tuple("-" * w for w in width), *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, width)).rstrip())
     for note in r["notes"] + ([r["million"]["note"]] if "million" in r else []):

@@ -15,7 +15,7 @@ import numpy as np
 
 from search.embedding.spec import ModelSpec, batches_by_length, load_tokenizer, pool
 
-__all__ = ["BACKEND", "CPU_BATCH", "CPU_BATCH_TOKENS", "OnnxEncoder"]
+__all__ = ["BACKEND", "CPU_BATCH", "CPU_BATCH_TOKENS", "OnnxEncoder", "pairs_add_in_int16", "write_kernel_probe"]
 
 # Rows per inference call, and padded tokens per call. On two cores, 32 length-sorted rows encode the
 # bench's passages 10-20% faster than 64 (less padding in each batch, activations that stay in cache),
@@ -27,7 +27,7 @@ CPU_BATCH = 32
 CPU_BATCH_TOKENS = 1024
 BACKEND = "onnx-int8"
 # onnxruntime would fuse the export's residual adds and layer norms back into SkipLayerNormalization,
-# whose kernel runs 3-5x slower than the two apart (onnx_export's EXPORT_SETTINGS): a one-query call
+# whose kernel runs 3-5x slower than the two apart (onnx_quantize's EXPORT_SETTINGS): a one-query call
 # 3.3 -> 2.7 ms (M3E-small) and 4.9 -> 3.9 ms (all-MiniLM-L6-v2), passages up to 8% faster.
 UNFUSED = ["SkipLayerNormFusion"]
 
@@ -77,6 +77,46 @@ class OnnxEncoder:
             if progress is not None:
                 progress.update(len(rows))
         return out
+
+
+# The kernel probe: one row of 255s times a column of 127s, 64 long. Exact: 64 * 255 * 127 = 2072640.
+# Where ORT multiplies u8 by s8 with vpmaddubsw (x86-64 without VNNI), each pair saturates at 32767.
+_PROBE_DEPTH = 64
+_pairs_in_int16: bool | None = None
+
+
+def write_kernel_probe(path: Path) -> None:
+    """Save the probe graph (a MatMulInteger of worst-case operands) for `pairs_add_in_int16`; the
+    export writes it once, so a query process needs neither onnx nor a graph built at run time."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.full((_PROBE_DEPTH, 1), 127, dtype=np.int8), "weights")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["activations", "weights"], ["products"])], "kernel-probe",
+        [helper.make_tensor_value_info("activations", TensorProto.UINT8, [1, _PROBE_DEPTH])],
+        [helper.make_tensor_value_info("products", TensorProto.INT32, [1, 1])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    Path(path).write_bytes(model.SerializeToString())
+
+
+def pairs_add_in_int16(probe: Path) -> bool:
+    """Whether this process's onnxruntime adds u8 x s8 product pairs in saturating int16: true on
+    x86-64 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake), false where int8 dot products add in
+    int32 (VNNI, AMX, ARM). Asked of the kernels once per process (~2 ms); False if the probe cannot run."""
+    global _pairs_in_int16
+    if _pairs_in_int16 is None:
+        try:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            options.log_severity_level = 3
+            session = ort.InferenceSession(str(probe), options, providers=["CPUExecutionProvider"])
+            got = int(session.run(None, {"activations": np.full((1, _PROBE_DEPTH), 255, dtype=np.uint8)})[0][0, 0])
+            _pairs_in_int16 = got != _PROBE_DEPTH * 255 * 127
+        except Exception:  # noqa: BLE001 - no probe (an older export) or no answer: the file every CPU can run
+            return False
+    return _pairs_in_int16
 
 
 def _cores() -> int:
