@@ -18,6 +18,8 @@ def pytest_report_header(config: pytest.Config) -> str:
     from cpu_classes import cpu_class, cpuid_features, proc_cpuinfo_flags
 
     masked = f" (CPUID masked to {os.environ['CPUID_MASK']})" if os.environ.get("CPUID_MASK") else ""
+    if os.environ.get("SEARCH_AVX2_LIBRARIES"):
+        masked += " (libraries switched to AVX2 by benchmarks/avx2_libraries.py)"
     return f"cpu: {cpu_class(cpuid_features())}{masked}; /proc/cpuinfo: {' '.join(proc_cpuinfo_flags()) or '-'}"
 
 
