@@ -1,7 +1,7 @@
 """Is the int8 ONNX export right on this CPU? Fidelity of int8 against float32 torch, per CPU class.
 
 Usage: python benchmarks/cpu_classes.py [--passages 200] [--reference FILE | --save-reference FILE]
-                                        [--model-file NAME=PATH]... [--emulate avx2|avx512] [--no-models]
+                                        [--model-file NAME=PATH]... [--emulate avx2|avx512] [--no-models] [--timing]
 
 It prints what the CPU offers as ONNX Runtime sees it (CPUID, not /proc/cpuinfo, which an emulator
 or a masked CPUID does not change), then two checks:
@@ -127,13 +127,13 @@ def report_cpu() -> None:
 # ----- kernels: worst-case operands for each integer operator of the export ------------------------
 
 
-def _session(graph, opsets):
+def _session(graph, opsets, threads: int = 1):
     import onnxruntime as ort
     from onnx import helper
 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, version) for domain, version in opsets])
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
@@ -193,6 +193,39 @@ def report_kernels() -> None:
         print(f"  {rows:>2} rows  MatMulInteger u8 x s8, 8-bit weights (|q|<=127) {full:.4f}   7-bit weights (|q|<=64) {seven:.4f}"
               f"   0..127 x 8-bit (rows file) {row_file:.4f}   MatMulNBits 8-bit acc4 {nbits:.4f}")
     print(f"  the export file this CPU runs: {export_file_here()}")
+
+
+def report_timing(rows: int = 1024, k: int = 1536, n: int = 384, runs: int = 30) -> None:
+    """How long one FFN down-projection takes each way the export could run it, on this CPU's kernels
+    (one session of two threads, median of `runs`): what chose the rows file where pairs add in int16."""
+    import time
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((k, n)) * 0.02).astype(np.float32)
+    activations = np.abs(rng.standard_normal((rows, k))).astype(np.float32)
+    blocks = np.full((n, k // 128, 128), 128 + 64, np.uint8)  # timing only: the values do not matter
+    variants = {
+        "float32 MatMul": ([helper.make_node("MatMul", ["A", "W"], ["Y"])], [numpy_helper.from_array(weight, "W")]),
+        "u8 x s8 DynamicQuantizeMatMul": ([helper.make_node("DynamicQuantizeMatMul", ["A", "W", "s"], ["Y"], domain="com.microsoft")],
+                                          [numpy_helper.from_array(np.ones((k, n), np.int8), "W"), numpy_helper.from_array(np.array([0.01], np.float32), "s")]),
+        "MatMulNBits 8-bit, blocks of 128, acc 4": (
+            [helper.make_node("MatMulNBits", ["A", "W", "s"], ["Y"], domain="com.microsoft", K=k, N=n, bits=8, block_size=128, accuracy_level=4)],
+            [numpy_helper.from_array(blocks, "W"), numpy_helper.from_array(np.full(n * k // 128, 0.01, np.float32), "s")]),
+    }
+    print(f"\ntiming: one {rows} x {k} -> {n} product (an FFN down-projection), median of {runs}")
+    for name, (nodes, weights) in variants.items():
+        graph = helper.make_graph(nodes, "timing", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, k])],
+                                  [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], weights)
+        session = _session(graph, [("", 17), ("com.microsoft", 1)], threads=2)
+        session.run(None, {"A": activations})
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            session.run(None, {"A": activations})
+            times.append(time.perf_counter() - started)
+        print(f"  {name:<42} {np.median(times) * 1000:6.2f} ms")
 
 
 # ----- models ------------------------------------------------------------------------------------
@@ -278,11 +311,14 @@ def main() -> None:
     parser.add_argument("--emulate", choices=["avx2", "avx512"], help="mask CPUID to an older x86-64 class and run natively")
     parser.add_argument("--sets", help="comma-separated evaluation sets to use (default: cmedqq,cmrc2018 for M3E-small, scifact for MiniLM)")
     parser.add_argument("--no-models", action="store_true", help="only the CPU and kernel checks (seconds)")
+    parser.add_argument("--timing", action="store_true", help="also time one down-projection each way the export could run it")
     args = parser.parse_args()
     if args.emulate:
         emulate(args.emulate)
     report_cpu()
     report_kernels()
+    if args.timing:
+        report_timing()
     if not args.no_models:
         report_models(args)
 

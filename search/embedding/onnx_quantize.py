@@ -41,8 +41,8 @@ __all__ = ["EXPORT_SETTINGS", "quantize", "smooth"]
 # SkipLayerNormalization kernel took 66 us where Add + LayerNormalization take 20 (22 tokens x 384, one
 # thread), 13-18% of a query's encoding; apart, a short query encodes ~20% faster (see onnx_runtime).
 # Where u8 x s8 pairs add in int16 (x86-64 without VNNI: the kernel probe of onnx_runtime), ORT's int8
-# MatMulNBits kernels run 2.4x slower than float32 (17.2 against 7.2 ms for 1024 x 1536 -> 384 on an AMD
-# EPYC at AVX2) and took half of a passage's encoding. A second file (ROWS_FILE) runs those down-projections
+# MatMulNBits kernels run 1.6x slower than float32 (11.8-12.4 against 7.4-7.6 ms for 1024 x 1536 -> 384 on
+# an AMD EPYC at AVX2: benchmarks/cpu_classes.py --timing) and took half of a passage's encoding. A second file (ROWS_FILE) runs those down-projections
 # as MatMulInteger instead: activations quantised per row to 0..127 from the row's minimum, per-column
 # 8-bit weights, so 2*127*127 = 32258 fits int16 as well; its cosine to float32 is within 0.001 of the
 # block file's (see _row_quantize). Each CPU runs one file of the same export, so an index's vectors keep
