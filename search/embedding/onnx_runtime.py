@@ -79,9 +79,9 @@ class OnnxEncoder:
         return out
 
 
-# The kernel probe: one row of 255s times a column of 127s, 64 long. Exact: 64 * 255 * 127 = 2072640.
+# The kernel probe: one row of 255s times 16 columns of 127s, 64 long. Exact: 64 * 255 * 127 = 2072640.
 # Where ORT multiplies u8 by s8 with vpmaddubsw (x86-64 without VNNI), each pair saturates at 32767.
-_PROBE_DEPTH = 64
+_PROBE_DEPTH, _PROBE_COLUMNS = 64, 16
 _pairs_in_int16: bool | None = None
 
 
@@ -90,11 +90,11 @@ def write_kernel_probe(path: Path) -> None:
     export writes it once, so a query process needs neither onnx nor a graph built at run time."""
     from onnx import TensorProto, helper, numpy_helper
 
-    weights = numpy_helper.from_array(np.full((_PROBE_DEPTH, 1), 127, dtype=np.int8), "weights")
+    weights = numpy_helper.from_array(np.full((_PROBE_DEPTH, _PROBE_COLUMNS), 127, dtype=np.int8), "weights")
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["activations", "weights"], ["products"])], "kernel-probe",
         [helper.make_tensor_value_info("activations", TensorProto.UINT8, [1, _PROBE_DEPTH])],
-        [helper.make_tensor_value_info("products", TensorProto.INT32, [1, 1])], [weights])
+        [helper.make_tensor_value_info("products", TensorProto.INT32, [1, _PROBE_COLUMNS])], [weights])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     Path(path).write_bytes(model.SerializeToString())
 
@@ -102,7 +102,7 @@ def write_kernel_probe(path: Path) -> None:
 def pairs_add_in_int16(probe: Path) -> bool:
     """Whether this process's onnxruntime adds u8 x s8 product pairs in saturating int16: true on
     x86-64 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake), false where int8 dot products add in
-    int32 (VNNI, AMX, ARM). Asked of the kernels once per process (~2 ms); False if the probe cannot run."""
+    int32 (VNNI, AMX, ARM). Asked of the kernels once per process (5-8 ms); False if the probe cannot run."""
     global _pairs_in_int16
     if _pairs_in_int16 is None:
         try:
@@ -112,8 +112,8 @@ def pairs_add_in_int16(probe: Path) -> bool:
             options.intra_op_num_threads = 1
             options.log_severity_level = 3
             session = ort.InferenceSession(str(probe), options, providers=["CPUExecutionProvider"])
-            got = int(session.run(None, {"activations": np.full((1, _PROBE_DEPTH), 255, dtype=np.uint8)})[0][0, 0])
-            _pairs_in_int16 = got != _PROBE_DEPTH * 255 * 127
+            products = session.run(None, {"activations": np.full((1, _PROBE_DEPTH), 255, dtype=np.uint8)})[0]
+            _pairs_in_int16 = bool((products != _PROBE_DEPTH * 255 * 127).any())
         except Exception:  # noqa: BLE001 - no probe (an older export) or no answer: the file every CPU can run
             return False
     return _pairs_in_int16
