@@ -155,28 +155,29 @@ def quantize(source: Path, target: Path, rows_target: Path) -> None:
     _block_quantize(target, set(after_gelu))
 
 
-def _block_quantize(path: Path, names: set[str]) -> None:
-    """Rewrite these float MatMuls as MatMulNBits (8-bit symmetric weights per block of _BLOCK inputs,
-    int8 activations per block at run time). The file is left as it was if this onnxruntime cannot
-    run the result (8-bit MatMulNBits on CPU is recent)."""
+def _rewrite_matmuls(source: Path, target: Path, names: set[str], rewrite) -> None:
+    """Write `source` to `target` with each of these float MatMuls (of a 2-D weight) replaced by the
+    nodes `rewrite(node, weight, add)` returns, `add(name, array)` adding an initializer; weights no node
+    reads any more are dropped. Nothing is written if this onnxruntime cannot run the result."""
     import onnx
     import onnxruntime as ort
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(source))
     graph = model.graph
     weights = {tensor.name: tensor for tensor in graph.initializer}
+
+    def add(name: str, array: np.ndarray) -> str:
+        graph.initializer.append(numpy_helper.from_array(array, name))
+        return name
+
     nodes = []
     for node in graph.node:
         weight = weights.get(node.input[1]) if node.name in names and len(node.input) > 1 else None
         if weight is None or len(weight.dims) != 2:
             nodes.append(node)
             continue
-        quantized, scales = _blocks(numpy_helper.to_array(weight).astype(np.float32))
-        stem = node.input[1]
-        graph.initializer.extend([numpy_helper.from_array(quantized, f"{stem}/q8"), numpy_helper.from_array(scales, f"{stem}/scales")])
-        nodes.append(helper.make_node("MatMulNBits", [node.input[0], f"{stem}/q8", f"{stem}/scales"], list(node.output), name=node.name,
-                                      domain="com.microsoft", K=weight.dims[0], N=weight.dims[1], bits=8, block_size=_BLOCK, accuracy_level=4))
+        nodes += rewrite(node, numpy_helper.to_array(weight).astype(np.float32), add)
     del graph.node[:]
     graph.node.extend(nodes)
     used = {name for node in graph.node for name in node.input}
@@ -185,9 +186,25 @@ def _block_quantize(path: Path, names: set[str]) -> None:
     graph.initializer.extend(kept)
     try:
         ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception:  # noqa: BLE001 - an older onnxruntime: keep those MatMuls in float32
+    except Exception:  # noqa: BLE001 - an older onnxruntime: the caller's fallback stands
         return
-    onnx.save(model, str(path))
+    onnx.save(model, str(target))
+
+
+def _block_quantize(path: Path, names: set[str]) -> None:
+    """Rewrite these float MatMuls as MatMulNBits (8-bit symmetric weights per block of _BLOCK inputs,
+    int8 activations per block at run time). The file is left as it was if this onnxruntime cannot
+    run the result (8-bit MatMulNBits on CPU is recent): those MatMuls then stay float32."""
+    from onnx import helper
+
+    def block_nodes(node, weight: np.ndarray, add) -> list:
+        quantized, scales = _blocks(weight)
+        stem = node.input[1]
+        return [helper.make_node("MatMulNBits", [node.input[0], add(f"{stem}/q8", quantized), add(f"{stem}/scales", scales)],
+                                 list(node.output), name=node.name, domain="com.microsoft", K=weight.shape[0], N=weight.shape[1],
+                                 bits=8, block_size=_BLOCK, accuracy_level=4)]
+
+    _rewrite_matmuls(path, path, names, block_nodes)
 
 
 def _row_quantize(source: Path, target: Path, names: set[str]) -> None:
@@ -199,59 +216,37 @@ def _row_quantize(source: Path, target: Path, names: set[str]) -> None:
     0.9994 on cmedqq and 0.9989 on cmrc2018 (block file 0.9995, 0.9990), all-MiniLM-L6-v2 0.9975 on
     SciFact (0.9979); 7-bit weights with 0..255 activations, the other way to fit int16, lost more (MiniLM
     0.9964 against 0.9969 on bench passages). Not written if this onnxruntime cannot run the result."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    model = onnx.load(str(source))
-    graph = model.graph
-    weights = {tensor.name: tensor for tensor in graph.initializer}
-    nodes = []
-
-    def constant(name: str, value) -> str:
-        graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
-        return name
-
-    for node in graph.node:
-        weight = weights.get(node.input[1]) if node.name in names and len(node.input) > 1 else None
-        if weight is None or len(weight.dims) != 2:
-            nodes.append(node)
-            continue
-        w = numpy_helper.to_array(weight).astype(np.float32)
-        column_scales = np.abs(w).max(axis=0) / 127
+    def row_nodes(node, weight: np.ndarray, add) -> list:
+        column_scales = np.abs(weight).max(axis=0) / 127
         column_scales[column_scales == 0] = 1
-        quantized = np.clip(np.rint(w / column_scales), -127, 127).astype(np.int8)
-        stem, x = node.input[1], node.input[0]
-        graph.initializer.append(numpy_helper.from_array(quantized, f"{stem}/q_rows"))
+        quantized = np.clip(np.rint(weight / column_scales), -127, 127).astype(np.int8)
         column_sums = (quantized.astype(np.float32) * column_scales).sum(axis=0)
-        nodes += [
+        stem, x = node.input[1], node.input[0]
+
+        def constant(name: str, value) -> str:
+            return add(f"{stem}/{name}", np.asarray(value, dtype=np.float32))
+
+        return [
             helper.make_node("ReduceMax", [x], [f"{stem}/row_max"], axes=[-1], keepdims=1),
             helper.make_node("ReduceMin", [x], [f"{stem}/row_min"], axes=[-1], keepdims=1),
             helper.make_node("Sub", [f"{stem}/row_max", f"{stem}/row_min"], [f"{stem}/row_range"]),
-            helper.make_node("Max", [f"{stem}/row_range", constant(f"{stem}/tiny", 1e-8)], [f"{stem}/row_span"]),
-            helper.make_node("Div", [f"{stem}/row_span", constant(f"{stem}/levels", float(_ROW_LEVELS))], [f"{stem}/row_scale"]),
+            helper.make_node("Max", [f"{stem}/row_range", constant("tiny", 1e-8)], [f"{stem}/row_span"]),
+            helper.make_node("Div", [f"{stem}/row_span", constant("levels", float(_ROW_LEVELS))], [f"{stem}/row_scale"]),
             helper.make_node("Sub", [x, f"{stem}/row_min"], [f"{stem}/shifted"]),
             helper.make_node("Div", [f"{stem}/shifted", f"{stem}/row_scale"], [f"{stem}/scaled"]),
             helper.make_node("Round", [f"{stem}/scaled"], [f"{stem}/rounded"]),
             helper.make_node("Cast", [f"{stem}/rounded"], [f"{stem}/q_x"], to=TensorProto.UINT8),
-            helper.make_node("MatMulInteger", [f"{stem}/q_x", f"{stem}/q_rows"], [f"{stem}/products"], name=node.name),
+            helper.make_node("MatMulInteger", [f"{stem}/q_x", add(f"{stem}/q_rows", quantized)], [f"{stem}/products"], name=node.name),
             helper.make_node("Cast", [f"{stem}/products"], [f"{stem}/products_float"], to=TensorProto.FLOAT),
             helper.make_node("Mul", [f"{stem}/products_float", f"{stem}/row_scale"], [f"{stem}/by_row"]),
-            helper.make_node("Mul", [f"{stem}/by_row", constant(f"{stem}/column_scales", column_scales)], [f"{stem}/by_cell"]),
-            helper.make_node("Mul", [f"{stem}/row_min", constant(f"{stem}/column_sums", column_sums)], [f"{stem}/offset"]),
+            helper.make_node("Mul", [f"{stem}/by_row", constant("column_scales", column_scales)], [f"{stem}/by_cell"]),
+            helper.make_node("Mul", [f"{stem}/row_min", constant("column_sums", column_sums)], [f"{stem}/offset"]),
             helper.make_node("Add", [f"{stem}/by_cell", f"{stem}/offset"], list(node.output)),
         ]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {name for node in graph.node for name in node.input}
-    kept = [tensor for tensor in graph.initializer if tensor.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    try:
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception:  # noqa: BLE001 - then every CPU runs the block file
-        return
-    onnx.save(model, str(target))
+
+    _rewrite_matmuls(source, target, names, row_nodes)
 
 
 def _blocks(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
