@@ -186,12 +186,14 @@ def export_file_here() -> str:
 
 
 def report_kernels() -> None:
+    from search.embedding.onnx_quantize import ROWS_ACTIVATION_MAX
+
     print("\nkernels (relative error against exact arithmetic; saturation shows as > 0.01)")
     for rows in (1, 33):
         full, seven, nbits = matmul_integer_error(rows, 127), matmul_integer_error(rows, 64), matmul_nbits_error(rows)
-        row_file = matmul_integer_error(rows, 127, activation_max=127)
+        row_file = matmul_integer_error(rows, 127, activation_max=ROWS_ACTIVATION_MAX)
         print(f"  {rows:>2} rows  MatMulInteger u8 x s8, 8-bit weights (|q|<=127) {full:.4f}   7-bit weights (|q|<=64) {seven:.4f}"
-              f"   0..127 x 8-bit (rows file) {row_file:.4f}   MatMulNBits 8-bit acc4 {nbits:.4f}")
+              f"   0..{ROWS_ACTIVATION_MAX} x 8-bit (rows file) {row_file:.4f}   MatMulNBits 8-bit acc4 {nbits:.4f}")
     print(f"  the export file this CPU runs: {export_file_here()}")
 
 

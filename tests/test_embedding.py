@@ -14,7 +14,8 @@ import pytest
 from search import Engine, SearchError
 from search.embedding import onnx_export
 from search.embedding.encoder import Encoder, load_model
-from search.embedding.spec import batches_by_length, load_tokenizer, model_spec
+from search.embedding.onnx_quantize import ROWS_ACTIVATION_MAX
+from search.embedding.spec import UnsupportedModel, batches_by_length, load_tokenizer, model_spec
 
 from conftest import write_notes
 
@@ -117,25 +118,30 @@ def export_file(name: str, file: str) -> Path:
     return onnx_export.ensure_export(model_spec(name)).parent / file
 
 
-def _row_levels(node, producer: dict, initializers: dict) -> int | None:
+def _row_activation_max(node, producer: dict, initializers: dict) -> int | None:
     """The largest activation of a rows-file MatMulInteger, read off the graph that makes its input:
-    Cast(uint8) <- Round <- Div(x - row min, row span / levels), so activations lie in 0..levels."""
-    from onnx import TensorProto, numpy_helper
+    QuantizeLinear(x, high / n, levels - n) along the rows, where high >= the row's maximum. Then
+    round(x / scale) <= n and the activation round(x / scale) + levels - n <= levels (QuantizeLinear
+    saturates at 0 below). None where the graph is not that."""
+    from onnx import numpy_helper
 
-    cast = producer.get(node.input[0])
-    if cast is None or cast.op_type != "Cast" or cast.attribute[0].i != TensorProto.UINT8:
+    def made_by(name: str, kind: str, through_reshape: bool = False):
+        made = producer.get(name)
+        if through_reshape and made is not None and made.op_type == "Reshape":
+            made = producer.get(made.input[0])
+        return made if made is not None and made.op_type == kind else None
+
+    quantize = made_by(node.input[0], "QuantizeLinear")
+    scale = quantize and made_by(quantize.input[1], "Div", through_reshape=True)
+    cast = quantize and made_by(quantize.input[2], "Cast", through_reshape=True)
+    zero_point = cast and made_by(cast.input[0], "Sub")
+    high = scale and made_by(scale.input[0], "Max")
+    row_max = high and made_by(high.input[0], "ReduceMax")
+    source = quantize and made_by(quantize.input[0], "Reshape")
+    if not (zero_point and row_max and source and zero_point.input[1] == scale.input[1] and row_max.input[0] == source.input[0]
+            and zero_point.input[0] in initializers and high.input[1] in initializers):
         return None
-    rounded = producer.get(cast.input[0])
-    scaled = producer.get(rounded.input[0]) if rounded is not None and rounded.op_type == "Round" else None
-    shifted = producer.get(scaled.input[0]) if scaled is not None and scaled.op_type == "Div" else None
-    scale = producer.get(scaled.input[1]) if scaled is not None else None
-    if shifted is None or shifted.op_type != "Sub" or scale is None or scale.op_type != "Div":
-        return None
-    minimum, span = producer.get(shifted.input[1]), producer.get(scale.input[0])
-    if minimum is None or minimum.op_type != "ReduceMin" or minimum.input[0] != shifted.input[0] or span is None:
-        return None
-    levels = initializers.get(scale.input[1])
-    return int(numpy_helper.to_array(levels)) if levels is not None else None
+    return int(numpy_helper.to_array(initializers[zero_point.input[0]]))
 
 
 @pytest.mark.parametrize("file", [onnx_export.MODEL_FILE, onnx_export.ROWS_FILE])
@@ -160,9 +166,9 @@ def test_int8_export_cannot_saturate_int16_on_any_cpu(name, file):
                 assert 2 * 255 * int(np.abs(weight.astype(np.int32)).max()) <= INT16_MAX, node.name
             else:
                 # the rows file's down-projections: activations 0..127 per row times |q| <= 127: 2*127*127 = 32258
-                levels = _row_levels(node, producer, initializers)
-                assert node.op_type == "MatMulInteger" and levels is not None, node.name
-                assert 2 * levels * int(np.abs(weight.astype(np.int32)).max()) <= INT16_MAX, node.name
+                largest = _row_activation_max(node, producer, initializers)
+                assert node.op_type == "MatMulInteger" and largest is not None, node.name
+                assert 2 * largest * int(np.abs(weight.astype(np.int32)).max()) <= INT16_MAX, node.name
                 checked["rows"] += 1
         elif node.op_type == "MatMulNBits":
             attributes = {attribute.name: attribute.i for attribute in node.attribute}
@@ -251,7 +257,7 @@ def test_int8_kernels_are_exact_on_this_cpu():
 
     for rows in (1, 33):  # single rows run GEMV kernels
         assert cpu_classes.matmul_integer_error(rows, weight_max=64) == 0
-        assert cpu_classes.matmul_integer_error(rows, weight_max=127, activation_max=127) == 0  # the rows file
+        assert cpu_classes.matmul_integer_error(rows, weight_max=127, activation_max=ROWS_ACTIVATION_MAX) == 0  # the rows file
         assert cpu_classes.matmul_nbits_error(rows) < 1e-3
 
 
@@ -292,28 +298,50 @@ def test_export_cache_is_reused_and_complete(tmp_path, monkeypatch, caplog, capf
     assert "preparing the int8 model of all-MiniLM-L6-v2, once" in caplog.text and "ready in" in caplog.text
     assert capfd.readouterr().out == ""
     assert path.name in (onnx_export.MODEL_FILE, onnx_export.ROWS_FILE) and path.parent.parent == tmp_path / "onnx"
-    assert all((path.parent / name).is_file() for name in onnx_export.EXPORT_FILES)
-    assert not [p for p in path.parent.parent.iterdir() if p.name.startswith(".tmp-")]  # staging renamed away
+    folder = path.parent
+    assert all((folder / name).is_file() for name in (onnx_export.MODEL_FILE, onnx_export.ROWS_FILE, onnx_export.PROBE_FILE))
+    assert not (folder / onnx_export.ROWS_LEFT_OUT).exists()
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".tmp-")]  # staging renamed away
 
-    # an export made before the rows file and the probe gains them, its block file (so its vectors) untouched
-    block = path.parent / onnx_export.MODEL_FILE
+    # an export made before this version's rows file and the probe gains them and loses its earlier rows
+    # file, its block file (so its vectors) untouched
+    block = folder / onnx_export.MODEL_FILE
     before = (block.read_bytes(), block.stat().st_mtime_ns)
-    for name in (onnx_export.ROWS_FILE, onnx_export.PROBE_FILE):
-        (path.parent / name).unlink()
+    (folder / onnx_export.ROWS_FILE).rename(folder / "model.int8-rows-1.onnx")
+    (folder / onnx_export.PROBE_FILE).unlink()
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="search"):
         assert onnx_export.ensure_export(spec) == path
     assert "completing the int8 model of all-MiniLM-L6-v2" in caplog.text
-    assert all((path.parent / name).is_file() for name in onnx_export.EXPORT_FILES)
+    assert sorted(p.name for p in folder.glob("*.onnx")) == sorted([onnx_export.MODEL_FILE, onnx_export.ROWS_FILE, onnx_export.PROBE_FILE])
     assert (block.read_bytes(), block.stat().st_mtime_ns) == before
-    assert not [p for p in path.parent.parent.iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".tmp-")]
 
     def no_export(*_):
         raise AssertionError("exported again although the cache holds the model")
 
-    monkeypatch.setattr(onnx_export, "_export", no_export)
-    assert onnx_export.ensure_export(spec) == path
+    with monkeypatch.context() as patched:
+        patched.setattr(onnx_export, "_export", no_export)
+        assert onnx_export.ensure_export(spec) == path
     assert onnx_export.export_dir(spec) == path.parent  # the key is stable across processes
+
+    # a rows file that fails its check is left out, and why is kept: the export is complete without it
+    # (every CPU runs the block file) and is not made again by the next process
+    checked = onnx_export._check_against_torch
+
+    def rows_fail(spec, model, onnx_file):
+        if onnx_file.name == onnx_export.ROWS_FILE:
+            raise UnsupportedModel("the ONNX export disagrees with torch (cosine 0.5)")
+        checked(spec, model, onnx_file)
+
+    (folder / onnx_export.ROWS_FILE).unlink()
+    (folder / onnx_export.PROBE_FILE).unlink()
+    with monkeypatch.context() as patched:
+        patched.setattr(onnx_export, "_check_against_torch", rows_fail)
+        assert onnx_export.ensure_export(spec) == block
+    assert "cosine 0.5" in (folder / onnx_export.ROWS_LEFT_OUT).read_text(encoding="utf-8")
+    monkeypatch.setattr(onnx_export, "_export", no_export)
+    assert onnx_export.ensure_export(spec) == block
 
 
 def test_unexportable_model_falls_back_with_one_warning(tmp_path, caplog):

@@ -31,10 +31,12 @@ from search.embedding.spec import ModelSpec, UnsupportedModel, load_tokenizer, p
 EXPORT_VERSION = 6
 MODEL_FILE = "model.int8.onnx"
 # the same model for CPUs whose u8 x s8 product pairs add in int16 (its own version in its name: a change
-# to onnx_quantize's row recipe makes a new file), and the graph that asks which kind of CPU this is
-ROWS_FILE = "model.int8-rows-1.onnx"
-PROBE_FILE = "kernel-probe.onnx"  # written last: an export holding it is complete (a rows file may fail its check)
-EXPORT_FILES = (MODEL_FILE, ROWS_FILE, PROBE_FILE)
+# to onnx_quantize's row recipe makes a new file, which exports made before gain), and the graph that asks
+# which kind of CPU this is
+ROWS_FILE = "model.int8-rows-2.onnx"
+ROWS_LEFT_OUT = ROWS_FILE + ".left-out"  # says why, where the rows file failed its check: every CPU runs the block file
+PROBE_FILE = "kernel-probe.onnx"  # written last
+EXPORT_FILES = (MODEL_FILE, ROWS_FILE, ROWS_LEFT_OUT, PROBE_FILE)  # in the order they are moved in
 # ORT's transformer optimizer fuses attention, GELU and layer norms for these encoder layouts.
 _FUSABLE = {"bert", "roberta", "xlm-roberta", "camembert", "electra"}
 # Probe sentences checked after every export: different lengths exercise the dynamic axes.
@@ -83,7 +85,7 @@ def ensure_export(spec: ModelSpec) -> Path:
     """
     folder = export_dir(spec)
     if (folder / MODEL_FILE).is_file():
-        if not (folder / PROBE_FILE).is_file():
+        if not _is_complete(folder):
             _complete(spec, folder)
         return _file_for_this_cpu(folder)
     failed = folder.with_name(folder.name + ".unsupported")
@@ -113,10 +115,16 @@ def ensure_export(spec: ModelSpec) -> Path:
     return _file_for_this_cpu(folder)
 
 
+def _is_complete(folder: Path) -> bool:
+    """Whether an export holds this version's files: the probe, and the rows file or why it is left out."""
+    return (folder / PROBE_FILE).is_file() and ((folder / ROWS_FILE).is_file() or (folder / ROWS_LEFT_OUT).is_file())
+
+
 def _complete(spec: ModelSpec, folder: Path) -> None:
-    """Add the files an export made before them lacks (ROWS_FILE, PROBE_FILE): the recipe runs again and
-    only the missing files move in, each atomically, the probe last; the block file, and so every index's
-    vectors, stay. A failure (a read-only cache) leaves the export as it was: every CPU runs its block file."""
+    """Add the files an export made before them lacks (the probe, this version's rows file): the recipe
+    runs again and only the missing files move in, each atomically, the probe last, and a rows file of an
+    earlier version goes; the block file, and so every index's vectors, stay. A failure (a read-only
+    cache) leaves the export as it was: every CPU runs its block file."""
     log.info("completing the int8 model of %s for CPUs without int8 dot products, once (kept in %s)", spec.name, folder.parent)
     staging = None
     try:
@@ -126,6 +134,9 @@ def _complete(spec: ModelSpec, folder: Path) -> None:
             if (staging / name).is_file() and not (folder / name).is_file():
                 (staging / name).chmod(0o644)
                 os.replace(staging / name, folder / name)
+        for earlier in folder.glob("model.int8-rows-*"):
+            if earlier.name not in EXPORT_FILES:
+                earlier.unlink()
     except (UnsupportedModel, OSError) as error:
         log.warning("could not complete the int8 model of %s (%s): its block file runs on every CPU", spec.name, error)
     finally:
@@ -194,11 +205,13 @@ def _export(spec: ModelSpec, staging: Path) -> None:
         path.unlink(missing_ok=True)
     _check_against_torch(spec, model, staging / MODEL_FILE)
     try:
-        if (staging / ROWS_FILE).is_file():
-            _check_against_torch(spec, model, staging / ROWS_FILE)
+        if not (staging / ROWS_FILE).is_file():
+            raise UnsupportedModel("this onnxruntime cannot run its integer products")
+        _check_against_torch(spec, model, staging / ROWS_FILE)
     except UnsupportedModel as error:  # the block file runs on every CPU; only slower on some
         log.warning("int8 model of %s: the file for CPUs without int8 dot products is left out (%s)", spec.name, error)
-        (staging / ROWS_FILE).unlink()
+        (staging / ROWS_FILE).unlink(missing_ok=True)
+        (staging / ROWS_LEFT_OUT).write_text(f"{error}\n", encoding="utf-8")
     write_kernel_probe(staging / PROBE_FILE)
     (staging / "export.json").write_text(json.dumps({"model": spec.name, "folder": str(spec.folder), **EXPORT_SETTINGS}, indent=1))
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from search.embedding.spec import ModelSpec, UnsupportedModel, load_tokenizer
 
-__all__ = ["EXPORT_SETTINGS", "quantize", "smooth"]
+__all__ = ["EXPORT_SETTINGS", "ROWS_ACTIVATION_MAX", "quantize", "smooth"]
 
 # Per-channel weight scales: per-tensor int8 cost all-MiniLM-L6-v2 a mean cosine of 0.94 to its
 # float32 vectors, per-channel keeps 0.994. The FFN down-projections read GELU outputs whose long
@@ -43,7 +43,7 @@ __all__ = ["EXPORT_SETTINGS", "quantize", "smooth"]
 # Where u8 x s8 pairs add in int16 (x86-64 without VNNI: the kernel probe of onnx_runtime), ORT's int8
 # MatMulNBits kernels run 1.6x slower than float32 (11.8-12.4 against 7.4-7.6 ms for 1024 x 1536 -> 384 on
 # an AMD EPYC at AVX2: benchmarks/cpu_classes.py --timing) and took half of a passage's encoding. A second file (ROWS_FILE) runs those down-projections
-# as MatMulInteger instead: activations quantised per row to 0..127 from the row's minimum, per-column
+# as MatMulInteger instead: activations quantised per row to 0..127 with a zero point, per-column
 # 8-bit weights, so 2*127*127 = 32258 fits int16 as well; its cosine to float32 is within 0.001 of the
 # block file's (see _row_quantize). Each CPU runs one file of the same export, so an index's vectors keep
 # one identity wherever it is searched, and the export's key (these settings) names the block file's recipe:
@@ -51,7 +51,7 @@ __all__ = ["EXPORT_SETTINGS", "quantize", "smooth"]
 EXPORT_SETTINGS = {"opset": 17, "weights": "int8", "per_channel": True, "fusion": "bert", "float_after_gelu": True,
                    "smooth_alpha": 0.5, "after_gelu": "matmulnbits8-b128-acc4", "reduce_range": True, "skip_layer_norm": False}
 _BLOCK = 128
-_ROW_LEVELS = 127  # activations of a row quantised to 0..127: with |q| <= 127 weights, a pair sums to 32258
+ROWS_ACTIVATION_MAX = 127  # a rows-file activation lies in 0..127: with |q| <= 127 weights, a pair sums to 32258
 _GELU = {"Gelu", "BiasGelu", "FastGelu", "QuickGelu"}
 # Activation ranges per channel are measured on these (both languages, prose and lists, short and
 # long): the outlier channels belong to the model, not to the text, so a few hundred tokens find them.
@@ -209,13 +209,21 @@ def _block_quantize(path: Path, names: set[str]) -> None:
 
 def _row_quantize(source: Path, target: Path, names: set[str]) -> None:
     """Write `source` to `target` with these float MatMuls as integer products whose pairs fit int16:
-    each row of activations x quantised to 0.._ROW_LEVELS from its own minimum (a GELU output's long tail
-    costs only its own row), weights to int8 per output column, and the minimum added back:
-        x @ W ~ scale_row * (q_x @ q_W) * scale_col + min_row * colsum(q_W * scale_col)
-    Mean cosine to float32 sentence-transformers on 200 passages a set (benchmarks/cpu_classes.py): M3E-small
-    0.9994 on cmedqq and 0.9989 on cmrc2018 (block file 0.9995, 0.9990), all-MiniLM-L6-v2 0.9975 on
-    SciFact (0.9979); 7-bit weights with 0..255 activations, the other way to fit int16, lost more (MiniLM
-    0.9964 against 0.9969 on bench passages). Not written if this onnxruntime cannot run the result."""
+    each row of activations x quantised to 0..ROWS_ACTIVATION_MAX with its own scale and zero point (a GELU
+    output's long tail costs only its own row), weights to int8 per output column, and the zero point taken
+    back out through the weights' column sums:
+        x @ W ~ scale_row * (q_x @ q_W) * scale_col - scale_row * z_row * colsum(q_W * scale_col)
+    The grid holds 0 and the row's maximum exactly (the outliers that matter most): n steps above 0, in
+    proportion to the row's positive share of its range, at scale max / n, and z = 127 - n steps below; a
+    row's lowest values may be clipped by a step. q_x = round(x / scale_row) + z_row is one QuantizeLinear
+    along the rows, which onnxruntime vectorises (the first rows file, version 1, took four passes: Sub,
+    Div, Round unvectorised and Cast, 9-10% of all-MiniLM-L6-v2's encoding at AVX2): 2-10% more passages/s
+    there. Mean cosine to float32 sentence-transformers on 200 passages a set (benchmarks/cpu_classes.py):
+    M3E-small 0.9994 on cmedqq and 0.9989 on cmrc2018 (block file 0.9995, 0.9990), all-MiniLM-L6-v2 0.9975
+    on SciFact (0.9979); SciFact's dense nDCG@10 0.6713, float32's (version 1: 0.6678-0.6697; a grid from
+    the row's minimum and a rounded zero point, whose maximum is off the grid: 0.6655-0.6663). 7-bit
+    weights with 0..255 activations, the other way to fit int16, lost more (MiniLM 0.9964 against 0.9969 on
+    bench passages). Not written if this onnxruntime cannot run the result."""
     from onnx import TensorProto, helper
 
     def row_nodes(node, weight: np.ndarray, add) -> list:
@@ -223,28 +231,50 @@ def _row_quantize(source: Path, target: Path, names: set[str]) -> None:
         column_scales[column_scales == 0] = 1
         quantized = np.clip(np.rint(weight / column_scales), -127, 127).astype(np.int8)
         column_sums = (quantized.astype(np.float32) * column_scales).sum(axis=0)
-        stem, x = node.input[1], node.input[0]
+        stem, x, width = node.input[1], node.input[0], weight.shape[1]
 
-        def constant(name: str, value) -> str:
-            return add(f"{stem}/{name}", np.asarray(value, dtype=np.float32))
+        def name(suffix: str) -> str:
+            return f"{stem}/{suffix}"
 
-        return [
-            helper.make_node("ReduceMax", [x], [f"{stem}/row_max"], axes=[-1], keepdims=1),
-            helper.make_node("ReduceMin", [x], [f"{stem}/row_min"], axes=[-1], keepdims=1),
-            helper.make_node("Sub", [f"{stem}/row_max", f"{stem}/row_min"], [f"{stem}/row_range"]),
-            helper.make_node("Max", [f"{stem}/row_range", constant("tiny", 1e-8)], [f"{stem}/row_span"]),
-            helper.make_node("Div", [f"{stem}/row_span", constant("levels", float(_ROW_LEVELS))], [f"{stem}/row_scale"]),
-            helper.make_node("Sub", [x, f"{stem}/row_min"], [f"{stem}/shifted"]),
-            helper.make_node("Div", [f"{stem}/shifted", f"{stem}/row_scale"], [f"{stem}/scaled"]),
-            helper.make_node("Round", [f"{stem}/scaled"], [f"{stem}/rounded"]),
-            helper.make_node("Cast", [f"{stem}/rounded"], [f"{stem}/q_x"], to=TensorProto.UINT8),
-            helper.make_node("MatMulInteger", [f"{stem}/q_x", add(f"{stem}/q_rows", quantized)], [f"{stem}/products"], name=node.name),
-            helper.make_node("Cast", [f"{stem}/products"], [f"{stem}/products_float"], to=TensorProto.FLOAT),
-            helper.make_node("Mul", [f"{stem}/products_float", f"{stem}/row_scale"], [f"{stem}/by_row"]),
-            helper.make_node("Mul", [f"{stem}/by_row", constant("column_scales", column_scales)], [f"{stem}/by_cell"]),
-            helper.make_node("Mul", [f"{stem}/row_min", constant("column_sums", column_sums)], [f"{stem}/offset"]),
-            helper.make_node("Add", [f"{stem}/by_cell", f"{stem}/offset"], list(node.output)),
+        def constant(suffix: str, value, dtype=np.float32) -> str:
+            return add(name(suffix), np.asarray(value, dtype=dtype))
+
+        def op(kind: str, inputs: list[str], output: str, **attributes) -> object:
+            return helper.make_node(kind, inputs, [name(output)], **attributes)
+
+        levels = constant("levels", float(ROWS_ACTIVATION_MAX))
+        nodes = [
+            # each row's range, widened to hold 0; its steps above 0 put the row's maximum on the grid
+            op("ReduceMax", [x], "row_max", axes=[-1], keepdims=1),
+            op("ReduceMin", [x], "row_min", axes=[-1], keepdims=1),
+            op("Max", [name("row_max"), constant("tiny", 1e-8)], "high"),
+            op("Min", [name("row_min"), constant("zero", 0.0)], "low"),
+            op("Sub", [name("high"), name("low")], "row_range"),
+            op("Div", [name("high"), name("row_range")], "high_share"),
+            op("Mul", [name("high_share"), levels], "high_levels"),
+            op("Round", [name("high_levels")], "high_rounded"),
+            op("Max", [name("high_rounded"), constant("one", 1.0)], "high_steps"),
+            op("Div", [name("high"), name("high_steps")], "row_scale"),
+            op("Sub", [levels, name("high_steps")], "zero_point"),
+            op("Mul", [name("zero_point"), name("row_scale")], "row_offset"),  # the zero point in x's units
+            # one pass of ORT's vectorised QuantizeLinear over the rows (per-axis needs them 2-D)
+            op("Reshape", [x, constant("rows_shape", [-1, weight.shape[0]], np.int64)], "x_rows"),
+            op("Reshape", [name("row_scale"), constant("flat", [-1], np.int64)], "scale_rows"),
+            op("Cast", [name("zero_point")], "zero_point_u8", to=TensorProto.UINT8),
+            op("Reshape", [name("zero_point_u8"), name("flat")], "zero_point_rows"),
+            op("QuantizeLinear", [name("x_rows"), name("scale_rows"), name("zero_point_rows")], "q_x", axis=0),
+            helper.make_node("MatMulInteger", [name("q_x"), add(name("q_rows"), quantized)], [name("products")], name=node.name),
+            op("Cast", [name("products")], "products_float", to=TensorProto.FLOAT),
+            # back to x's leading axes
+            op("Shape", [x], "x_shape"),
+            op("Slice", [name("x_shape"), constant("start", [0], np.int64), constant("end", [-1], np.int64)], "leading"),
+            op("Concat", [name("leading"), constant("width", [width], np.int64)], "out_shape", axis=0),
+            op("Reshape", [name("products_float"), name("out_shape")], "products_shaped"),
+            op("Mul", [name("products_shaped"), name("row_scale")], "by_row"),
+            op("Mul", [name("by_row"), constant("column_scales", column_scales)], "by_cell"),
+            op("Mul", [name("row_offset"), constant("column_sums", column_sums)], "offset"),
         ]
+        return nodes + [helper.make_node("Sub", [name("by_cell"), name("offset")], list(node.output))]
 
     _rewrite_matmuls(source, target, names, row_nodes)
 
