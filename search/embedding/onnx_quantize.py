@@ -220,63 +220,84 @@ def _row_quantize(source: Path, target: Path, names: set[str]) -> None:
     Div, Round unvectorised and Cast, 9-10% of all-MiniLM-L6-v2's encoding at AVX2): 2-10% more passages/s
     there. Mean cosine to float32 sentence-transformers on 200 passages a set (benchmarks/cpu_classes.py):
     M3E-small 0.9994 on cmedqq and 0.9989 on cmrc2018 (block file 0.9995, 0.9990), all-MiniLM-L6-v2 0.9975
-    on SciFact (0.9979); SciFact's dense nDCG@10 0.6713, float32's (version 1: 0.6678-0.6697; a grid from
+    on SciFact (0.9979); SciFact's dense nDCG@10 0.6696-0.6713, float32 0.6713 (version 1: 0.6678-0.6697; a grid from
     the row's minimum and a rounded zero point, whose maximum is off the grid: 0.6655-0.6663). 7-bit
     weights with 0..255 activations, the other way to fit int16, lost more (MiniLM 0.9964 against 0.9969 on
     bench passages). Not written if this onnxruntime cannot run the result."""
-    from onnx import TensorProto, helper
 
     def row_nodes(node, weight: np.ndarray, add) -> list:
-        column_scales = np.abs(weight).max(axis=0) / 127
-        column_scales[column_scales == 0] = 1
-        quantized = np.clip(np.rint(weight / column_scales), -127, 127).astype(np.int8)
-        column_sums = (quantized.astype(np.float32) * column_scales).sum(axis=0)
-        stem, x, width = node.input[1], node.input[0], weight.shape[1]
-
-        def name(suffix: str) -> str:
-            return f"{stem}/{suffix}"
-
-        def constant(suffix: str, value, dtype=np.float32) -> str:
-            return add(name(suffix), np.asarray(value, dtype=dtype))
-
-        def op(kind: str, inputs: list[str], output: str, **attributes) -> object:
-            return helper.make_node(kind, inputs, [name(output)], **attributes)
-
-        levels = constant("levels", float(ROWS_ACTIVATION_MAX))
-        nodes = [
-            # each row's range, widened to hold 0; its steps above 0 put the row's maximum on the grid
-            op("ReduceMax", [x], "row_max", axes=[-1], keepdims=1),
-            op("ReduceMin", [x], "row_min", axes=[-1], keepdims=1),
-            op("Max", [name("row_max"), constant("tiny", 1e-8)], "high"),
-            op("Min", [name("row_min"), constant("zero", 0.0)], "low"),
-            op("Sub", [name("high"), name("low")], "row_range"),
-            op("Div", [name("high"), name("row_range")], "high_share"),
-            op("Mul", [name("high_share"), levels], "high_levels"),
-            op("Round", [name("high_levels")], "high_rounded"),
-            op("Max", [name("high_rounded"), constant("one", 1.0)], "high_steps"),
-            op("Div", [name("high"), name("high_steps")], "row_scale"),
-            op("Sub", [levels, name("high_steps")], "zero_point"),
-            op("Mul", [name("zero_point"), name("row_scale")], "row_offset"),  # the zero point in x's units
-            # one pass of ORT's vectorised QuantizeLinear over the rows (per-axis needs them 2-D)
-            op("Reshape", [x, constant("rows_shape", [-1, weight.shape[0]], np.int64)], "x_rows"),
-            op("Reshape", [name("row_scale"), constant("flat", [-1], np.int64)], "scale_rows"),
-            op("Cast", [name("zero_point")], "zero_point_u8", to=TensorProto.UINT8),
-            op("Reshape", [name("zero_point_u8"), name("flat")], "zero_point_rows"),
-            op("QuantizeLinear", [name("x_rows"), name("scale_rows"), name("zero_point_rows")], "q_x", axis=0),
-            helper.make_node("MatMulInteger", [name("q_x"), add(name("q_rows"), quantized)], [name("products")], name=node.name),
-            op("Cast", [name("products")], "products_float", to=TensorProto.FLOAT),
-            # back to x's leading axes
-            op("Shape", [x], "x_shape"),
-            op("Slice", [name("x_shape"), constant("start", [0], np.int64), constant("end", [-1], np.int64)], "leading"),
-            op("Concat", [name("leading"), constant("width", [width], np.int64)], "out_shape", axis=0),
-            op("Reshape", [name("products_float"), name("out_shape")], "products_shaped"),
-            op("Mul", [name("products_shaped"), name("row_scale")], "by_row"),
-            op("Mul", [name("by_row"), constant("column_scales", column_scales)], "by_cell"),
-            op("Mul", [name("row_offset"), constant("column_sums", column_sums)], "offset"),
-        ]
-        return nodes + [helper.make_node("Sub", [name("by_cell"), name("offset")], list(node.output))]
+        make = _NodeMaker(node.input[1], add)
+        return _row_grid(make, node.input[0]) + _row_products(make, node, weight)
 
     _rewrite_matmuls(source, target, names, row_nodes)
+
+
+class _NodeMaker:
+    """Nodes and constants of one rewritten MatMul, named under its weight's name."""
+
+    def __init__(self, stem: str, add) -> None:
+        self.stem, self.add = stem, add
+
+    def name(self, suffix: str) -> str:
+        return f"{self.stem}/{suffix}"
+
+    def constant(self, suffix: str, value, dtype=np.float32) -> str:
+        return self.add(self.name(suffix), np.asarray(value, dtype=dtype))
+
+    def op(self, kind: str, inputs: list[str], output: str, **attributes):
+        from onnx import helper
+
+        return helper.make_node(kind, inputs, [self.name(output)], **attributes)
+
+
+def _row_grid(make: _NodeMaker, x: str) -> list:
+    """Each row's scale and zero point: its range widened to hold 0, n steps above 0 in proportion to the
+    row's positive share (so the row's maximum is on the grid), 127 - n below."""
+    name, op, levels = make.name, make.op, make.constant("levels", float(ROWS_ACTIVATION_MAX))
+    return [
+        op("ReduceMax", [x], "row_max", axes=[-1], keepdims=1),
+        op("ReduceMin", [x], "row_min", axes=[-1], keepdims=1),
+        op("Max", [name("row_max"), make.constant("tiny", 1e-8)], "high"),
+        op("Min", [name("row_min"), make.constant("zero", 0.0)], "low"),
+        op("Sub", [name("high"), name("low")], "row_range"),
+        op("Div", [name("high"), name("row_range")], "high_share"),
+        op("Mul", [name("high_share"), levels], "high_levels"),
+        op("Round", [name("high_levels")], "high_rounded"),
+        op("Max", [name("high_rounded"), make.constant("one", 1.0)], "high_steps"),
+        op("Div", [name("high"), name("high_steps")], "row_scale"),
+        op("Sub", [levels, name("high_steps")], "zero_point"),
+        op("Mul", [name("zero_point"), name("row_scale")], "row_offset"),  # the zero point in x's units
+    ]
+
+
+def _row_products(make: _NodeMaker, node, weight: np.ndarray) -> list:
+    """x quantised on its rows' grid, times the weights quantised per column, back to floats."""
+    from onnx import TensorProto, helper
+
+    column_scales = np.abs(weight).max(axis=0) / 127
+    column_scales[column_scales == 0] = 1
+    quantized = np.clip(np.rint(weight / column_scales), -127, 127).astype(np.int8)
+    column_sums = (quantized.astype(np.float32) * column_scales).sum(axis=0)
+    name, op, constant, x = make.name, make.op, make.constant, node.input[0]
+    return [
+        # one pass of ORT's vectorised QuantizeLinear over the rows (per-axis needs them 2-D)
+        op("Reshape", [x, constant("rows_shape", [-1, weight.shape[0]], np.int64)], "x_rows"),
+        op("Reshape", [name("row_scale"), constant("flat", [-1], np.int64)], "scale_rows"),
+        op("Cast", [name("zero_point")], "zero_point_u8", to=TensorProto.UINT8),
+        op("Reshape", [name("zero_point_u8"), name("flat")], "zero_point_rows"),
+        op("QuantizeLinear", [name("x_rows"), name("scale_rows"), name("zero_point_rows")], "q_x", axis=0),
+        helper.make_node("MatMulInteger", [name("q_x"), make.add(name("q_rows"), quantized)], [name("products")], name=node.name),
+        op("Cast", [name("products")], "products_float", to=TensorProto.FLOAT),
+        # back to x's leading axes
+        op("Shape", [x], "x_shape"),
+        op("Slice", [name("x_shape"), constant("start", [0], np.int64), constant("end", [-1], np.int64)], "leading"),
+        op("Concat", [name("leading"), constant("width", [weight.shape[1]], np.int64)], "out_shape", axis=0),
+        op("Reshape", [name("products_float"), name("out_shape")], "products_shaped"),
+        op("Mul", [name("products_shaped"), name("row_scale")], "by_row"),
+        op("Mul", [name("by_row"), constant("column_scales", column_scales)], "by_cell"),
+        op("Mul", [name("row_offset"), constant("column_sums", column_sums)], "offset"),
+        helper.make_node("Sub", [name("by_cell"), name("offset")], list(node.output)),
+    ]
 
 
 def _blocks(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
