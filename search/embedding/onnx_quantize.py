@@ -220,10 +220,10 @@ def _row_quantize(source: Path, target: Path, names: set[str]) -> None:
     Div, Round unvectorised and Cast, 9-10% of all-MiniLM-L6-v2's encoding at AVX2): 2-10% more passages/s
     there. Mean cosine to float32 sentence-transformers on 200 passages a set (benchmarks/cpu_classes.py):
     M3E-small 0.9994 on cmedqq and 0.9989 on cmrc2018 (block file 0.9995, 0.9990), all-MiniLM-L6-v2 0.9975
-    on SciFact (0.9979); SciFact's dense nDCG@10 0.6696-0.6713, float32 0.6713 (version 1: 0.6678-0.6697; a grid from
-    the row's minimum and a rounded zero point, whose maximum is off the grid: 0.6655-0.6663). 7-bit
-    weights with 0..255 activations, the other way to fit int16, lost more (MiniLM 0.9964 against 0.9969 on
-    bench passages). Not written if this onnxruntime cannot run the result."""
+    on SciFact (0.9979); SciFact's dense nDCG@10 0.6696-0.6713, float32 0.6713 (version 1: 0.6678-0.6697;
+    a grid from the row's minimum and a rounded zero point, whose maximum is off the grid: 0.6655-0.6663).
+    7-bit weights with 0..255 activations, the other way to fit int16, lost more (MiniLM 0.9964 against
+    0.9969 on bench passages). Not written if this onnxruntime cannot run the result."""
 
     def row_nodes(node, weight: np.ndarray, add) -> list:
         make = _NodeMaker(node.input[1], add)
