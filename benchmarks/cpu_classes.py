@@ -118,10 +118,18 @@ def report_cpu() -> None:
         print(f"cpuid        {' '.join(name for name in X86_FEATURES if features[name]) or '(none of ' + ', '.join(X86_FEATURES) + ')'}")
     print(f"/proc/cpuinfo {' '.join(proc_cpuinfo_flags()) or '-'}" + ("   (the host's under qemu-user or a masked CPUID)" if features else ""))
     print(f"class        {cpu_class(features)}")
+    if emulation():
+        print(f"emulated     {emulation()}")
+
+
+def emulation() -> str:
+    """How this run imitates another CPU class, if it does: a masked CPUID, or libraries switched to AVX2."""
+    notes = []
     if os.environ.get("CPUID_MASK"):
-        print(f"emulated     CPUID masked to the {os.environ['CPUID_MASK']} class (benchmarks/cpuid_mask.c)")
+        notes.append(f"CPUID masked to {os.environ['CPUID_MASK']} (benchmarks/cpuid_mask.c)")
     if os.environ.get("SEARCH_AVX2_LIBRARIES"):
-        print("emulated     CPUID as it is; libraries switched to AVX2 (benchmarks/avx2_libraries.py)")
+        notes.append("libraries switched to AVX2 (benchmarks/avx2_libraries.py)")
+    return "; ".join(notes)
 
 
 # ----- kernels: worst-case operands for each integer operator of the export ------------------------

@@ -515,14 +515,12 @@ def reindex_one_file(corpus: Path, index: Path) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     """The machine, with the instruction sets its int8 kernels dispatch on (CPUID, masked under
     --emulate-style runs) and the flags /proc/cpuinfo lists."""
-    from cpu_classes import cpu_class, cpuid_features, export_file_here, proc_cpuinfo_flags
+    from cpu_classes import cpu_class, cpuid_features, emulation, export_file_here, proc_cpuinfo_flags
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    masked = os.environ.get("CPUID_MASK")
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "python": platform.python_version(), "platform": platform.platform(), "cpuinfo_flags": proc_cpuinfo_flags(),
-            "cpu_class": cpu_class(cpuid_features()) + (f" (CPUID masked to {masked})" if masked else "")
-            + (" (libraries switched to AVX2 by avx2_libraries.py)" if os.environ.get("SEARCH_AVX2_LIBRARIES") else ""),
+            "cpu_class": cpu_class(cpuid_features()) + (f" ({emulation()})" if emulation() else ""),
             "int8_export_file": export_file_here()}
 
 

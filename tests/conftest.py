@@ -15,12 +15,10 @@ def pytest_report_header(config: pytest.Config) -> str:
     """The CPU class the int8 kernels dispatch on, read from CPUID as ONNX Runtime reads it (so a run
     under `make test-avx2`, whose CPUID is masked, says so), and the flags /proc/cpuinfo lists."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from cpu_classes import cpu_class, cpuid_features, proc_cpuinfo_flags
+    from cpu_classes import cpu_class, cpuid_features, emulation, proc_cpuinfo_flags
 
-    masked = f" (CPUID masked to {os.environ['CPUID_MASK']})" if os.environ.get("CPUID_MASK") else ""
-    if os.environ.get("SEARCH_AVX2_LIBRARIES"):
-        masked += " (libraries switched to AVX2 by benchmarks/avx2_libraries.py)"
-    return f"cpu: {cpu_class(cpuid_features())}{masked}; /proc/cpuinfo: {' '.join(proc_cpuinfo_flags()) or '-'}"
+    emulated = f" ({emulation()})" if emulation() else ""
+    return f"cpu: {cpu_class(cpuid_features())}{emulated}; /proc/cpuinfo: {' '.join(proc_cpuinfo_flags()) or '-'}"
 
 
 @pytest.fixture(scope="session")
