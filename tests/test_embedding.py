@@ -65,30 +65,62 @@ def test_spec_matches_sentence_transformers(name):
 MIN_COSINE = {"m3e-small": 0.998, "all-MiniLM-L6-v2": 0.995}
 
 
+class RecordingSessions:
+    """Stand-ins for an encoder's lane sessions that run the real ones and note each call's shape and lane."""
+
+    def __init__(self, impl):
+        self.impl, self.real, self.calls = impl, impl.sessions, []
+
+    def __enter__(self):
+        def recording(lane, session):
+            class Recording:
+                def run(inner, outputs, feeds):
+                    self.calls.append((lane, feeds["input_ids"].shape))
+                    return session.run(outputs, feeds)
+            return Recording()
+        self.impl._sessions = [recording(lane, session) for lane, session in enumerate(self.real)]
+        return self
+
+    def __exit__(self, *exc):
+        self.impl._sessions = self.real
+
+
 def test_onnx_calls_stay_within_the_token_budget(eval_dir):
     """Long passages go through in calls of a few rows (faster on CPU, see CPU_BATCH_TOKENS), short
     ones in whole batches; every text is encoded once, in length order."""
     from search.embedding.onnx_runtime import CPU_BATCH, CPU_BATCH_TOKENS
 
     texts = real_texts(eval_dir, "all-MiniLM-L6-v2", 40) + ["tea"] * 40
-    impl = Encoder("all-MiniLM-L6-v2", backend="onnx").impl
-    shapes, run = [], impl.session.run
-
-    class Recording:
-        def run(self, outputs, feeds):
-            shapes.append(feeds["input_ids"].shape)
-            return run(outputs, feeds)
-
-    impl._session = Recording()
-    try:
+    impl = Encoder("all-MiniLM-L6-v2", backend="onnx", threads=1).impl
+    with RecordingSessions(impl) as recorded:
         vectors = impl.encode(texts)
-    finally:
-        impl._session = None  # made again on next use
+    shapes = [shape for _, shape in recorded.calls]
     assert sum(rows for rows, _ in shapes) == len(texts) and vectors.shape == (len(texts), impl.dim)
     assert all(rows * width <= CPU_BATCH_TOKENS or rows == 1 for rows, width in shapes)
     assert all(rows <= CPU_BATCH for rows, _ in shapes) and max(rows for rows, _ in shapes) == CPU_BATCH  # the short ones
     assert min(rows for rows, width in shapes if width > 150) < 8  # the long ones: a few rows a call
     assert [width for _, width in shapes] == sorted(width for _, width in shapes)
+
+
+def test_onnx_batches_run_on_every_lane_with_the_same_vectors(eval_dir):
+    """Two one-thread sessions take a call's batches side by side and give, bit for bit, what one lane
+    gives for the same batches; a call of a single batch is split so that both lanes work."""
+    texts = real_texts(eval_dir, "all-MiniLM-L6-v2", 40)
+    one_lane = Encoder("all-MiniLM-L6-v2", backend="onnx", threads=1).impl
+    two_lanes = Encoder("all-MiniLM-L6-v2", backend="onnx", threads=2).impl
+    assert len(two_lanes.sessions) == 2 and len(one_lane.sessions) == 1
+    with RecordingSessions(two_lanes) as recorded:
+        vectors = two_lanes.encode(texts)
+    assert {lane for lane, _ in recorded.calls} == {0, 1} and sum(rows for _, (rows, _) in recorded.calls) == len(texts)
+    np.testing.assert_array_equal(vectors, one_lane.encode(texts))
+
+    short = ["tea", "green tea", "how long should green tea steep", "black tea"]  # one batch of four rows
+    with RecordingSessions(two_lanes) as recorded:
+        vectors = two_lanes.encode(short)
+    assert sorted(shape for _, shape in recorded.calls) == [(2, 4), (2, 8)]  # halves, each padded to its own longest
+    assert {lane for lane, _ in recorded.calls} == {0, 1}
+    cosines = (vectors * one_lane.encode(short)).sum(axis=1)  # int8 activations are quantised per call
+    assert cosines.min() > 0.995
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -410,10 +442,12 @@ def test_query_engine_runs_each_model_on_one_thread_with_the_same_vectors(tmp_pa
     queries = ["序列并行", "merge keyword and vector results"]
     for space in engine.backend.dense:
         query_encoder = engine.retriever.encoders[space]
+        assert len(query_encoder.impl.sessions) == 1
         assert query_encoder.impl.session.get_session_options().intra_op_num_threads == 1
         batch_encoder = Encoder(engine.plan[space])  # every core, as a build embeds
         assert batch_encoder.impl is not query_encoder.impl
-        np.testing.assert_allclose(query_encoder.encode_query(queries), batch_encoder.encode_query(queries), atol=1e-5)
+        for text in queries:  # a query is embedded alone (int8 activations are quantised per call)
+            np.testing.assert_allclose(query_encoder.encode_query([text]), batch_encoder.encode_query([text]), atol=1e-5)
     # both spaces searched side by side in threads give what each space's own search gives
     query = engine.analyse("序列并行", "dense")
     cosines = engine.retrieve(query, 5).cosines

@@ -130,8 +130,8 @@ class Encoder:
     `backend` is "onnx"/"torch" (or a recorded name such as "onnx-int8"); None follows
     SEARCH_BACKEND, else CUDA when present, else ONNX. `.backend` afterwards names what actually
     runs, e.g. "onnx-int8", "torch-fp32" or "torch-fp16", so vectors of different backends never mix.
-    `threads` caps the CPU threads of one ONNX call (None: every core, for batches); a query engine
-    uses 1 per model and runs its models side by side instead.
+    `threads` caps the cores one ONNX call uses (None: every core, a one-thread session each, for
+    batches); a query engine uses 1 per model and runs its models side by side instead.
     """
 
     def __init__(self, name: str, device: str | None = None, backend: str | None = None, threads: int | None = None) -> None:
