@@ -48,6 +48,16 @@ def ranked(engine: Engine, query: str, mode: str, **options) -> list[tuple[int, 
     return [(hit.passage_id, round(hit.score, 4)) for hit in engine.search(query, k=10, mode=mode, collapse=False, **options).hits]
 
 
+def assert_ranks_alike(engine: Engine, reference: Engine, query: str, mode: str, **options) -> None:
+    """The same passages in the same order, with scores equal but for float32 summation order: Qdrant's and
+    FAISS's dot products take different SIMD paths per CPU class, so a rounded digit can flip between them."""
+    def hits(of: Engine) -> list:
+        return of.search(query, k=10, mode=mode, collapse=False, **options).hits
+    got, expected = hits(engine), hits(reference)
+    assert got and [hit.passage_id for hit in got] == [hit.passage_id for hit in expected], (query, mode, options)
+    assert [hit.score for hit in got] == pytest.approx([hit.score for hit in expected], abs=1e-5), (query, mode, options)
+
+
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory, engine):
     """The test notes indexed by the default backend and by a local Qdrant."""
@@ -64,7 +74,7 @@ def test_same_hits_and_scores_as_the_default_backend(pair):
     assert remote.stats()["backend"]["kind"] == "qdrant" and embedded.stats()["backend"] == {"kind": "embedded"}
     for query in QUERIES:
         for mode in ("bm25", "dense", "hybrid"):
-            assert ranked(remote, query, mode) == ranked(embedded, query, mode), (query, mode)
+            assert_ranks_alike(remote, embedded, query, mode)
     hit, same = remote.search("序列并行", k=1)[0], embedded.search("序列并行", k=1)[0]
     assert (hit.path, hit.line_start, hit.bm25_rank, hit.dense_rank) == (same.path, same.line_start, same.bm25_rank, same.dense_rank)
     assert hit.bm25_score == pytest.approx(same.bm25_score, rel=1e-6) and hit.dense_score == pytest.approx(same.dense_score, abs=1e-6)
@@ -74,8 +84,7 @@ def test_filters_apply_inside_the_query(pair):
     embedded, remote = pair
     for filters in (Filters(tags=["机器学习"]), Filters(paths=["*.txt"]), Filters(types=["md"]), Filters(paths=["**/cooking.md"], types=["md"])):
         for mode in ("bm25", "dense", "hybrid"):
-            got = ranked(remote, "序列并行 tea 番茄", mode, filters=filters)
-            assert got and got == ranked(embedded, "序列并行 tea 番茄", mode, filters=filters), (filters, mode)
+            assert_ranks_alike(remote, embedded, "序列并行 tea 番茄", mode, filters=filters)
     only_text = remote.search("tea", k=10, filters=Filters(paths=["*.txt"])).hits
     assert only_text and all(hit.path.endswith(".txt") for hit in only_text)  # k asks for more than match: no md sneaks in
     assert remote.search("tea", filters=Filters(tags=["no such tag"])).hits == []
@@ -347,7 +356,7 @@ def test_server_idf_writes_only_the_changed_points_and_ranks_like_the_default(tm
     index = Engine.build([notes], tmp_path / "index", backend=spec)[0]
     for query in QUERIES:  # Qdrant's IDF is Lucene's formula: the same BM25 on a fresh collection
         assert [pid for pid, _ in ranked(index, query, "bm25")] == [pid for pid, _ in ranked(embedded, query, "bm25")], query
-        assert ranked(index, query, "hybrid") == ranked(embedded, query, "hybrid"), query
+        assert_ranks_alike(index, embedded, query, "hybrid")
     index.close()
     path = notes / "cooking.md"
     path.write_text(path.read_text().replace("two minutes", "three minutes"), encoding="utf-8")
