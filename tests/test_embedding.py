@@ -5,6 +5,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from search import Engine, SearchError
 from search.embedding import onnx_export
 from search.embedding.encoder import Encoder, load_model
 from search.embedding.onnx_quantize import ROWS_ACTIVATION_MAX
+from search.embedding.onnx_runtime import CPU_BATCH, CPU_BATCH_TOKENS, spread
 from search.embedding.spec import UnsupportedModel, batches_by_length, load_tokenizer, model_spec
 
 from conftest import write_notes
@@ -66,16 +68,23 @@ MIN_COSINE = {"m3e-small": 0.998, "all-MiniLM-L6-v2": 0.995}
 
 
 class RecordingSessions:
-    """Stand-ins for an encoder's lane sessions that run the real ones and note each call's shape and lane."""
+    """Stand-ins for an encoder's lane sessions that run the real ones and note each call's shape and lane.
+    `meet`: lane 0 holds its batches until another lane has taken one (at most 10 s), so that whether the
+    other lanes get work does not hang on when the OS starts their threads on a busy machine."""
 
-    def __init__(self, impl):
-        self.impl, self.real, self.calls = impl, impl.sessions, []
+    def __init__(self, impl, meet: bool = False):
+        self.impl, self.real, self.calls, self.meet = impl, impl.sessions, [], meet
+        self.other_lane_ran = threading.Event()
 
     def __enter__(self):
         def recording(lane, session):
             class Recording:
                 def run(inner, outputs, feeds):
                     self.calls.append((lane, feeds["input_ids"].shape))
+                    if lane:
+                        self.other_lane_ran.set()
+                    elif self.meet:
+                        self.other_lane_ran.wait(timeout=10)
                     return session.run(outputs, feeds)
             return Recording()
         self.impl._sessions = [recording(lane, session) for lane, session in enumerate(self.real)]
@@ -88,8 +97,6 @@ class RecordingSessions:
 def test_onnx_calls_stay_within_the_token_budget(eval_dir):
     """Long passages go through in calls of a few rows (faster on CPU, see CPU_BATCH_TOKENS), short
     ones in whole batches; every text is encoded once, in length order."""
-    from search.embedding.onnx_runtime import CPU_BATCH, CPU_BATCH_TOKENS
-
     texts = real_texts(eval_dir, "all-MiniLM-L6-v2", 40) + ["tea"] * 40
     impl = Encoder("all-MiniLM-L6-v2", backend="onnx", threads=1).impl
     with RecordingSessions(impl) as recorded:
@@ -109,18 +116,35 @@ def test_onnx_batches_run_on_every_lane_with_the_same_vectors(eval_dir):
     one_lane = Encoder("all-MiniLM-L6-v2", backend="onnx", threads=1).impl
     two_lanes = Encoder("all-MiniLM-L6-v2", backend="onnx", threads=2).impl
     assert len(two_lanes.sessions) == 2 and len(one_lane.sessions) == 1
-    with RecordingSessions(two_lanes) as recorded:
+    with RecordingSessions(two_lanes, meet=True) as recorded:
         vectors = two_lanes.encode(texts)
     assert {lane for lane, _ in recorded.calls} == {0, 1} and sum(rows for _, (rows, _) in recorded.calls) == len(texts)
     np.testing.assert_array_equal(vectors, one_lane.encode(texts))
 
     short = ["tea", "green tea", "how long should green tea steep", "black tea"]  # one batch of four rows
-    with RecordingSessions(two_lanes) as recorded:
+    with RecordingSessions(two_lanes, meet=True) as recorded:
         vectors = two_lanes.encode(short)
     assert sorted(shape for _, shape in recorded.calls) == [(2, 4), (2, 8)]  # halves, each padded to its own longest
     assert {lane for lane, _ in recorded.calls} == {0, 1}
     cosines = (vectors * one_lane.encode(short)).sum(axis=1)  # int8 activations are quantised per call
     assert cosines.min() > 0.995
+
+
+@pytest.mark.parametrize("failing_lane", [0, 1])
+def test_a_failing_lane_stops_the_others_after_their_batch(eval_dir, failing_lane):
+    """An error (or Ctrl-C) in one lane reaches the caller once the other lane ends the batch it holds,
+    instead of after every batch of the call (a build's call holds thousands of passages)."""
+    texts = real_texts(eval_dir, "all-MiniLM-L6-v2", 40)
+    impl = Encoder("all-MiniLM-L6-v2", backend="onnx", threads=2).impl
+    with RecordingSessions(impl) as recorded:
+        class Failing:
+            def run(self, outputs, feeds):
+                raise RuntimeError("lane failed")
+        impl._sessions[failing_lane] = Failing()
+        with pytest.raises(RuntimeError, match="lane failed"):
+            impl.encode(texts)
+    batches = spread(list(batches_by_length(impl.tokenizer.encode_batch(texts), CPU_BATCH, impl.spec.pad_id, CPU_BATCH_TOKENS)), 2)
+    assert len(batches) >= 6 and len(recorded.calls) <= 2  # the working lane ran what it held, no more
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -96,17 +96,23 @@ class OnnxEncoder:
         pending, taking = iter(batches), threading.Lock()
 
         def lane(session) -> None:
-            while True:
-                with taking:
-                    batch = next(pending, None)
-                if batch is None:
-                    return
-                rows, ids, mask = batch
-                hidden = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-                out[rows] = pool(hidden, mask, self.spec.pooling)
-                if progress is not None:
+            try:
+                while True:
                     with taking:
-                        progress.update(len(rows))
+                        batch = next(pending, None)
+                    if batch is None:
+                        return
+                    rows, ids, mask = batch
+                    hidden = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+                    out[rows] = pool(hidden, mask, self.spec.pooling)
+                    if progress is not None:
+                        with taking:
+                            progress.update(len(rows))
+            except BaseException:  # an error or Ctrl-C: the other lanes stop after the batch they hold
+                with taking:
+                    for _ in pending:
+                        pass
+                raise
 
         helpers = [self._helpers.submit(lane, session) for session in sessions[1:len(batches)]] if self._helpers else []
         try:
