@@ -136,9 +136,10 @@ def test_a_failing_lane_stops_the_others_after_their_batch(eval_dir, failing_lan
     instead of after every batch of the call (a build's call holds thousands of passages)."""
     texts = real_texts(eval_dir, "all-MiniLM-L6-v2", 40)
     impl = Encoder("all-MiniLM-L6-v2", backend="onnx", threads=2).impl
-    with RecordingSessions(impl) as recorded:
+    with RecordingSessions(impl, meet=True) as recorded:  # lane 0 waits for lane 1 before its first batch
         class Failing:
             def run(self, outputs, feeds):
+                recorded.other_lane_ran.set()
                 raise RuntimeError("lane failed")
         impl._sessions[failing_lane] = Failing()
         with pytest.raises(RuntimeError, match="lane failed"):
