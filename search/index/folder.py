@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -129,6 +130,25 @@ class Generation:
 
     def size_bytes(self) -> int:
         return sum(path.stat().st_size for path in self.files())
+
+    def read_ahead(self, stop: threading.Event | None = None) -> int:
+        """Read every file once, so that the OS holds the generation in its page cache and the first
+        queries of a long-lived engine do not wait on the disk for the pages of the memory-mapped FAISS
+        graph, vectors and BM25 columns they touch (100k-passage bench index after a cold start, first
+        300 queries: mean 11.3 ms against 8.0 ms with the files cached). Returns the bytes read; stops
+        early when `stop` is set, and skips a file a newer build has removed meanwhile.
+
+        Read through rather than posix_fadvise(WILLNEED), which brought 150 MB of that index's 513 MB
+        into the cache on Linux: the kernel caps what it reads ahead."""
+        buffer, done = bytearray(1 << 20), 0
+        for path in self.files():
+            try:
+                with open(path, "rb", buffering=0) as handle:
+                    while not (stop is not None and stop.is_set()) and (read := handle.readinto(buffer)):
+                        done += read
+            except OSError:  # removed by a build that retired this generation: nothing left to warm
+                continue
+        return done
 
 
 def _fsync(path: str | os.PathLike) -> None:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from functools import cached_property
 from typing import Any, Iterable, Sequence
 
@@ -52,6 +53,7 @@ class Engine:
         # Use Engine.open(), which checks the index first.
         self.folder = folder
         self.generation = generation
+        self._closing = threading.Event()  # stops a read_ahead still running
         self.manifest = manifest if manifest is not None else generation.read_manifest()
         self.config = config or SearchConfig()
         self.passages = PassageStore(generation)
@@ -170,7 +172,14 @@ class Engine:
                 identities["rerank"] = f"not available: {error}"
         return identities
 
+    def read_ahead(self) -> int:
+        """Bring the index's files into the OS page cache (Generation.read_ahead), for a long-lived
+        process such as `search serve`, whose first queries then do not wait on the disk; stops when
+        the engine closes. Returns the bytes read. A one-off query has no use for it."""
+        return self.generation.read_ahead(self._closing)
+
     def close(self) -> None:
+        self._closing.set()
         self.retriever.close()
         self.backend.close()
         self.passages.close()

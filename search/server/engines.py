@@ -179,10 +179,21 @@ class EngineHolder:
         return Engine.open(self.index_dir)
 
     def _warm(self, engine: Any) -> None:
+        # the index's files into the page cache while requests are served (0.6 s at 100k passages)
+        read_ahead = getattr(engine, "read_ahead", None)  # an opener may give another engine
+        if read_ahead is not None:
+            threading.Thread(target=self._read_ahead, args=(read_ahead,), name="search-read-ahead", daemon=True).start()
         try:
             engine.search(WARM_UP_QUERY, k=1)
         except SearchError:
             pass
+
+    @staticmethod
+    def _read_ahead(read_ahead: Callable[[], int]) -> None:
+        try:
+            log.info("read %d bytes of the index ahead into the page cache", read_ahead())
+        except Exception:  # noqa: BLE001 - a cache warmer must never take the server down
+            log.exception("reading the index ahead failed")
 
     def _failed(self, message: str) -> None:
         self._last_failure = time.monotonic()
