@@ -3,8 +3,11 @@
 import ctypes
 import mmap
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -12,7 +15,7 @@ from search import Engine
 from search.index.folder import IndexFolder
 from search.server.engines import EngineHolder
 
-from conftest import write_notes
+from conftest import ROOT, write_notes
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="page-cache advice is Linux's")
 
@@ -52,17 +55,23 @@ def evict(folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("read-ahead")
-    engine, _ = Engine.build([write_notes(root / "notes")], root / "index")
-    engine.close()
-    return root / "index"
+def index() -> Iterator[Path]:
+    # beside the checkout, not in the temporary folder: that may be a tmpfs, which keeps every file in
+    # memory whatever the advice, and there would be nothing to read ahead
+    (ROOT / "indexes").mkdir(exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="read-ahead-test-", dir=ROOT / "indexes"))
+    try:
+        engine, _ = Engine.build([write_notes(root / "notes")], root / "index")
+        engine.close()
+        yield root / "index"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def evicted(index: Path) -> Path:
     evict(index)
     if share_cached(index) > 0.2:
-        pytest.skip("this filesystem keeps files in memory whatever the advice (tmpfs?)")
+        pytest.skip("the checkout's filesystem keeps files in memory whatever the advice (tmpfs?)")
     return index
 
 
