@@ -550,8 +550,7 @@ def print_table(r: dict[str, Any]) -> None:
     for mode, ms in warm["latency_ms"].items():
         rows.append((f"warm {mode} p50/p95/p99", f"{ms['p50']}/{ms['p95']}/{ms['p99']} ms", "", ""))
     rows.append(("warm query process RSS", f"{warm['rss_after_queries_mb']:.0f} MB", "", ""))
-    if "read_ahead" in warm:
-        rows.append(("index read ahead at open (as serve does)", f"{warm['read_ahead']['bytes'] / 2**20:.0f} MB in {warm['read_ahead']['seconds']} s", "", ""))
+    rows.append(("index read ahead at open (as serve does)", f"{warm['read_ahead']['bytes'] / 2**20:.0f} MB in {warm['read_ahead']['seconds']} s", "", ""))
     centring = warm["centring"]
     rows.append((f"warm hybrid p50, centred ({', '.join(centring['centred_spaces']) or 'no space'}) vs raw cosines", f"{centring['centred']['p50']} ms",
                  f"{centring['raw']['p50']} ms (raw)", f"{centring['centred']['p50'] / centring['raw']['p50']:.2f}x"))

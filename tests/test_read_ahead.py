@@ -91,9 +91,12 @@ def test_a_closed_engine_reads_nothing_ahead(index):
 def test_the_server_reads_the_index_ahead_when_it_opens_it(index):
     evicted(index)
     holder = EngineHolder(index)
-    with holder.lease() as slot:
-        deadline = time.monotonic() + 10
-        while share_cached(index) < 1.0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert share_cached(index) == 1.0
-        assert slot.engine.search("序列并行", k=1).hits
+    try:
+        with holder.lease() as slot:
+            deadline = time.monotonic() + 10
+            while share_cached(index) < 1.0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert share_cached(index) == 1.0
+            assert slot.engine.search("序列并行", k=1).hits
+    finally:
+        holder.close()

@@ -250,6 +250,9 @@ class _FakeEngine:
     def stats(self) -> dict:
         return {"generation": self.generation}
 
+    def read_ahead(self) -> int:
+        return 0  # no files
+
     def search(self, text, k=10, mode="hybrid", filters=None):
         assert not self.closed, "searched a closed engine"
 

@@ -140,11 +140,11 @@ class Generation:
 
         Read through rather than posix_fadvise(WILLNEED), which brought 150 MB of that index's 513 MB
         into the cache on Linux: the kernel caps what it reads ahead."""
-        buffer, done = bytearray(1 << 20), 0
+        stop, buffer, done = stop or threading.Event(), bytearray(1 << 20), 0
         for path in self.files():
             try:
                 with open(path, "rb", buffering=0) as handle:
-                    while not (stop is not None and stop.is_set()) and (read := handle.readinto(buffer)):
+                    while not stop.is_set() and (read := handle.readinto(buffer)):
                         done += read
             except OSError:  # removed by a build that retired this generation: nothing left to warm
                 continue

@@ -180,9 +180,7 @@ class EngineHolder:
 
     def _warm(self, engine: Any) -> None:
         # the index's files into the page cache while requests are served (0.6 s at 100k passages)
-        read_ahead = getattr(engine, "read_ahead", None)  # an opener may give another engine
-        if read_ahead is not None:
-            threading.Thread(target=self._read_ahead, args=(read_ahead,), name="search-read-ahead", daemon=True).start()
+        threading.Thread(target=self._read_ahead, args=(engine.read_ahead,), name="search-read-ahead", daemon=True).start()
         try:
             engine.search(WARM_UP_QUERY, k=1)
         except SearchError:
