@@ -179,8 +179,6 @@ def test_query_is_embedded_only_in_the_spaces_that_read_its_languages(built):
 
 
 def test_a_space_searched_only_to_fill_the_depth_does_not_bring_its_cosine_scale(built):
-    from search.query.fusion import Hybrid
-
     engine = built[0]  # cross_lingual off: no space is searched with a translation
     query = "how long should I brew green tea"
     # the tiny English space holds fewer passages than the depth, so the Chinese one joins, and
@@ -189,7 +187,7 @@ def test_a_space_searched_only_to_fill_the_depth_does_not_bring_its_cosine_scale
     retrieval = engine.retrieve(engine.analyse(query), 100)
     chinese, english = set(engine.backend.dense["zh"].ids.tolist()), set(engine.backend.dense["en"].ids.tolist())
     assert retrieval.foreign and retrieval.foreign <= chinese
-    column = Hybrid.dense_column(retrieval)
+    column = engine.policy.dense_column(retrieval)
     floor = min(column[pid] for pid in english & column.keys())
     assert all(column[pid] == floor for pid in retrieval.foreign)
     hits = engine.search(query, k=3)

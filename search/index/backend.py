@@ -140,6 +140,9 @@ class SearchBackend(Protocol):
     def dense_scores(self, space: str, vector: np.ndarray, pids: np.ndarray) -> np.ndarray:
         """The cosine of each of `pids` (all members of `space`)."""
 
+    def dense_vectors(self, space: str, pids: np.ndarray) -> np.ndarray:
+        """The stored unit vector of each of `pids` (all members of `space`), one row each."""
+
     def prepare_search_thread(self) -> None:
         """Run once in each thread that will call the dense searches (a thread pool's initializer)."""
 

@@ -45,6 +45,9 @@ class EmbeddedBackend:
     def dense_scores(self, space: str, vector: np.ndarray, pids: np.ndarray) -> np.ndarray:
         return self.dense[space].scores_of(vector, self.members.rows[space][pids])
 
+    def dense_vectors(self, space: str, pids: np.ndarray) -> np.ndarray:
+        return self.dense[space].vectors_at(self.members.rows[space][pids])
+
     def prepare_search_thread(self) -> None:
         search_one_query_per_thread()
 

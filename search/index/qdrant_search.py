@@ -86,6 +86,12 @@ class QdrantBackend:
             scores[have] = np.array([found[i] for i in have], dtype=np.float32) @ np.asarray(vector, dtype=np.float32)
         return scores
 
+    def dense_vectors(self, space: str, pids: np.ndarray) -> np.ndarray:
+        found = self._vectors(space, pids)
+        dim = next((len(vector) for vector in found if vector is not None), 0)
+        # a point without the vector (none should lack it) is the origin: near nothing, so no hub
+        return np.array([np.zeros(dim) if vector is None else vector for vector in found], dtype=np.float32).reshape(len(pids), dim)
+
     # ----- helpers ------------------------------------------------------------------------------
 
     def _query(self, vector: Any, using: str, k: int, selection: Selection | None, ids: list[str] | None = None) -> Ranking:

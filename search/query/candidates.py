@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from search.query.hubness import Hubs
+
 __all__ = ["EMPTY", "Ranking", "Retrieval"]
 
 # One retriever's candidates: passage ids best first, with their scores.
@@ -38,3 +40,6 @@ class Retrieval:
     # what the tie rule reads, since passages of one document share words through their windows
     # (search.index.bm25_window) and their near-equal scores are no tie between two answers
     bm25_leads: np.ndarray | None = None
+    # how near each candidate of the spaces that read the query is to the other candidates
+    # (search.query.hubness; None where not measured: another mode, or the hub rule switched off)
+    hubs: Hubs | None = None

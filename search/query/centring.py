@@ -54,6 +54,11 @@ class CentredSpace:
         self.centre, self._dots_of = centre, dots_of
         self._dots = np.full(passages, np.nan, dtype=np.float32)  # unknown until read; a race writes the same value
 
+    def moved(self, vectors: np.ndarray) -> np.ndarray:
+        """Unit passage `vectors` moved by the centre and made unit again: what a centred cosine compares."""
+        moved = np.asarray(vectors, dtype=np.float32) - self.centre.astype(np.float32)
+        return moved / np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)
+
     def cosines(self, raw: np.ndarray, query: np.ndarray, pids: np.ndarray) -> np.ndarray:
         """Centred cosines of `pids` (members of the space) whose raw cosines with `query` are `raw`."""
         dots = self._dots[pids]

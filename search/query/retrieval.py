@@ -14,6 +14,7 @@ from search.index.backend import SearchBackend, Selection
 from search.query.candidates import EMPTY, Ranking, Retrieval
 from search.query.centring import CentredSpace
 from search.query.fusion import Hybrid
+from search.query.hubness import Hubs
 from search.query.query import Query
 from search.text.tokenizing import tokenize_query
 from search.text.translation import translate
@@ -172,8 +173,24 @@ class Retriever:
         readers = spaces_reading({space: self.models[space] for space in vectors}, query.languages)
         members = {space: frozenset(union[self.members.holds(space, union)].tolist()) for space in vectors}
         foreign = frozenset().union(*(members[space] for space in set(vectors) - readers - translated))
+        hubs = self._hubs(union, readers - translated) if self.policy.config.hub_penalty > 0 else None
         return Retrieval(bm25, dense, bm25_scores, cosines, foreign, frozenset().union(*(members[space] for space in translated)), bm25_translated,
-                         dense_translated=bool(translated), query_text=query.text, bm25_leads=self._document_leads(bm25))
+                         dense_translated=bool(translated), query_text=query.text, bm25_leads=self._document_leads(bm25), hubs=hubs)
+
+    def _hubs(self, union: np.ndarray, spaces: set[str]) -> Hubs | None:
+        """The hubs among the candidates of each space in `spaces` (those that read the query as asked),
+        measured between their stored vectors, centred where the space is (search.query.hubness)."""
+        neighbours, found = self.policy.config.hub_neighbours, None
+        for space in sorted(spaces):
+            pids = union[self.members.holds(space, union)]
+            if len(pids) <= neighbours:  # too few for a neighbourhood
+                continue
+            vectors = self.backend.dense_vectors(space, pids)
+            if space in self.centred:
+                vectors = self.centred[space].moved(vectors)
+            hubs = Hubs.among(pids, vectors, neighbours)
+            found = hubs if found is None else found.merged(hubs)
+        return found
 
     def _document_leads(self, ranking: Ranking) -> np.ndarray | None:
         """The scores of a ranking's first candidate of each document, in its order."""
