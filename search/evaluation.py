@@ -182,7 +182,7 @@ def evaluate(
 
 
 def sweep_configs(base: SearchConfig) -> dict[str, tuple[str, SearchConfig]]:
-    """A grid over fusion method, retriever weights and the RRF constant."""
+    """A grid over fusion method, retriever weights and the RRF constant, and the default without its hub rule."""
     grid: dict[str, tuple[str, SearchConfig]] = {}
     for k, dense_weight in itertools.product((10, 30, 60), (0.5, 1.0, 1.5, 2.0, 3.0)):
         config = SearchConfig(**{**asdict(base), "fusion": "rrf", "rrf_k": k, "dense_weight": dense_weight, "bm25_weight": 1.0})
@@ -190,6 +190,7 @@ def sweep_configs(base: SearchConfig) -> dict[str, tuple[str, SearchConfig]]:
     for fusion, alpha in itertools.product(("weighted", "zscore"), (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)):
         config = SearchConfig(**{**asdict(base), "fusion": fusion, "dense_weight": alpha, "bm25_weight": round(1 - alpha, 2)})
         grid[f"{fusion} dense={alpha}"] = ("hybrid", config)
+    grid["zscore without the hub rule"] = ("hybrid", SearchConfig(**{**asdict(base), "hub_penalty": 0.0}))
     return grid
 
 
