@@ -91,32 +91,37 @@ UTTERANCES = [
     "我睡不着", "晚安", "早上好", "我今天好累", "帮我打电话给妈妈", "发短信给小王", "导航去火车站", "这里离机场多远",
     "一加一等于几", "二十四乘以十二", "翻译一下你好", "英语的苹果怎么说",
 ]
+# and 512 more, so that M3E-small's space is estimated well enough to be centred (CENTRE_MIN_VECTORS)
+WHO = ["我", "你", "他", "她", "我们", "小王", "妈妈", "老师"]
+DOES = ["想要", "喜欢", "不喜欢", "正在找", "买了", "讨厌", "需要", "推荐"]
+WHAT = ["一杯咖啡", "一本书", "新手机", "红色的伞", "去北京的票", "一首老歌", "蓝牙耳机", "一台电脑"]
 
 
 @pytest.fixture(scope="module")
 def utterances(tmp_path_factory):
     root = tmp_path_factory.mktemp("utterances")
-    for number, text in enumerate(UTTERANCES):
-        (root / f"u{number:02d}.md").write_text(text + "\n", encoding="utf-8")
+    lines = UTTERANCES + [who + does + what for who in WHO for does in DOES for what in WHAT]
+    for number, text in enumerate(lines):
+        (root / f"u{number:03d}.md").write_text(text + "\n", encoding="utf-8")
     Engine.build([root], root / "index")[0].close()
     with Engine.open(root / "index") as engine:
         yield engine
 
 
-@pytest.mark.parametrize("query", ["你在忙什么", "讲个好笑的故事", "手机没电了", "我想睡觉"])
+@pytest.mark.parametrize("query", ["你在忙什么", "讲个好笑的故事", "手机没电了", "我想睡觉", "他想买咖啡"])
 def test_the_engine_measures_each_candidate_between_the_stored_vectors(utterances, query):
     """Every candidate of the space that reads the query has its closeness to its 10 nearest other
-    candidates, from the vectors the index stores, and fusion ranks by the cosines the rule gives."""
+    candidates, from the vectors the index stores moved by the space's centre, and fusion ranks by the
+    cosines the rule gives."""
     engine = utterances
+    assert set(engine.retriever.centred) == {"zh"}
     retrieval = engine.retrieve(engine.analyse(query), 100)
     union = np.union1d(retrieval.bm25[0], retrieval.dense[0])
     assert retrieval.hubs is not None and sorted(retrieval.hubs.closeness) == union.tolist()
-    index = engine.backend.dense["zh"]
-    vectors = index.vectors_at(engine.backend.members.rows["zh"][union])
-    if "zh" in engine.retriever.centred:
-        vectors = engine.retriever.centred["zh"].moved(vectors)
-    closeness, occurrences = neighbour_closeness(vectors, 10)
-    np.testing.assert_allclose([retrieval.hubs.closeness[pid] for pid in union.tolist()], closeness, rtol=1e-5)
+    vectors = engine.backend.dense["zh"].vectors_at(engine.backend.members.rows["zh"][union]).astype(np.float64)
+    centre = engine.retriever.centred["zh"].centre
+    closeness, occurrences = neighbour_closeness(unit(vectors - centre), 10)
+    np.testing.assert_allclose([retrieval.hubs.closeness[pid] for pid in union.tolist()], closeness, atol=1e-5)
     assert [retrieval.hubs.occurrences[pid] for pid in union.tolist()] == occurrences.tolist()
 
     best = int(retrieval.dense[0][0])
@@ -127,8 +132,10 @@ def test_the_engine_measures_each_candidate_between_the_stored_vectors(utterance
     assert engine.rank(retrieval) == by_hand
 
 
-def test_the_rule_switched_off_measures_nothing(utterances):
-    with Engine.open(utterances.folder.root, config=SearchConfig(hub_penalty=0.0)) as engine:
+@pytest.mark.parametrize("config", [SearchConfig(hub_penalty=0.0), SearchConfig(centring=0.0)])
+def test_nothing_is_measured_with_the_rule_off_or_in_a_space_left_uncentred(utterances, config):
+    """The rule off, or raw cosines (as in a wide space such as all-MiniLM-L6-v2's, where it gained nothing)."""
+    with Engine.open(utterances.folder.root, config=config) as engine:
         assert engine.retrieve(engine.analyse("你在忙什么"), 100).hubs is None
 
 

@@ -134,9 +134,9 @@ class SearchConfig:
     # cmedqq 0.4561 / 0.4599 / 0.4616 / 0.4612, cmrc2018 0.9908 / 0.9908 / 0.9903 / 0.9899 hybrid.
     centring: float = 0.9
     # How much a candidate's closeness to its nearest other candidates is taken off its cosine when the
-    # dense list's best is a hub (search.query.hubness; 0: never), and how many nearest it counts.
-    # nDCG@10 hybrid at 0.3: oppo_xiaobu 0.7036 -> 0.7105, cmedqq 0.4616 -> 0.4675, cmrc2018 0.9907 ->
-    # 0.9902, scifact 0.7466 -> 0.7454; leave-one-set-out over 0.1-0.6 chose 0.3 for every set left out.
+    # dense list's best is a hub, in centred spaces (search.query.hubness; 0: never), and how many
+    # nearest it counts. nDCG@10 hybrid at 0.3: oppo_xiaobu 0.7036 -> 0.7105, cmedqq 0.4616 -> 0.4675,
+    # cmrc2018 0.9907 -> 0.9902; leave-one-set-out over 0.1-0.6 chose 0.3 for every set left out.
     hub_penalty: float = 0.3
     hub_neighbours: int = 10
     # how much a dense space of another language than the query counts when spaces are merged
