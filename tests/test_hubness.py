@@ -25,6 +25,11 @@ def test_closeness_and_occurrences_match_a_full_sort():
     np.testing.assert_allclose(closeness, np.take_along_axis(similarity, nearest, axis=1).mean(axis=1), rtol=1e-6)
     assert occurrences.tolist() == np.bincount(nearest.ravel(), minlength=60).tolist()
     assert occurrences.sum() == 60 * 5  # each counts its 5 nearest: they average 5
+    # a text indexed twice: each copy is the other's nearest, and the copies are counted alike
+    before = closeness[0]
+    closeness, occurrences = neighbour_closeness(np.vstack([vectors, vectors[:1]]), 5)
+    assert closeness[0] == closeness[60] > before and occurrences[0] == occurrences[60] >= 1
+    assert occurrences.sum() >= 61 * 5  # where the copies tie at a point's 5th place, it counts both
 
 
 def test_a_point_near_everything_is_the_hub():

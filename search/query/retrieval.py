@@ -169,6 +169,11 @@ class Retriever:
         """Give every candidate of either list its BM25 score and its cosine, so fusion never has to
         treat "not retrieved" as a score of zero; mark those of spaces that do not read the query."""
         union = np.union1d(bm25[0], dense[0])
+        readers = spaces_reading({space: self.models[space] for space in vectors}, query.languages)
+        hub_spaces = (readers - translated) & self.centred.keys() if self.policy.config.hub_penalty > 0 else set()
+        # in a query thread (whose FAISS products run without a team of threads that would spin after),
+        # while this one scores the candidates
+        hubs = self._threads.submit(self._hubs, union, hub_spaces) if hub_spaces else None
         if len(bm25_scores) < len(union):
             bm25_scores = dict(zip(union.tolist(), self.backend.bm25_scores(tokens, union).tolist()))
         missing = np.array([pid for pid in union.tolist() if pid not in cosines], dtype=np.int64)
@@ -177,14 +182,11 @@ class Retriever:
             inside = missing[self.members.holds(space, missing)]
             if len(inside):
                 cosines.update(zip(inside.tolist(), self._cosines(space, vector, inside).tolist()))
-        readers = spaces_reading({space: self.models[space] for space in vectors}, query.languages)
         members = {space: frozenset(union[self.members.holds(space, union)].tolist()) for space in vectors}
         foreign = frozenset().union(*(members[space] for space in set(vectors) - readers - translated))
-        hub_spaces = (readers - translated) & self.centred.keys() if self.policy.config.hub_penalty > 0 else set()
-        # in a query thread, whose FAISS products run without a team of threads that would spin after
-        hubs = self._threads.submit(self._hubs, union, hub_spaces).result() if hub_spaces else None
         return Retrieval(bm25, dense, bm25_scores, cosines, foreign, frozenset().union(*(members[space] for space in translated)), bm25_translated,
-                         dense_translated=bool(translated), query_text=query.text, bm25_leads=self._document_leads(bm25), hubs=hubs)
+                         dense_translated=bool(translated), query_text=query.text, bm25_leads=self._document_leads(bm25),
+                         hubs=hubs.result() if hubs else None)
 
     def _hubs(self, union: np.ndarray, spaces: set[str]) -> Hubs | None:
         """The hubs among the candidates of each space in `spaces`, measured between their stored vectors
