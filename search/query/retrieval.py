@@ -186,7 +186,7 @@ class Retriever:
         foreign = frozenset().union(*(members[space] for space in set(vectors) - readers - translated))
         return Retrieval(bm25, dense, bm25_scores, cosines, foreign, frozenset().union(*(members[space] for space in translated)), bm25_translated,
                          dense_translated=bool(translated), query_text=query.text, bm25_leads=self._document_leads(bm25),
-                         hubs=hubs.result() if hubs else None)
+                         hubs=None if hubs is None else hubs.result())
 
     def _hubs(self, union: np.ndarray, spaces: set[str]) -> Hubs | None:
         """The hubs among the candidates of each space in `spaces`, measured between their stored vectors
