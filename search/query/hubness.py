@@ -50,7 +50,7 @@ def neighbour_closeness(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
 
 @dataclass(frozen=True)
 class Hubs:
-    """The neighbourhood of one query's candidates in the spaces that read it."""
+    """The neighbourhood of one query's candidates in the centred spaces that read it as asked."""
 
     closeness: dict[int, float]  # passage id -> r(p), its mean cosine with its nearest candidates
     occurrences: dict[int, int]  # passage id -> how many candidates count it among their nearest
