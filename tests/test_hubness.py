@@ -130,11 +130,16 @@ def test_the_engine_measures_each_candidate_between_the_stored_vectors(utterance
     assert [retrieval.hubs.occurrences[pid] for pid in union.tolist()] == occurrences.tolist()
 
     best = int(retrieval.dense[0][0])
+    applies = occurrences[union.tolist().index(best)] > 10
     expected = dict(retrieval.cosines)
-    if occurrences[union.tolist().index(best)] > 10:
+    if applies:
         expected = {pid: cosine - 0.3 * retrieval.hubs.closeness[pid] for pid, cosine in expected.items()}
     by_hand = Hybrid(SearchConfig()).rank(replace(retrieval, cosines=expected, hubs=None), "hybrid")
     assert engine.rank(retrieval) == by_hand
+    # each hit says what the rule took off its cosine, where it applied
+    for hit in engine.search(query, k=5):
+        assert hit.hub_penalty == (pytest.approx(0.3 * retrieval.hubs.closeness[hit.passage_id]) if applies else None)
+        assert hit.to_dict()["hub_penalty"] == hit.hub_penalty
 
 
 @pytest.mark.parametrize("config", [SearchConfig(hub_penalty=0.0), SearchConfig(centring=0.0)])

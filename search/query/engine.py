@@ -301,12 +301,14 @@ class Engine:
     def _hits(self, ranked: list[tuple[int, float]], retrieval: Retrieval, reread: dict[int, float]) -> list[Hit]:
         bm25_at = {pid: rank for rank, pid in enumerate(retrieval.bm25[0].tolist(), 1)}
         dense_at = {pid: rank for rank, pid in enumerate(retrieval.dense[0].tolist(), 1)}
+        penalties = self.policy.hub_penalties(retrieval)
         return [
             Hit(
                 path=passage.path, heading_path=passage.heading_path, text=passage.text,
                 line_start=passage.line_start, line_end=passage.line_end, metadata=passage.metadata,
                 score=float(score), bm25_rank=bm25_at.get(pid), bm25_score=retrieval.bm25_scores.get(pid),
-                dense_rank=dense_at.get(pid), dense_score=retrieval.cosines.get(pid), reread_score=reread.get(pid), passage_id=pid,
+                dense_rank=dense_at.get(pid), dense_score=retrieval.cosines.get(pid), reread_score=reread.get(pid),
+                hub_penalty=penalties.get(pid), passage_id=pid,
             )
             for (pid, score), passage in zip(ranked, self.passages.get_many(pid for pid, _ in ranked))
         ]

@@ -247,15 +247,23 @@ class Hybrid:
         floor = min(comparable.values(), default=0.0)
         return {pid: comparable.get(pid, floor) for pid in candidates}
 
+    def hub_penalties(self, retrieval: Retrieval, candidates: set[int] | None = None) -> dict[int, float]:
+        """What the hub rule takes off each candidate's cosine for this query: `hub_penalty` times its
+        closeness to its nearest other candidates, when the dense list's best is a hub (Querybank
+        Normalisation's dynamic rule: search.query.hubness) and z-score fusion reads the cosines; none
+        otherwise."""
+        hubs, best, config = retrieval.hubs, retrieval.dense[0][:1].tolist(), self.config
+        if hubs is None or not best or not hubs.is_hub(best[0]) or config.hub_penalty <= 0 or config.fusion != "zscore":
+            return {}
+        if candidates is None:
+            candidates = set(retrieval.bm25[0].tolist()) | set(retrieval.dense[0].tolist())
+        if candidates - hubs.closeness.keys() - retrieval.foreign - retrieval.translated:
+            return {}  # a space that reads the query held too few candidates: one rule for all or none
+        return {pid: config.hub_penalty * closeness for pid, closeness in hubs.closeness.items()}
+
     def without_hubs(self, retrieval: Retrieval, candidates: set[int]) -> dict[int, float]:
-        """The cosines, less `hub_penalty` times each candidate's closeness to its nearest other
-        candidates when the dense list's best is a hub (Querybank Normalisation's dynamic rule:
-        search.query.hubness); unchanged otherwise."""
-        hubs, best = retrieval.hubs, retrieval.dense[0][:1].tolist()
-        if hubs is None or not best or not hubs.is_hub(best[0]) or self.config.hub_penalty <= 0:
+        """The cosines less what the hub rule takes off them (hub_penalties)."""
+        penalties = self.hub_penalties(retrieval, candidates)
+        if not penalties:
             return retrieval.cosines
-        unmeasured = candidates - hubs.closeness.keys() - retrieval.foreign - retrieval.translated
-        if unmeasured:  # a space that reads the query held too few candidates: one rule for all or none
-            return retrieval.cosines
-        penalty = self.config.hub_penalty
-        return {pid: cosine - penalty * hubs.closeness.get(pid, 0.0) for pid, cosine in retrieval.cosines.items()}
+        return {pid: cosine - penalties.get(pid, 0.0) for pid, cosine in retrieval.cosines.items()}

@@ -29,6 +29,8 @@ class Hit:
     dense_score: float | None = None  # cosine in its space, from the space's centre where it is centred (search.query.centring)
     # the multilingual model's cosine where it re-read the hit (a query that crossed languages)
     reread_score: float | None = None
+    # what the hub rule took off its cosine before fusion, where it applied (search.query.hubness)
+    hub_penalty: float | None = None
     passage_id: int = -1
     # where the other passages with the same text (after normalisation) are, best first: a search
     # that collapses duplicates returns one hit per text

@@ -64,6 +64,7 @@ def _hit(rank: int, hit: dict[str, Any]) -> dict[str, Any]:
         "dense_rank": hit["dense_rank"],
         "dense_score": None if hit["dense_score"] is None else round(hit["dense_score"], 4),
         "reread_score": None if hit.get("reread_score") is None else round(hit["reread_score"], 4),
+        "hub_penalty": None if hit.get("hub_penalty") is None else round(hit["hub_penalty"], 4),
         "metadata": {key: value for key, value in hit["metadata"].items() if key in ("title", "tags", "categories", "page", "record")},
     }
 

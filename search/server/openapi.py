@@ -47,6 +47,7 @@ def openapi_document(limits: Any) -> dict[str, Any]:
             "dense_rank": {"type": ["integer", "null"]},
             "dense_score": {"type": ["number", "null"]},
             "reread_score": {"type": ["number", "null"], "description": "The multilingual model's cosine, where it re-read the hit (a query across languages)."},
+            "hub_penalty": {"type": ["number", "null"], "description": "What the hub rule took off the hit's cosine before fusion, where it applied (the query's dense best is near many of its other candidates)."},
             "passage_id": {"type": "integer"},
         },
     }

@@ -362,6 +362,7 @@
     if (hit.bm25_rank != null) parts.push(`BM25 #${hit.bm25_rank} (${hit.bm25_score.toFixed(3)})`);
     if (hit.dense_rank != null) parts.push(`dense #${hit.dense_rank} (${hit.dense_score.toFixed(3)})`);
     if (hit.reread_score != null) parts.push(`re-read ${hit.reread_score.toFixed(3)}`);
+    if (hit.hub_penalty != null) parts.push(`hub −${hit.hub_penalty.toFixed(3)}`);
     return parts.join(" · ");
   }
 
