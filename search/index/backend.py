@@ -143,9 +143,6 @@ class SearchBackend(Protocol):
     def dense_vectors(self, space: str, pids: np.ndarray) -> np.ndarray:
         """The stored unit vector of each of `pids` (all members of `space`), one row each."""
 
-    def prepare_search_thread(self) -> None:
-        """Run once in each thread that will call the dense searches (a thread pool's initializer)."""
-
     def close(self) -> None:
         ...
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from search.index.backend import Ranking, Selection, SpaceMembers
 from search.index.bm25 import BM25Index
-from search.index.dense import DenseIndex, search_one_query_per_thread
+from search.index.dense import DenseIndex
 from search.index.facets import read_document_starts
 from search.index.folder import Generation
 
@@ -47,9 +47,6 @@ class EmbeddedBackend:
 
     def dense_vectors(self, space: str, pids: np.ndarray) -> np.ndarray:
         return self.dense[space].vectors_at(self.members.rows[space][pids])
-
-    def prepare_search_thread(self) -> None:
-        search_one_query_per_thread()
 
     def close(self) -> None:
         pass

@@ -49,9 +49,6 @@ class QdrantBackend:
             engine.close()
             raise
 
-    def prepare_search_thread(self) -> None:
-        pass  # the searches run in Qdrant (a server, Qdrant Edge's threads, or qdrant-client's numpy)
-
     def close(self) -> None:
         self.engine.close()
 

@@ -51,13 +51,7 @@ class Retriever:
         self._encoder_of = {encoder.name: encoder for encoder in encoders.values()}  # one per model, whatever its spaces
         self._query_vector = lru_cache(maxsize=QUERY_VECTORS_KEPT)(self._embed_query)
         self._threads = ThreadPoolExecutor(max(1, len(self.members.spaces())), thread_name_prefix="search-space",
-                                           initializer=self._prepare_thread)
-
-    def _prepare_thread(self) -> None:
-        """Each query thread: FAISS without an OpenMP team (the hub rule's products run here too), and
-        whatever the backend needs."""
-        search_one_query_per_thread()
-        self.backend.prepare_search_thread()
+                                           initializer=search_one_query_per_thread)  # the hub rule's FAISS products too
 
     def close(self) -> None:
         self._threads.shutdown(wait=True)
