@@ -156,7 +156,72 @@ def test_a_graph_with_too_many_retired_rows_is_built_anew(tmp_path):
     ids[:63] = np.arange(63)
     ids[:50] = -1
     assert DenseIndex.extended(tmp_path / "graph", ids, vectors[:10]) is not None
-    assert DenseIndex.extended(tmp_path / "flat", ids, vectors[:10]) is None  # a flat index is rebuilt: it costs nothing
+    assert DenseIndex.extended(tmp_path / "flat", ids, vectors[:10]).tail_rows == 10
+
+
+def exact_ids(vectors, ids, query, k):
+    """The k live passages nearest `query`, by a full sort."""
+    live = np.flatnonzero(ids >= 0)
+    return ids[live][np.argsort(-(vectors[live] @ query), kind="stable")[:k]].tolist()
+
+
+@pytest.mark.parametrize("exact_max, graph_max", [(100, 10_000), (10_000, 10_000), (100, 200)], ids=["hnsw", "flat", "ivf"])
+def test_new_rows_go_to_a_tail_beside_the_saved_index_whose_files_are_linked(tmp_path, exact_max, graph_max):
+    """An incremental build's new vectors join a flat tail; the index's own files (an IVF index's re-rank
+    rows too) are the previous generation's, hard-linked, and every search, filter and row read spans
+    both the index's rows and the tail's."""
+    vectors = clustered(700, 16)
+    built = DenseIndex.build(vectors[:600], np.arange(600), dim=16, exact_max=exact_max, graph_max=graph_max)
+    built.save(tmp_path / "gen1")
+    ids = np.arange(650)
+    ids[3] = -1  # a retired row of the index
+    first = DenseIndex.extended(tmp_path / "gen1", ids, vectors[600:650])
+    assert first.kind == built.kind and first.tail_rows == 50 and len(first) == 650 and first.retired == 1
+    first.save(tmp_path / "gen2")
+    names = [".faiss"] + ([".vectors.npy"] if built.reranks else [])
+    for suffix in names:
+        assert (tmp_path / f"gen2{suffix}").stat().st_ino == (tmp_path / f"gen1{suffix}").stat().st_ino
+    ids2 = np.concatenate([ids, np.arange(650, 700)])
+    ids2[610] = -1  # a retired row of the tail
+    second = DenseIndex.extended(tmp_path / "gen2", ids2, vectors[650:], opened=DenseIndex.load(tmp_path / "gen2"))
+    second.save(tmp_path / "gen3")
+    loaded = DenseIndex.load(tmp_path / "gen3")
+    assert (loaded.tail_rows, loaded.retired, loaded.live) == (100, 2, 698)
+    assert (tmp_path / "gen3.faiss").stat().st_ino == (tmp_path / "gen1.faiss").stat().st_ino
+    np.testing.assert_array_equal(loaded.vectors(), vectors)
+    np.testing.assert_array_equal(loaded.vectors_at(np.array([699, 5, 650])), vectors[[699, 5, 650]])
+    for row in (0, 610, 640, 699):  # an index row's vector, a retired tail row's, live tail rows'
+        found, scores = loaded.search(vectors[row], 10)
+        assert found.tolist() == exact_ids(vectors, ids2, vectors[row], 10)
+        assert np.all(np.diff(scores) <= 0)
+    assert loaded.search(vectors[699], 1)[0].tolist() == [699]
+    everything, _ = loaded.search(vectors[0], 700)
+    assert sorted(everything.tolist()) == sorted(ids2[ids2 >= 0].tolist())
+    mask = np.zeros(700, dtype=bool)
+    mask[[3, 5, 610, 611, 699]] = True  # a retired and a live row of each part, and another tail row
+    rows = loaded.rows_allowed(mask)
+    assert sorted(loaded.ids[rows].tolist()) == [5, 611, 699]
+    assert loaded.search(vectors[611], 2, allowed_rows=rows)[0].tolist() == exact_ids(vectors, np.where(mask, ids2, -1), vectors[611], 2)
+    np.testing.assert_allclose(loaded.scores_of(vectors[5], np.array([5, 699])), vectors[[5, 699]] @ vectors[5], rtol=1e-6)
+
+
+def test_a_full_tail_is_added_to_a_graph_and_a_flat_or_ivf_index_is_built_anew(tmp_path, monkeypatch):
+    monkeypatch.setattr("search.index.dense.TAIL_MAX_ROWS", 40)
+    vectors = clustered(400, 16)
+    for name, exact_max, graph_max in (("graph", 100, 10_000), ("flat", 10_000, 10_000), ("ivf", 100, 200)):
+        DenseIndex.build(vectors[:300], np.arange(300), dim=16, exact_max=exact_max, graph_max=graph_max).save(tmp_path / name)
+        with_tail = DenseIndex.extended(tmp_path / name, np.arange(330), vectors[300:330])
+        assert with_tail.tail_rows == 30
+        with_tail.save(tmp_path / f"{name}2")
+        full = DenseIndex.extended(tmp_path / f"{name}2", np.arange(350), vectors[300:350][30:])
+        if name != "graph":
+            assert full is None
+            continue
+        assert full.tail_rows == 0 and full.index.ntotal == 350
+        full.save(tmp_path / "graph3")
+        assert (tmp_path / "graph3.faiss").stat().st_ino != (tmp_path / "graph.faiss").stat().st_ino
+        assert not (tmp_path / "graph3.tail.npy").exists()
+        assert DenseIndex.load(tmp_path / "graph3").search(vectors[345], 1)[0].tolist() == [345]
 
 
 def test_a_graph_is_searched_at_the_depth_measured_for_its_neighbour_count(tmp_path):
@@ -178,11 +243,11 @@ def test_a_graph_is_searched_at_the_depth_measured_for_its_neighbour_count(tmp_p
 def test_a_filtered_graph_search_goes_deeper_by_the_share_it_allows():
     """Only the allowed rows a graph meets fill its candidate list, so a filter that lets a tenth of the
     rows through is searched deeper (up to twice the graph's depth); a flat index takes the selector as is."""
-    from search.index.dense import _search_parameters
+    from search.index.dense_kinds import search_parameters
 
     graph = DenseIndex.build(clustered(600, 16), np.arange(600), dim=16, exact_max=100).index
     selector = faiss.IDSelectorRange(0, 60)
-    depths = [_search_parameters(graph, selector, share).efSearch for share in (1.0, 0.8, 0.5, 0.1)]
+    depths = [search_parameters(graph, selector, share).efSearch for share in (1.0, 0.8, 0.5, 0.1)]
     assert depths == [160, 200, 320, 320]
     flat = DenseIndex.build(clustered(50, 16), np.arange(50), dim=16).index
-    assert type(_search_parameters(flat, selector, 0.1)) is faiss.SearchParameters
+    assert type(search_parameters(flat, selector, 0.1)) is faiss.SearchParameters

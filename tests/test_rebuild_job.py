@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from search import BM25Params, BuildConfig, Engine
-from search.index import carry as carry_module, dense as dense_module, folder as folder_module
+from search.index import carry as carry_module, dense_kinds, folder as folder_module
 from search.index.dense import DenseIndex
 from search.index.folder import IndexFolder
 from search.index.passage_store import PassageStore, TokenStore
@@ -188,11 +188,12 @@ def test_damaged_term_ids_are_rebuilt_from_the_tokens(tmp_path):
 
 
 def test_an_edit_carries_the_graph_over_and_searches_exactly_what_is_indexed(tmp_path, monkeypatch):
-    monkeypatch.setattr(dense_module, "EXACT_MAX_VECTORS", 20)  # graphs at this small size
+    monkeypatch.setattr(dense_kinds, "EXACT_MAX_VECTORS", 20)  # graphs at this small size
     notes = tmp_path / "notes"
     generate_notes(notes, 60)
     index = tmp_path / "index"
     Engine.build([notes], index)
+    before = IndexFolder(index).current()
     edited = notes / "note-007.md"
     edited.write_text(edited.read_text(encoding="utf-8").replace("记录了实验设置和结论", "改为记录激活重计算"), encoding="utf-8")
     (notes / "note-011.md").unlink()
@@ -203,6 +204,9 @@ def test_an_edit_carries_the_graph_over_and_searches_exactly_what_is_indexed(tmp
     graphs = {space: index for space, index in spaces.items() if index.kind == "hnsw"}
     assert graphs and all(len(index) <= 20 for index in spaces.values() if index.kind != "hnsw")
     assert sum(graph.retired for graph in graphs.values()) >= 3  # the edited passage's and the removed note's rows
+    assert sum(graph.tail_rows for graph in graphs.values()) >= 1  # the edited passage's new vector, beside the graph
+    for space in graphs:  # whose file is the previous generation's own
+        assert generation.dense_prefix(space).with_suffix(".faiss").stat().st_ino == before.dense_prefix(space).with_suffix(".faiss").stat().st_ino
     live = {pid for index in spaces.values() for pid in index.ids.tolist() if pid >= 0}
     assert live == set(range(len(engine.passages)))  # every passage has exactly one live row
     for space, dense in ((space, dense) for space, dense in spaces.items() if len(dense)):  # the mean carried over by what changed: the mean of what is indexed
@@ -218,11 +222,12 @@ def test_an_edit_carries_the_graph_over_and_searches_exactly_what_is_indexed(tmp
     for note in list(notes.glob("note-0[2-4]*.md")):  # a third of the notes: the graphs are built anew
         note.unlink()
     engine, _ = Engine.build([notes], index)
-    assert all(DenseIndex.load(IndexFolder(index).current().dense_prefix(space)).retired == 0 for space in engine.backend.dense)
+    rebuilt = [DenseIndex.load(IndexFolder(index).current().dense_prefix(space)) for space in engine.backend.dense]
+    assert all(dense.retired == 0 and dense.tail_rows == 0 for dense in rebuilt)
 
 
-def test_a_graph_no_edit_touches_is_linked_not_written_again(tmp_path, monkeypatch):
-    monkeypatch.setattr(dense_module, "EXACT_MAX_VECTORS", 5)  # graphs at this small size, in both spaces
+def test_graphs_are_linked_not_written_again_and_new_vectors_fill_a_tail(tmp_path, monkeypatch):
+    monkeypatch.setattr(dense_kinds, "EXACT_MAX_VECTORS", 5)  # graphs at this small size, in both spaces
     notes = tmp_path / "notes"
     generate_notes(notes, 20)  # Chinese passages
     for i in range(20):
@@ -238,9 +243,11 @@ def test_a_graph_no_edit_touches_is_linked_not_written_again(tmp_path, monkeypat
     assert summary.passages_embedded == 1
     after = IndexFolder(index).current()
     checksums = after.read_manifest()["checksums"]
-    zh, en = (after.relative(after.dense_prefix(space).with_suffix(".faiss")) for space in ("zh", "en"))
-    assert os.stat(after.path / en).st_ino == os.stat(before.path / en).st_ino and checksums[en] == old_checksums[en]
-    assert os.stat(after.path / zh).st_ino != os.stat(before.path / zh).st_ino and checksums[zh] != old_checksums[zh]
+    for space in ("zh", "en"):  # the Chinese graph gained a vector, the English one nothing: both are the old files
+        graph = after.relative(after.dense_prefix(space).with_suffix(".faiss"))
+        assert os.stat(after.path / graph).st_ino == os.stat(before.path / graph).st_ino and checksums[graph] == old_checksums[graph]
+    tails = sorted(name for name in checksums if name.endswith(".tail.npy"))
+    assert tails == [after.relative(after.dense_prefix("zh").with_suffix(".tail.npy"))] and not any(name.endswith(".tail.npy") for name in old_checksums)
     assert Engine.check(index).ok
     top = engine.search("激活重计算", k=1, mode="dense").hits[0]
     assert top.path.endswith("新笔记.md")

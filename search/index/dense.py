@@ -1,27 +1,16 @@
 """Nearest-neighbour search over L2-normalised passage vectors with FAISS (inner product = cosine).
 
-The index type follows the size of the space:
+Which kind of FAISS index a space gets, and how deep each is searched: search.index.dense_kinds.
 
-* up to ``EXACT_MAX_VECTORS`` vectors, an exact ``IndexFlatIP`` (a full scan is a few ms there);
-* up to ``GRAPH_MAX_VECTORS``, an HNSW graph over the float32 vectors (``HNSW64,Flat``): about 1.5 ms
-  per query at recall@10 0.99 (bench corpus, ~50k vectors per model, real queries; the IVF index below
-  needed 3.5 ms for 0.989 at ~30k), and its scores are exact cosines. Its vectors are read
-  memory-mapped; only the graph (~520 B per vector) is loaded.
-* above it, an inverted-file index of 8-bit scalar-quantised codes (``IVF{nlist},SQ8``) that scans
-  only the ``nprobe`` lists nearest the query (half of them), followed by an exact re-rank of its
-  candidates with the float32 vectors kept beside it (``.vectors.npy``). The re-rank gives true
-  cosines (fusion and `scores_of` need them) and makes the quantisation error irrelevant to the
-  final order; only a neighbour the probed lists miss can be lost (recall@10 is measured by
-  benchmarks/speed.py).
-
-An HNSW graph is extended, not rebuilt, by an incremental build (`extended`): a one-note edit
-adds its new vectors to the previous graph, and the rows of passages that are gone stay in the graph
-as *retired* rows (passage id -1) that every search skips, until they would be a fifth of the graph
-and the build makes a new one. Building a 34k-vector graph costs seconds; extending it, milliseconds.
-
-IVF rather than HNSW at scale: it builds in seconds at 1M vectors on two cores (HNSW takes many
-minutes) and its lists are read memory-mapped, so a query process touches only the lists it probes.
-The float32 rows a query re-ranks are read with positional reads (search.index.row_files).
+An incremental build (`extended`) keeps the previous index: the rows of passages that are gone stay
+as *retired* rows (passage id -1) that every search skips, until they would be a fifth of the rows and
+the build makes a new index; new vectors go into a *tail*, a small flat index of the rows added since
+the index was built, searched exactly beside it (`TAIL_MAX_ROWS`). The index's own files are then the
+previous generation's (hard links), so a one-note edit of a 100k-passage index neither reads, writes
+nor hashes the ~130 MB graph of its space again (it rewrote it before: 0.4-0.6 s of the edit, and the
+graph read into the build's memory). A tail that would outgrow its bound is folded in: a graph is
+extended with it (adding a vector to a graph costs milliseconds, building one seconds), a flat or IVF
+index built anew.
 """
 
 from __future__ import annotations
@@ -34,56 +23,18 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from search.index.dense_kinds import (GRAPH_MAX_VECTORS, HNSW_BUILD_DEPTH, HNSW_NEIGHBOURS, TRAIN_POINTS_PER_LIST, index_kind, ivf_lists,
+                                      ivf_probes, search_parameters, set_search_depth)
 from search.index.row_files import RowFile, StoredVectors
 
-# Above this many vectors in one space, build an approximate index (see the module docstring) ...
-EXACT_MAX_VECTORS = 20_000
-# ... a graph up to this many (its build costs ~0.75 CPU-s per 1k vectors), IVF above.
-GRAPH_MAX_VECTORS = 250_000
-# Neighbours per node (M). 64 rather than 32: a graph with more links reaches a query's neighbours in
-# fewer steps, so as much recall needs under a third of the search depth (~50k vectors a space of the
-# bench corpus, 150 real queries each, one thread; recall@10 against exact search): M 32 at efSearch 512
-# 0.989 (zh) / 0.997 (en) in 1.95 / 2.57 ms, M 64 at 160 0.993 / 0.999 in 1.56 / 1.50 ms (at 128: 0.990 /
-# 0.999 in 1.32 / 1.22 ms, but recall@100, fusion's depth, 0.970 / 0.987 against 0.974 / 0.994). It costs
-# twice the build time (~0.75 CPU-s per 1k vectors) and 256 B more per vector.
-HNSW_NEIGHBOURS = 64
-HNSW_BUILD_DEPTH = 80  # efConstruction
-# efSearch by a graph's M, so a graph built before M was 64 keeps the depth its recall was measured at
-# (queries sit farther from passages than passages from each other, hence deeper than k)
-HNSW_SEARCH_DEPTH = {32: 512, 64: 160}
 # A graph is built anew once retired rows (passages gone since it was built) would pass this share.
 MAX_RETIRED_SHARE = 0.2
+# Rows added since the index was built, kept in its flat tail (see the module docstring) up to this
+# many: ~400 one-note edits, and a scan of 2,048 x 512 floats adds ~0.1 ms to a query.
+TAIL_MAX_ROWS = 2048
 # An approximate search re-ranks this many times k candidates (at least RERANK_MIN) exactly.
 RERANK_FACTOR = 2
 RERANK_MIN = 50
-
-
-# k-means trains on at most this many vectors per list (FAISS's default, 256, makes training at 1M
-# vectors take minutes on two cores; 64 costs no measurable recall after the exact re-rank).
-TRAIN_POINTS_PER_LIST = 64
-
-
-def search_one_query_per_thread() -> None:
-    """Makes FAISS searches from the calling thread run without an OpenMP team (a thread initializer
-    for query threads). FAISS parallelises over queries, so one query gains nothing from the team,
-    while its threads spin after each search: measured on a 16k-passage index, 8.7 -> 5.0 ms of CPU
-    per hybrid query, CPU that concurrent queries (`search serve`) need. Builds keep their team:
-    the setting belongs to the thread that makes it."""
-    faiss.omp_set_num_threads(1)
-
-
-def ivf_lists(n: int) -> int:
-    """Number of IVF lists for n vectors: ~4 sqrt(n) (FAISS's guidance), capped at 1024 so adding 1M
-    vectors stays ~20 s on two cores, and at n/39 so k-means has enough points per list."""
-    return int(min(max(4 * np.sqrt(n), 16), 1024, max(n // 39, 1)))
-
-
-def ivf_probes(nlist: int) -> int:
-    """Lists scanned per query: half of them. Queries sit farther from the passages than passages from
-    each other, so their neighbours straddle lists. Real queries of the bench corpus (~29.6k vectors
-    per model, ~688 lists): recall@10 0.966 / 0.972 (zh / en) at a third, 0.989 / 0.990 at half, search
-    p50 about 3 ms either way (benchmarks/speed.py)."""
-    return int(min(nlist, max(32, nlist // 2)))
 
 
 _ADD_CHUNK = 65_536  # rows copied into FAISS at a time
@@ -91,7 +42,8 @@ _ADD_CHUNK = 65_536  # rows copied into FAISS at a time
 
 class DenseIndex:
     """A FAISS index plus the passage id of each of its rows (and, for approximate indexes, the
-    exact float32 vectors in row order)."""
+    exact float32 vectors in row order), and the flat tail of rows added since it was built: rows
+    [0, index.ntotal) are the index's, the rest the tail's, and `ids` covers them all."""
 
     # How an approximate index (HNSW, IVF) searches a filtered set: up to this many allowed rows,
     # score them directly, since a graph search loses recall under a selective filter; above it, let
@@ -100,20 +52,30 @@ class DenseIndex:
     EXACT_FILTER_ROWS = 5_000
 
     def __init__(self, index: faiss.Index, ids: np.ndarray, exact_vectors: "np.ndarray | RowFile | None" = None,
-                 same_graph_as: Path | None = None) -> None:
-        self._same_graph_as = same_graph_as  # a saved file that holds this very index (see `save`)
-        if index.ntotal != len(ids):
-            raise ValueError(f"FAISS index has {index.ntotal} vectors but {len(ids)} ids")
-        if exact_vectors is not None and len(exact_vectors) != len(ids):
-            raise ValueError(f"{len(exact_vectors)} re-rank vectors for {len(ids)} ids")
+                 same_files_as: Path | None = None, tail: np.ndarray | None = None) -> None:
+        """`same_files_as`: the prefix of saved files that hold this very index (see `save`); `tail`: the
+        vectors of the rows after the index's own."""
+        self._same_files_as = same_files_as
+        tail_rows = 0 if tail is None else len(tail)
+        if index.ntotal + tail_rows != len(ids):
+            raise ValueError(f"FAISS index has {index.ntotal} vectors and its tail {tail_rows} but there are {len(ids)} ids")
+        if exact_vectors is not None and len(exact_vectors) != index.ntotal:
+            raise ValueError(f"{len(exact_vectors)} re-rank vectors for {index.ntotal} rows")
         self.index = index
         self.ids = np.asarray(ids, dtype=np.int64)  # -1: a retired row (see the module docstring)
         self._exact = exact_vectors  # None for an exact index, whose own storage holds the vectors
         self.retired = int((self.ids < 0).sum())
-        self._live = None  # bitmap of the live rows and its selector, when some rows are retired
-        if self.retired:
-            bitmap = np.packbits(self.ids >= 0, bitorder="little")
+        self._main = self.ids[: index.ntotal]  # the index's own rows' ids
+        self._main_retired = int((self._main < 0).sum())
+        self._live = None  # bitmap of the index's live rows and its selector, when some are retired
+        if self._main_retired:
+            bitmap = np.packbits(self._main >= 0, bitorder="little")
             self._live = (bitmap, faiss.IDSelectorBitmap(bitmap))  # the bitmap must outlive the selector
+        self._tail = None
+        if tail_rows:
+            flat = faiss.IndexFlatIP(index.d)
+            _add_in_chunks(flat, tail)
+            self._tail = DenseIndex(flat, self.ids[index.ntotal :])
 
     @classmethod
     def build(
@@ -131,7 +93,7 @@ class DenseIndex:
         if kind == "hnsw":
             index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = HNSW_BUILD_DEPTH
-            _set_search_depth(index)
+            set_search_depth(index)
             _add_in_chunks(index, vectors)
             return cls(index, ids)
         nlist = ivf_lists(len(vectors))
@@ -145,20 +107,24 @@ class DenseIndex:
 
     @classmethod
     def extended(cls, prefix: Path, ids: np.ndarray, vectors: np.ndarray, opened: "DenseIndex | None" = None) -> "DenseIndex | None":
-        """The saved graph at `prefix` (`opened`: that index, memory-mapped) with `vectors` added after its
-        rows, and `ids` the passage id of every row, old and new (-1 retires an old row); None when that is
-        not worth it (not a graph, or too many retired rows), so the caller builds anew. With nothing to
-        add, the graph is the saved one as it is: `save` links its file instead of writing it again."""
-        graph = prefix.with_suffix(".faiss")
-        index = opened.index if opened is not None and not len(vectors) else faiss.read_index(str(graph))
-        total = index.ntotal + len(vectors)
-        if not isinstance(index, faiss.IndexHNSW) or len(ids) != total or (ids < 0).sum() > MAX_RETIRED_SHARE * total:
+        """The index saved at `prefix` (`opened`: that index, as loaded) with `vectors` added after its
+        rows, and `ids` the passage id of every row, old and new (-1 retires an old row); None when the
+        caller should build anew (too many retired rows, or a flat or IVF index whose tail is full).
+        New rows join the tail while it has room, and the saved index's files are reused as they are
+        (`save` links them); a full tail is added to a graph, which is then written anew."""
+        old = opened if opened is not None else cls.load(prefix)
+        total = len(old) + len(vectors)
+        if len(ids) != total or (ids < 0).sum() > MAX_RETIRED_SHARE * total:
             return None
-        if not len(vectors):
-            return cls(index, ids, same_graph_as=graph)
-        _set_search_depth(index)
-        _add_in_chunks(index, vectors)
-        return cls(index, ids)
+        tail = np.concatenate([old.tail_vectors(), np.asarray(vectors, dtype=np.float32).reshape(-1, old.dim)])
+        if len(tail) <= TAIL_MAX_ROWS:
+            return cls(old.index, ids, old._exact, same_files_as=prefix, tail=tail)
+        if not isinstance(old.index, faiss.IndexHNSW):
+            return None
+        graph = faiss.read_index(str(prefix.with_suffix(".faiss")))  # in memory: the mapped one cannot grow
+        set_search_depth(graph)
+        _add_in_chunks(graph, tail)
+        return cls(graph, ids)
 
     @property
     def dim(self) -> int:
@@ -180,7 +146,15 @@ class DenseIndex:
         return self._exact is not None
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        return len(self.ids)
+
+    @property
+    def tail_rows(self) -> int:
+        """Rows in the tail (added since the index was built)."""
+        return len(self.ids) - int(self.index.ntotal)
+
+    def tail_vectors(self) -> np.ndarray:
+        return self._tail.vectors() if self._tail is not None else np.zeros((0, self.dim), dtype=np.float32)
 
     @property
     def live(self) -> int:
@@ -194,33 +168,48 @@ class DenseIndex:
     def search(self, query: np.ndarray, k: int, allowed_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Passage ids and cosine scores of the k nearest passages, best first; with `allowed_rows`
         (row numbers, as from `row_of`) only among those rows, so a filter never cuts hits below k."""
-        k = min(k, self.live if allowed_rows is None else len(allowed_rows))
+        if self._tail is None:
+            return self._search_index(query, k, allowed_rows)
+        own = int(self.index.ntotal)
+        if allowed_rows is None:
+            found = [self._search_index(query, k), self._tail.search(query, k)]
+        else:
+            allowed_rows = np.asarray(allowed_rows, dtype=np.int64)
+            found = [self._search_index(query, k, allowed_rows[allowed_rows < own]), self._tail.search(query, k, allowed_rows[allowed_rows >= own] - own)]
+        ids, scores = np.concatenate([found[0][0], found[1][0]]), np.concatenate([found[0][1], found[1][1]])
+        order = np.argsort(-scores, kind="stable")[:k]  # ties: the index's row before the tail's
+        return ids[order], scores[order]
+
+    def _search_index(self, query: np.ndarray, k: int, allowed_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`search` among the index's own rows (not the tail's)."""
+        own, ids, retired = int(self.index.ntotal), self._main, self._main_retired
+        k = min(k, own - retired if allowed_rows is None else len(allowed_rows))
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         params = None
-        depth = min(len(self), max(RERANK_FACTOR * k, RERANK_MIN)) if self.reranks else k
+        depth = min(own, max(RERANK_FACTOR * k, RERANK_MIN)) if self.reranks else k
         if allowed_rows is None and self._live is not None:  # every live row: skip the retired ones
-            if self.retired <= k:  # a few: searched past, since a selector slows every step (HNSW 2.8 -> 3.1 ms)
-                depth = min(len(self), depth + self.retired)
+            if retired <= k:  # a few: searched past, since a selector slows every step (HNSW 2.8 -> 3.1 ms)
+                depth = min(own, depth + retired)
             else:
-                params = _search_parameters(self.index, self._live[1], self.live / len(self))
-        elif allowed_rows is not None and len(allowed_rows) < len(self):
+                params = search_parameters(self.index, self._live[1], (own - retired) / own)
+        elif allowed_rows is not None and len(allowed_rows) < own:
             if not self.exact and len(allowed_rows) <= self.EXACT_FILTER_ROWS:
                 return self._search_rows(query, k, allowed_rows)
-            mask = np.zeros(len(self), dtype=bool)
+            mask = np.zeros(own, dtype=bool)
             mask[allowed_rows] = True
-            params = _search_parameters(self.index, faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little")), len(allowed_rows) / len(self))
+            params = search_parameters(self.index, faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little")), len(allowed_rows) / own)
         scores, rows = self.index.search(query, depth, params=params)
         keep = rows[0] >= 0
-        if self.retired:
-            keep &= self.ids[np.maximum(rows[0], 0)] >= 0
+        if retired:
+            keep &= ids[np.maximum(rows[0], 0)] >= 0
         if int(keep.sum()) < k:  # an approximate index can miss allowed rows
-            return self._search_rows(query, k, np.flatnonzero(self.ids >= 0) if allowed_rows is None else allowed_rows)
+            return self._search_rows(query, k, np.flatnonzero(ids >= 0) if allowed_rows is None else allowed_rows)
         rows, scores = rows[0][keep], scores[0][keep]
         if self.reranks:
             rows, scores = self._rerank(query[0], rows, k)
-        return self.ids[rows[:k]], scores[:k]
+        return ids[rows[:k]], scores[:k]
 
     def _rerank(self, query: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k candidate rows with the highest exact cosine, best first (ties: lower row first)."""
@@ -251,6 +240,18 @@ class DenseIndex:
         if len(rows) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         rows = np.asarray(rows, dtype=np.int64)
+        own = int(self.index.ntotal)
+        if self._tail is not None and rows.max() >= own:
+            out = np.empty((len(rows), self.dim), dtype=np.float32)
+            in_tail = rows >= own
+            out[in_tail] = self._tail.vectors_at(rows[in_tail] - own)
+            out[~in_tail] = self._index_vectors_at(rows[~in_tail])
+            return out
+        return self._index_vectors_at(rows)
+
+    def _index_vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
         if isinstance(self._exact, RowFile):
             return self._exact.rows(rows)
         if self.reranks:
@@ -259,23 +260,33 @@ class DenseIndex:
 
     def vectors(self) -> np.ndarray:
         """All stored vectors in row order (reused by incremental builds instead of re-embedding)."""
-        if len(self) == 0:
+        own = self._index_vectors()
+        return own if self._tail is None else np.concatenate([own, self._tail.vectors()])
+
+    def _index_vectors(self) -> np.ndarray:
+        if self.index.ntotal == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         if isinstance(self._exact, RowFile):
             return self._exact.all()
         if self.reranks:
             return self._exact
-        return self.index.reconstruct_n(0, len(self))
+        return self.index.reconstruct_n(0, self.index.ntotal)
 
     def save(self, prefix: Path) -> None:
-        path = prefix.with_suffix(".faiss")
-        if self._same_graph_as is not None:
-            _link_or_copy(self._same_graph_as, path)  # a generation is never written after its build: sharing is safe
+        """The index (and an IVF index's re-rank rows), the tail's vectors and every row's passage id, at
+        `prefix` plus their suffixes. The files of an index loaded from disk and not changed since are
+        linked, not written: a generation is never written after its build, so sharing them is safe."""
+        suffixes = (".faiss", ".vectors.npy") if self.reranks else (".faiss",)
+        if self._same_files_as is not None:
+            for suffix in suffixes:
+                _link_or_copy(self._same_files_as.with_suffix(suffix), prefix.with_suffix(suffix))
         else:
-            _write_index(self.index, path)
+            _write_index(self.index, prefix.with_suffix(".faiss"))
+            if self.reranks:
+                np.save(prefix.with_suffix(".vectors.npy"), np.ascontiguousarray(self._index_vectors(), dtype=np.float32))
         np.save(prefix.with_suffix(".ids.npy"), self.ids)
-        if self.reranks:
-            np.save(prefix.with_suffix(".vectors.npy"), np.ascontiguousarray(self.vectors(), dtype=np.float32))
+        if self._tail is not None:
+            np.save(prefix.with_suffix(".tail.npy"), self._tail.vectors())
 
     @staticmethod
     def load_ids(prefix: Path) -> np.ndarray:
@@ -287,17 +298,18 @@ class DenseIndex:
         """Open a saved index, memory-mapped by default: pages are read on use, so opening costs no time
         and a query's memory is what it touches (flat codes via IO_FLAG_MMAP_IFC, IVF lists via IO_FLAG_MMAP)."""
         path = str(prefix.with_suffix(".faiss"))
-        vectors_path = prefix.with_suffix(".vectors.npy")
+        vectors_path, tail_path = prefix.with_suffix(".vectors.npy"), prefix.with_suffix(".tail.npy")
         ids = np.load(prefix.with_suffix(".ids.npy"))
+        tail = np.load(tail_path) if tail_path.is_file() else None  # at most TAIL_MAX_ROWS rows: read in
         if vectors_path.is_file():
             index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
             index.nprobe = ivf_probes(faiss.extract_index_ivf(index).nlist)
-            return cls(index, ids, RowFile(vectors_path) if mmap else np.load(vectors_path))
+            return cls(index, ids, RowFile(vectors_path) if mmap else np.load(vectors_path), tail=tail)
         # flat codes, alone or under a graph, via IO_FLAG_MMAP_IFC; an HNSW graph itself is read in
         index = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0)
         if isinstance(index, faiss.IndexHNSW):
-            _set_search_depth(index)
-        return cls(index, ids)
+            set_search_depth(index)
+        return cls(index, ids, tail=tail)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -306,16 +318,6 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
-
-
-def _set_search_depth(graph: faiss.IndexHNSW) -> None:
-    """efSearch for the graph's M (HNSW_SEARCH_DEPTH; the deepest for an M it does not list)."""
-    graph.hnsw.efSearch = HNSW_SEARCH_DEPTH.get(graph.hnsw.nb_neighbors(1), max(HNSW_SEARCH_DEPTH.values()))
-
-
-def index_kind(n: int, exact_max: int | None = None, graph_max: int = GRAPH_MAX_VECTORS) -> str:
-    """The kind of index (`DenseIndex.kind`) that `DenseIndex.build` makes for n vectors."""
-    return "flat" if n <= (EXACT_MAX_VECTORS if exact_max is None else exact_max) else "hnsw" if n <= graph_max else "ivf-sq8+rerank"
 
 
 def passage_rows(ids: np.ndarray, n_passages: int) -> np.ndarray:
@@ -338,22 +340,6 @@ def load_vectors(prefix: Path) -> "DenseIndex | StoredVectors":
 def _add_in_chunks(index: faiss.Index, vectors: np.ndarray) -> None:
     for start in range(0, len(vectors), _ADD_CHUNK):
         index.add(np.ascontiguousarray(vectors[start : start + _ADD_CHUNK], dtype=np.float32))
-
-
-def _search_parameters(index: faiss.Index, selector: faiss.IDSelector, allowed_share: float) -> faiss.SearchParameters:
-    """Search parameters carrying `selector`, which lets `allowed_share` of the rows through, with the
-    index's own search depth (nprobe, efSearch). A graph fills its candidate list only with the allowed
-    rows it meets, so it is searched deeper by that share, up to twice its depth: bench corpus, zh, 10%
-    / 30% of the rows allowed, recall@10 0.970 / 0.989 at M 64 and efSearch 160 (2.2 / 2.3 ms), 0.990 /
-    0.995 at 320 (3.6 / 3.5 ms; a graph of M 32 at 512: 0.956 / 0.981 in 2.0 / 2.8 ms)."""
-    if isinstance(index, faiss.IndexHNSW):
-        depth = index.hnsw.efSearch
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=min(2 * depth, max(depth, round(depth / allowed_share))))
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:  # not an IVF index
-        return faiss.SearchParameters(sel=selector)
-    return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe, max_codes=ivf.max_codes)
 
 
 def _write_index(index: faiss.Index, path: Path) -> None:

@@ -13,7 +13,8 @@ Layout (every name is spelled by `IndexFolder` and `Generation` alone)::
                            holds each passage's 16-byte digest of its normalised text (finding copies)
         tokens.jsonl       BM25 tokens per passage (lets a rebuild skip re-tokenising); tokens.offsets.npy
         bm25/              BM25 score matrices (segments), vocabulary
-        dense-<space>.faiss / .ids.npy / .keys.npy   vectors, their passage ids, their text keys
+        dense-<space>.faiss / .ids.npy / .keys.npy   vectors, their passage ids, their text keys;
+                           .tail.npy: the rows added since the .faiss index was built (search.index.dense)
         facets.json        per-file path and tags for filters; passage_file.npy maps passage -> file
         points.npy         (qdrant backend) each passage's point id in the collection, as 16 bytes;
                            Qdrant searches, so there is no bm25/ and no .faiss: dense-<space>.vectors.npy

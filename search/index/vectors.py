@@ -12,7 +12,8 @@ import numpy as np
 
 from search.embedding.encoder import Encoder
 from search.embedding.models import space_for
-from search.index.dense import DenseIndex, index_kind, load_vectors, passage_rows
+from search.index.dense import DenseIndex, load_vectors, passage_rows
+from search.index.dense_kinds import index_kind
 from search.index.row_files import StoredVectors
 from search.index.folder import Generation
 from search.index.report import BuildSummary, StageTimer
@@ -87,12 +88,13 @@ class PreviousVectors:
 
     def extended(self, space: str, sources: np.ndarray, ids: np.ndarray, keys: np.ndarray,
                  vectors_at: Callable[[np.ndarray], np.ndarray]) -> tuple[DenseIndex, np.ndarray] | None:
-        """The previous graph of `space` carried over to the new passages instead of building one: row
-        r of the old graph now holds the passage whose vector was copied from it (sources[i] == r,
+        """The previous index of `space` carried over to the new passages instead of building one: row
+        r of the old index now holds the passage whose vector was copied from it (sources[i] == r,
         the first such passage), other old rows are retired, and the remaining passages' vectors are
-        added after them. Returns the index and its rows' text keys, or None (see DenseIndex.extended)."""
+        added after them. Returns the index and its rows' text keys, or None where a new index is due
+        (another kind for this many passages; see DenseIndex.extended for the others)."""
         old = self.spaces[space][2]
-        if old.kind != "hnsw":
+        if not isinstance(old, DenseIndex) or old.kind != index_kind(len(ids)):
             return None
         reused = np.flatnonzero(sources >= 0)
         _, first = np.unique(sources[reused], return_index=True)
@@ -249,10 +251,9 @@ class _SpaceVectors:
         return entry
 
     def _carried_over(self, ids: np.ndarray, keys: np.ndarray, vectors: "_Vectors") -> tuple[DenseIndex, np.ndarray] | None:
-        """The previous generation's graph, extended (an incremental build of a space that needs one)."""
+        """The previous generation's index, extended (an incremental build)."""
         previous = self.previous
-        if not self.searchable or previous is None or not previous.same_encoder(self.space, self.name, self.encoder.identity) or \
-                index_kind(len(ids)) != "hnsw":
+        if not self.searchable or previous is None or not previous.same_encoder(self.space, self.name, self.encoder.identity):
             return None
         return previous.extended(self.space, vectors.sources, ids, keys, vectors.at)
 

@@ -38,7 +38,7 @@ def neighbour_closeness(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     if k < 1:
         return np.zeros(len(vectors)), np.zeros(len(vectors), dtype=np.int64)
     # Through FAISS's BLAS, not numpy's: FAISS's runs on the calling thread's OpenMP team (none in a query
-    # thread: search.index.dense.search_one_query_per_thread), where numpy's OpenBLAS wakes a pool of its
+    # thread: search.index.dense_kinds.search_one_query_per_thread), where numpy's OpenBLAS wakes a pool of its
     # own that then spins, measured +15 ms of CPU a query, slowing the next query's BM25 and embedding.
     # FAISS gives squared distances (its inner-product matrix is numpy's): for unit vectors, 2 - 2 cos.
     similarity = 1.0 - 0.5 * faiss.pairwise_distances(vectors, vectors, faiss.METRIC_L2)

@@ -11,7 +11,7 @@ import numpy as np
 from search.embedding.encoder import Encoder
 from search.embedding.models import ALL_LANGUAGES, reads_every_language, spaces_reading
 from search.index.backend import SearchBackend, Selection
-from search.index.dense import search_one_query_per_thread
+from search.index.dense_kinds import search_one_query_per_thread
 from search.query.candidates import EMPTY, Ranking, Retrieval
 from search.query.centring import CentredSpace
 from search.query.fusion import Hybrid
