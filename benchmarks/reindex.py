@@ -15,6 +15,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,10 +48,12 @@ def main() -> None:
     try:
         for run in range(args.runs):
             cases["nothing changed"].append(index_once(args.corpus, args.index))
+            # text no earlier run wrote: a vector the index ever held (a retired row's, by its text) would be reused, not embedded
+            fresh = time.time_ns()
             edited = notes[run]
-            edited.write_text(edited.read_text(encoding="utf-8") + f"\n\n编辑 {run}：流水线并行把模型按层切到多张卡上。\n", encoding="utf-8")
+            edited.write_text(edited.read_text(encoding="utf-8") + f"\n\n编辑 {fresh}：流水线并行把模型按层切到多张卡上。\n", encoding="utf-8")
             cases["one note edited"].append(index_once(args.corpus, args.index))
-            added[run].write_text(f"# 新笔记 {run}\n\n激活重计算用计算换显存。Activation checkpointing trades compute for memory.\n", encoding="utf-8")
+            added[run].write_text(f"# 新笔记 {fresh}\n\n激活重计算用计算换显存。Activation checkpointing trades compute for memory.\n", encoding="utf-8")
             cases["one note added"].append(index_once(args.corpus, args.index))
             notes[args.runs + run].unlink()
             cases["one note removed"].append(index_once(args.corpus, args.index))
