@@ -65,11 +65,11 @@ class DenseIndex:
         self.ids = np.asarray(ids, dtype=np.int64)  # -1: a retired row (see the module docstring)
         self._exact = exact_vectors  # None for an exact index, whose own storage holds the vectors
         self.retired = int((self.ids < 0).sum())
-        self._main = self.ids[: index.ntotal]  # the index's own rows' ids
-        self._main_retired = int((self._main < 0).sum())
+        self._own_ids = self.ids[: index.ntotal]  # the index's own rows' ids
+        self._own_retired = int((self._own_ids < 0).sum())
         self._live = None  # bitmap of the index's live rows and its selector, when some are retired
-        if self._main_retired:
-            bitmap = np.packbits(self._main >= 0, bitorder="little")
+        if self._own_retired:
+            bitmap = np.packbits(self._own_ids >= 0, bitorder="little")
             self._live = (bitmap, faiss.IDSelectorBitmap(bitmap))  # the bitmap must outlive the selector
         self._tail = None
         if tail_rows:
@@ -182,7 +182,7 @@ class DenseIndex:
 
     def _search_index(self, query: np.ndarray, k: int, allowed_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """`search` among the index's own rows (not the tail's)."""
-        own, ids, retired = int(self.index.ntotal), self._main, self._main_retired
+        own, ids, retired = int(self.index.ntotal), self._own_ids, self._own_retired
         k = min(k, own - retired if allowed_rows is None else len(allowed_rows))
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
