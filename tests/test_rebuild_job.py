@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from search import BM25Params, BuildConfig, Engine
-from search.index import carry as carry_module, dense_kinds, folder as folder_module
+from search.index import carry as carry_module, dense_kinds, file_io
 from search.index.dense import DenseIndex
 from search.index.folder import IndexFolder
 from search.index.passage_store import PassageStore, TokenStore
@@ -89,7 +89,7 @@ def _no_kernel_copy(*args):
 @pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "through-memory"])
 def test_unchanged_files_are_copied_as_they_were(seeds_dir, tmp_path, monkeypatch, kernel_copy):
     monkeypatch.setattr(carry_module, "RUN_PASSAGES", 7)  # runs of unchanged files copied in many pieces
-    monkeypatch.setattr(folder_module, "COPY_CHUNK", 1000)  # and through memory, in many reads
+    monkeypatch.setattr(file_io, "COPY_CHUNK", 1000)  # and through memory, in many reads
     kernel_copies = []
     if kernel_copy:
         if not hasattr(os, "copy_file_range"):
@@ -152,11 +152,20 @@ def test_nothing_changed_writes_no_generation(tmp_path):
     engine, summary = Engine.build([notes], index)
     assert IndexFolder(index).live_name() == live and len(list(index.glob("gen-*"))) == 1  # nothing written
     assert (summary.files_unchanged, summary.files_changed, summary.passages) == (len(list(notes.rglob("*.*"))), 0, len(engine.passages))
+    expected = [(hit.path, hit.score) for hit in engine.search("序列并行 all-to-all", k=3).hits]
     note = next(notes.rglob("*.md"))
     note.write_text(note.read_text(encoding="utf-8"), encoding="utf-8")  # touched, same bytes: hashed, a new generation
-    Engine.build([notes], index)
-    assert IndexFolder(index).live_name() != live
+    before = IndexFolder(index).current()
+    engine, summary = Engine.build([notes], index)
+    assert IndexFolder(index).live_name() != live and (summary.files_changed, summary.passages_embedded) == (0, 0)
+    after = IndexFolder(index).current()  # that records the new time, its every other file the one before's
+    assert after.read_manifest()["files"][str(note)]["mtime"] == note.stat().st_mtime and Engine.check(index).ok
+    assert {after.relative(path): os.stat(path).st_ino for path in after.files() if path != after.manifest_file} == \
+        {before.relative(path): os.stat(path).st_ino for path in before.files() if path != before.manifest_file}
+    assert [(hit.path, hit.score) for hit in engine.search("序列并行 all-to-all", k=3).hits] == expected
     live = IndexFolder(index).live_name()
+    Engine.build([notes], index)  # the times are recorded now: nothing written
+    assert IndexFolder(index).live_name() == live
     Engine.build([notes], index, build_config=BuildConfig(bm25=BM25Params(k1=1.2)))  # other settings: built again
     assert IndexFolder(index).live_name() != live
     live = IndexFolder(index).live_name()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from search import Engine
-from search.index import build as build_module, preparing as preparing_module, vectors as vectors_module
+from search.index import preparing as preparing_module, vectors as vectors_module
 from search.index.bm25 import BM25Index, BM25Params
 from search.text.chunking import chunk_document
 from search.index.dense import DenseIndex
@@ -38,7 +38,7 @@ def reference_passages(paths):
 
 def test_streaming_build_equals_in_memory_build(seeds_dir, tmp_path, monkeypatch):
     # tiny batches and an immediate process pool: many chunking and embedding batches are in flight
-    monkeypatch.setattr(build_module, "POOL_AFTER", 0)
+    monkeypatch.setattr(preparing_module, "POOL_AFTER", 0)
     monkeypatch.setattr(preparing_module, "UNIT_BATCH", 7)
     paths = [seeds_dir, REPO_CORPUS]
     # keyword-only keeps the test fast; the vectors of a streaming build are checked below

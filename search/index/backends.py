@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from search.errors import SearchError
 from search.index.backend import BackendSpec, SearchBackend
-from search.index.folder import Generation, IndexFolder, write_atomic
+from search.index.file_io import write_atomic
+from search.index.folder import Generation, IndexFolder
 from search.index.report import Progress
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ import numpy as np
 
 from search.index.bm25_scoring import NONOCCURRENCE_METHODS, BM25Params, idf, length_norm, saturation, term_frequency_component
 from search.index.bm25_terms import TermStream
-from search.index.folder import new_mapped_npy
+from search.index.file_io import new_mapped_npy
 
 __all__ = ["SEGMENT_PASSAGES", "SEGMENT_POSTINGS", "Segment", "SegmentScorer", "Stats", "find_sorted"]
 

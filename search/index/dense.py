@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from pathlib import Path
 
 import faiss
@@ -25,6 +24,7 @@ import numpy as np
 
 from search.index.dense_kinds import (GRAPH_MAX_VECTORS, HNSW_BUILD_DEPTH, HNSW_NEIGHBOURS, TRAIN_POINTS_PER_LIST, index_kind, ivf_lists,
                                       ivf_probes, search_parameters, set_search_depth)
+from search.index.file_io import link_or_copy
 from search.index.row_files import RowFile, StoredVectors
 
 # A graph is built anew once retired rows (passages gone since it was built) would pass this share.
@@ -279,7 +279,7 @@ class DenseIndex:
         suffixes = (".faiss", ".vectors.npy") if self.reranks else (".faiss",)
         if self._same_files_as is not None:
             for suffix in suffixes:
-                _link_or_copy(self._same_files_as.with_suffix(suffix), prefix.with_suffix(suffix))
+                link_or_copy(self._same_files_as.with_suffix(suffix), prefix.with_suffix(suffix))
         else:
             _write_index(self.index, prefix.with_suffix(".faiss"))
             if self.reranks:
@@ -310,14 +310,6 @@ class DenseIndex:
         if isinstance(index, faiss.IndexHNSW):
             set_search_depth(index)
         return cls(index, ids, tail=tail)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link (no bytes written), or a copy where the filesystem has none."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
 
 
 def passage_rows(ids: np.ndarray, n_passages: int) -> np.ndarray:

@@ -11,7 +11,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from search.index.folder import Generation, copy_range
+from search.index.file_io import copy_range
+from search.index.folder import Generation
 from search.schema import Passage
 from search.text.passages import text_key_digest
 

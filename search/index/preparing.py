@@ -11,6 +11,7 @@ import os
 import select
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator
@@ -25,7 +26,9 @@ from search.text.language import detect_language
 from search.text.passages import contextual_text
 from search.text.tokenizing import tokenize, tokenize_many
 
-__all__ = ["POOL_AFTER", "Prepared", "chunk_counter", "pool_result", "prepare_documents", "preparing_pool", "unit_batches", "warm_worker"]
+log = logging.getLogger(__name__)
+
+__all__ = ["POOL_AFTER", "Prepared", "chunk_counter", "pool_result", "prepare_documents", "prepared_units", "preparing_pool", "unit_batches", "warm_worker"]
 
 
 @dataclass
@@ -162,3 +165,67 @@ def pool_result(work: Any) -> Prepared:
         raise SearchError("a worker process of the build stopped (killed for memory, or a script that builds "
                           "without `if __name__ == \"__main__\":`, which Python's workers run again); "
                           "the index was not changed, run the build again") from None
+
+
+def prepared_units(units: Iterable[Any], plan: dict[str, str], max_tokens: int, overlap_tokens: int, timer: Any,
+                   unchunkable: Callable[[str, str], None]) -> Iterator[Any]:
+    """A build's `units` with every new document replaced by its passages, their tokens and whether each
+    begins it, in order; the other units (the build's markers) pass through. `timer` (a StageTimer) is
+    told the time spent producing the units as "load", and the workers' stages; `unchunkable(path, why)`
+    hears of a document that could not be chunked.
+
+    Chunking (which counts model tokens) and jieba cost ~3 CPU-s per MB of text; once there is
+    enough new text, a process pool of os.cpu_count() workers does both while the build reads
+    files and writes the index.
+    """
+    workers = os.cpu_count() or 1
+    pool, pending, fresh = None, deque(), 0
+    try:
+        for batch in unit_batches(_timed(units, timer)):
+            documents = [unit for unit in batch if isinstance(unit, Document)]
+            fresh += sum(len(document.text) for document in documents)
+            if pool is None and workers > 1 and fresh > POOL_AFTER:
+                pool = preparing_pool(workers, plan)
+            if pool is not None:
+                work = pool.submit(prepare_documents, documents, plan, max_tokens, overlap_tokens)
+            else:
+                work = prepare_documents(documents, plan, max_tokens, overlap_tokens)
+            pending.append((batch, work))
+            while len(pending) > (2 * workers if pool is not None else 0):  # bounded work in flight
+                yield from _merged(*pending.popleft(), timer, unchunkable)
+        while pending:
+            yield from _merged(*pending.popleft(), timer, unchunkable)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _timed(units: Iterable[Any], timer: Any) -> Iterator[Any]:
+    """`units`, with the time spent producing them (hashing, reading, decoding, parsing) as "load"."""
+    iterator = iter(units)
+    while True:
+        with timer("load"):
+            unit = next(iterator, None)
+        if unit is None:
+            return
+        yield unit
+
+
+def _merged(batch: list[Any], work: Any, timer: Any, unchunkable: Callable[[str, str], None]) -> Iterator[Any]:
+    if not isinstance(work, Prepared):
+        with timer("wait_pool"):  # time the build waited for the workers
+            work = pool_result(work)
+    for stage, seconds in work.seconds.items():  # summed over workers, as for the other stages
+        timer.add(stage, seconds)
+    for notice in work.notices:
+        log.warning("%s", notice)
+    prepared = iter(work.passages)
+    failures = iter(work.failures)
+    for unit in batch:
+        if isinstance(unit, Document):
+            failure = next(failures)
+            if failure is not None:  # the document could not be chunked: its file is skipped
+                unchunkable(unit.path, failure)
+            yield from ((passage, tokens, number == 0) for number, (passage, tokens) in enumerate(next(prepared)))
+        else:
+            yield unit

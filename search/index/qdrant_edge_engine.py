@@ -34,7 +34,8 @@ import numpy as np
 
 from search.errors import BackendError, SearchError
 from search.index.backend import BackendSpec
-from search.index.folder import IndexFolder, copy_range, fsync_tree, write_atomic
+from search.index.file_io import copy_range, fsync_tree, write_atomic
+from search.index.folder import IndexFolder
 from search.index.qdrant_store import PAYLOAD_FIELDS, SCROLL, SPARSE, Point, Sparse, from_sparse, scrolled_ids, targets_of
 
 __all__ = ["EdgeEngine"]

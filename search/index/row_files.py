@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.index.folder import new_mapped_npy
+from search.index.file_io import new_mapped_npy
 
 __all__ = ["RowFile", "StoredVectors"]
 
