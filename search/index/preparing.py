@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 from search.embedding.models import space_for
 from search.embedding.spec import token_counter
 from search.errors import SearchError
-from search.index.report import skip_reason
+from search.index.report import StageTimer, skip_reason
 from search.schema import Document, Passage
 from search.text.chunking import chunk_document
 from search.text.language import detect_language
@@ -167,10 +167,10 @@ def pool_result(work: Any) -> Prepared:
                           "the index was not changed, run the build again") from None
 
 
-def prepared_units(units: Iterable[Any], plan: dict[str, str], max_tokens: int, overlap_tokens: int, timer: Any,
+def prepared_units(units: Iterable[Any], plan: dict[str, str], max_tokens: int, overlap_tokens: int, timer: StageTimer,
                    unchunkable: Callable[[str, str], None]) -> Iterator[Any]:
     """A build's `units` with every new document replaced by its passages, their tokens and whether each
-    begins it, in order; the other units (the build's markers) pass through. `timer` (a StageTimer) is
+    begins it, in order; the other units (the build's markers) pass through. `timer` is
     told the time spent producing the units as "load", and the workers' stages; `unchunkable(path, why)`
     hears of a document that could not be chunked.
 
@@ -200,7 +200,7 @@ def prepared_units(units: Iterable[Any], plan: dict[str, str], max_tokens: int, 
             pool.shutdown(cancel_futures=True)
 
 
-def _timed(units: Iterable[Any], timer: Any) -> Iterator[Any]:
+def _timed(units: Iterable[Any], timer: StageTimer) -> Iterator[Any]:
     """`units`, with the time spent producing them (hashing, reading, decoding, parsing) as "load"."""
     iterator = iter(units)
     while True:
@@ -211,7 +211,7 @@ def _timed(units: Iterable[Any], timer: Any) -> Iterator[Any]:
         yield unit
 
 
-def _merged(batch: list[Any], work: Any, timer: Any, unchunkable: Callable[[str, str], None]) -> Iterator[Any]:
+def _merged(batch: list[Any], work: Any, timer: StageTimer, unchunkable: Callable[[str, str], None]) -> Iterator[Any]:
     if not isinstance(work, Prepared):
         with timer("wait_pool"):  # time the build waited for the workers
             work = pool_result(work)
