@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from search import BM25Params, BuildConfig, Engine
+from search.errors import SearchError
 from search.index import carry as carry_module, dense_kinds, file_io
 from search.index.dense import DenseIndex
 from search.index.folder import IndexFolder
@@ -194,6 +195,27 @@ def test_damaged_term_ids_are_rebuilt_from_the_tokens(tmp_path):
     for text in ("检索增强生成", "数据并行", "序列并行"):
         tokens = tokenize_query(text)
         assert np.array_equal(engine.backend.bm25.scores(tokens), fresh.backend.bm25.scores(tokens))
+
+
+def test_a_full_disk_while_touched_files_are_relinked_leaves_the_live_generation(tmp_path, monkeypatch):
+    notes = write_notes(tmp_path / "notes")
+    index = tmp_path / "index"
+    Engine.build([notes], index)
+    live = IndexFolder(index).live_name()
+    note = next(notes.rglob("*.md"))
+    note.write_text(note.read_text(encoding="utf-8"), encoding="utf-8")  # touched, same bytes: the relinking build
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(file_io.os, "link", full)
+    monkeypatch.setattr(file_io.shutil, "copyfile", full)
+    with pytest.raises(SearchError, match="no space left for the index"):
+        Engine.build([notes], index)
+    assert IndexFolder(index).live_name() == live and [path.name for path in index.glob("gen-*")] == [live]
+    monkeypatch.undo()
+    Engine.build([notes], index)
+    assert IndexFolder(index).live_name() != live and Engine.check(index).ok
 
 
 def test_an_edit_carries_the_graph_over_and_searches_exactly_what_is_indexed(tmp_path, monkeypatch):
