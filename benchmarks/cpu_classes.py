@@ -208,9 +208,7 @@ def report_kernels() -> None:
 def report_timing(rows: int = 1024, k: int = 1536, n: int = 384, runs: int = 30) -> None:
     """How long one FFN down-projection takes each way the export could run it, on this CPU's kernels
     (one session of two threads, median of `runs`): what chose the rows file where pairs add in int16."""
-    import time
-
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((k, n)) * 0.02).astype(np.float32)
@@ -226,16 +224,31 @@ def report_timing(rows: int = 1024, k: int = 1536, n: int = 384, runs: int = 30)
     }
     print(f"\ntiming: one {rows} x {k} -> {n} product (an FFN down-projection), median of {runs}")
     for name, (nodes, weights) in variants.items():
-        graph = helper.make_graph(nodes, "timing", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, k])],
-                                  [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], weights)
-        session = _session(graph, [("", 17), ("com.microsoft", 1)], threads=2)
-        session.run(None, {"A": activations})
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            session.run(None, {"A": activations})
-            times.append(time.perf_counter() - started)
+        session = _product_session(nodes, weights, k, threads=2)
+        times = _run_times(lambda: session.run(None, {"A": activations}), runs)
         print(f"  {name:<42} {np.median(times) * 1000:6.2f} ms")
+
+
+def _product_session(nodes: list, weights: list, k: int, threads: int):
+    """A session of one product graph: float32 activations A (rows x k) in, float32 Y out."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "product", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], weights)
+    return _session(graph, [("", 17), ("com.microsoft", 1)], threads=threads)
+
+
+def _run_times(run, runs: int) -> list[float]:
+    """Seconds of each of `runs` calls of `run`, after one call that warms it up."""
+    import time
+
+    run()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return times
 
 
 def product_rates(rows: int = 1024, k: int = 512, n: int = 2048, runs: int = 15) -> dict[str, float]:
@@ -245,43 +258,26 @@ def product_rates(rows: int = 1024, k: int = 512, n: int = 2048, runs: int = 15)
     int8 encoder's speed-up over float32 on this CPU: with VNNI an int8 instruction does four
     multiply-adds per 32-bit lane; without it (AVX2) vpmaddubsw + vpmaddwd do two, and the int8 products
     run about 2x float32, not 4x."""
-    import time
-
     import torch
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
     activations = np.abs(rng.standard_normal((rows, k))).astype(np.float32)
     weight = (rng.standard_normal((k, n)) * 0.02).astype(np.float32)
     int8_weight = rng.integers(-64, 65, (k, n)).astype(np.int8)  # 7-bit, as the export's
-
-    def session(nodes, weights):
-        graph = helper.make_graph(nodes, "rates", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, k])],
-                                  [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], weights)
-        return _session(graph, [("", 17), ("com.microsoft", 1)], threads=1)
-
-    int8 = session([helper.make_node("DynamicQuantizeMatMul", ["A", "W", "s"], ["Y"], domain="com.microsoft")],
-                   [numpy_helper.from_array(int8_weight, "W"), numpy_helper.from_array(np.array([0.01], np.float32), "s")])
-    float32 = session([helper.make_node("MatMul", ["A", "W"], ["Y"])], [numpy_helper.from_array(weight, "W")])
+    int8 = _product_session([helper.make_node("DynamicQuantizeMatMul", ["A", "W", "s"], ["Y"], domain="com.microsoft")],
+                            [numpy_helper.from_array(int8_weight, "W"), numpy_helper.from_array(np.array([0.01], np.float32), "s")], k, threads=1)
+    float32 = _product_session([helper.make_node("MatMul", ["A", "W"], ["Y"])], [numpy_helper.from_array(weight, "W")], k, threads=1)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch_a, torch_w = torch.from_numpy(activations), torch.from_numpy(weight)
     ways = {"int8 (onnxruntime u8 x s8)": lambda: int8.run(None, {"A": activations}),
             "float32 (torch)": lambda: torch.mm(torch_a, torch_w),
             "float32 (onnxruntime)": lambda: float32.run(None, {"A": activations})}
-    rates = {}
     try:
-        for name, run in ways.items():
-            run()
-            best = float("inf")
-            for _ in range(runs):
-                started = time.perf_counter()
-                run()
-                best = min(best, time.perf_counter() - started)
-            rates[name] = rows * k * n / best / 1e9
+        return {name: rows * k * n / min(_run_times(run, runs)) / 1e9 for name, run in ways.items()}
     finally:
         torch.set_num_threads(threads)
-    return rates
 
 
 def report_product_rates() -> None:
